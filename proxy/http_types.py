@@ -1,0 +1,29 @@
+"""The two values that cross the line between the HTTP server and the app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed HTTP request, as the app sees it."""
+
+    method: str
+    target: str  # the raw request-target, e.g. "/pw-proxy/aggregates?x=1"
+    headers: Mapping[str, str]  # case-insensitive lookup (an email.message.Message)
+    body: bytes = b""
+    client: str = ""  # peer IP address
+
+
+@dataclass(slots=True)
+class Response:
+    """Status, headers and a fully encoded body; the server adds framing headers."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+App = Callable[[Request], Response]
