@@ -1,0 +1,233 @@
+"""The app: a Request goes in, a Response comes out.
+
+Routing is a table (`proxy.routes.ROUTES`) matched on the path without its
+query string, after `PROXY_BASE_URL` is stripped. Errors are typed
+(`proxy.errors`) and mapped to HTTP in `error_response`, the one place that
+does so. Unmatched paths fall through to `web/` and then the gateway's web UI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from proxy.config import Config
+from proxy.errors import GatewayError, HTTPError, NotSupported, ProxyError
+from proxy.gateway import Gateway, error_retry_after
+from proxy.http_types import Request, Response
+from proxy.stats import Stats
+from proxy.web import WebFiles
+
+log = logging.getLogger("proxy.app")
+
+JSON = "application/json"
+CSV = "text/plain; charset=utf-8"
+CORS = ("Access-Control-Allow-Origin", "*")
+PREFLIGHT = [
+    CORS,
+    ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+    ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
+    ("Access-Control-Max-Age", "600"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A routed request: the path as routed, its parsed query, and the original request."""
+
+    path: str
+    query: dict[str, list[str]]
+    request: Request
+
+    def flag(self, name: str) -> bool:
+        return name in self.query
+
+    def param(self, name: str) -> str:
+        values = self.query.get(name)
+        return values[0] if values else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A route's encoded body plus where its data came from (cached per window)."""
+
+    body: bytes
+    content_type: str = JSON
+    data_at: float | None = None  # monotonic time of the oldest gateway data used
+    stale: bool = False
+
+
+Handler = Callable[["App", Call], "Rendered | Response"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the route table."""
+
+    path: str
+    handler: Handler
+    methods: tuple[str, ...] = ("GET",)
+    cached: bool = False  # render once per cache window, serve the bytes to everyone
+    vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
+
+
+@dataclass
+class Router:
+    """Exact-path lookup; `prefix` rows catch a family (e.g. /tedapi/…) after exact rows."""
+
+    exact: dict[str, Route] = field(default_factory=dict)
+    prefixes: list[Route] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, rows: Iterable[Route]) -> Router:
+        router = cls()
+        for row in rows:
+            if row.path.endswith("*"):
+                router.prefixes.append(row)
+            elif row.path in router.exact:
+                raise ValueError(f"duplicate route {row.path}")
+            else:
+                router.exact[row.path] = row
+        return router
+
+    def match(self, path: str) -> Route | None:
+        route = self.exact.get(path)
+        if route is not None:
+            return route
+        for row in self.prefixes:
+            if path.startswith(row.path[:-1]):
+                return row
+        return None
+
+
+class App:
+    """Everything a request handler may use, built once by main()."""
+
+    def __init__(self, config: Config, gateway: Gateway, *, web: WebFiles, routes: Iterable[Route],
+                 stats: Stats | None = None) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.web = web
+        self.stats = stats or Stats()
+        self.router = Router.build(routes)
+        self.started = time.time()
+        self.server_stats: Callable[[], dict[str, int]] = dict
+        self.control_guard: Any = None  # set by proxy.control (bad-token throttling)
+
+    def __call__(self, request: Request) -> Response:
+        try:
+            return self._dispatch(request)
+        except ProxyError as exc:
+            self._count_error(exc)
+            return error_response(exc)
+
+    def _dispatch(self, request: Request) -> Response:
+        path, query = self.split_target(request.target)
+        call = Call(path, query, request)
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self.router.match(path)
+        if route is None:
+            return self.fallback(call, method)
+        if request.method == "OPTIONS":
+            return Response(204, [*PREFLIGHT, ("Allow", allow(route))])
+        if method not in route.methods:
+            raise HTTPError(405, "Method Not Allowed", [("Allow", allow(route))])
+        result = self._cached(route, call) if route.cached else route.handler(self, call)
+        response = result if isinstance(result, Response) else self.respond(result)
+        if request.method == "GET" and response.status < 400:
+            self.stats.count_get(path)
+        return response
+
+    def _cached(self, route: Route, call: Call) -> Rendered | Response:
+        key = ("route", route.path, route.vary(call) if route.vary else "")
+        entry = self.gateway.cache.get(key, lambda: route.handler(self, call))
+        if entry.error is not None:
+            raise entry.error
+        value = entry.value
+        assert isinstance(value, (Rendered, Response))
+        return value
+
+    def respond(self, rendered: Rendered) -> Response:
+        headers = [("Content-Type", rendered.content_type), CORS]
+        if rendered.data_at is not None:
+            age = int(self.gateway.cache.age(rendered.data_at))
+            headers.append(("Age", str(age)))
+            headers.append(("X-Cache", "STALE" if rendered.stale else "HIT"))
+            if rendered.stale:
+                headers.append(("Warning", '110 - "Response is Stale"'))
+        return Response(200, headers, rendered.body)
+
+    def split_target(self, target: str) -> tuple[str, dict[str, list[str]]]:
+        """Decode the path, strip PROXY_BASE_URL, parse the query; refuse what cannot be a path."""
+        raw_path, _, raw_query = target.partition("?")
+        raw_path = raw_path.split("#", 1)[0]
+        if not raw_path.startswith("/"):
+            raise HTTPError(400, "Bad Request: the path must start with /")
+        try:
+            path = unquote_to_bytes(raw_path).decode("utf-8")
+            query = parse_qs(raw_query, keep_blank_values=True, errors="strict", max_num_fields=50)
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPError(400, "Bad Request: the path or query is not valid UTF-8") from None
+        if "\x00" in path or any(ord(c) < 0x20 for c in path):
+            raise HTTPError(400, "Bad Request: control characters in the path")
+        return self.strip_base(path), query
+
+    def strip_base(self, path: str) -> str:
+        base = self.config.base_url
+        if base != "/":
+            if path.startswith(base):
+                return "/" + path[len(base):]
+            if path == base[:-1]:
+                return "/"
+        return path
+
+    def fallback(self, call: Call, method: str) -> Response:
+        """No route: a file under web/, else the gateway's own web UI (never its /api)."""
+        if call.request.method == "OPTIONS":
+            return Response(204, [*PREFLIGHT, ("Allow", "GET, HEAD, OPTIONS")])
+        if method != "GET":
+            raise HTTPError(404, "Not Found")
+        page = self.web.get(call.path)
+        if page is not None:
+            self.stats.count_get(call.path)
+            return page
+        if call.path.startswith("/api/") or call.path == "/api" or self.gateway.info.cloudmode:
+            raise HTTPError(404, "Not Found")
+        return self.web.passthrough(self.gateway, call.path, call.request.target)
+
+    def _count_error(self, exc: ProxyError) -> None:
+        if isinstance(exc, GatewayError):
+            self.stats.count_timeout()
+        elif exc.status >= 400 and not isinstance(exc, NotSupported) and exc.status != 404:
+            self.stats.count_error()
+
+
+def allow(route: Route) -> str:
+    methods = list(route.methods)
+    if "GET" in methods:
+        methods.append("HEAD")
+    return ", ".join([*methods, "OPTIONS"])
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The reference's compact-but-spaced JSON (json.dumps defaults), as bytes."""
+    return json.dumps(obj).encode()
+
+
+def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, [("Content-Type", JSON), CORS, *(headers or [])], json_bytes(obj))
+
+
+def error_response(exc: ProxyError) -> Response:
+    """The one mapping from typed errors to HTTP."""
+    headers: list[tuple[str, str]] = []
+    if isinstance(exc, GatewayError):
+        headers.append(("Retry-After", str(error_retry_after(exc))))
+    elif isinstance(exc, HTTPError):
+        headers.extend(exc.headers)
+    return json_response(exc.status, {"error": exc.message}, headers)

@@ -1,0 +1,258 @@
+"""Configuration: every PW_* variable parsed once into a frozen dataclass.
+
+`load_config(environ)` takes any mapping (tests pass a dict), applies the
+reference's defaults and fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+MASK = "********"  # a fixed mask: never reveals a secret's length
+STYLES = ("clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar")
+HTTPS_MODES = ("no", "http", "yes")
+AUTH_MODES = ("cookie", "token")
+TEDAPI_VERSIONS = ("V2024_06", "V2026_06")
+_TRUE = ("yes", "true", "1", "on")
+_FALSE = ("no", "false", "0", "off")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A variable has a value the proxy cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value that must never be shown; its repr is the fixed mask."""
+
+    _value: str = ""
+
+    def reveal(self) -> str:
+        return self._value
+
+    def masked(self) -> str | None:
+        """The mask when set, None when empty (as the reference shows unset secrets)."""
+        return MASK if self._value else None
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({self.masked()!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the proxy reads from its environment."""
+
+    bind_address: str = ""
+    port: int = 8675
+    host: str = ""
+    password: Secret = Secret()
+    email: str = "email@example.com"
+    timezone: str = "America/Los_Angeles"
+    gw_pwd: Secret = Secret()
+    rsa_key_path: str = ""
+    wifi_host: str = ""
+    tedapi_api_version: str = "V2024_06"
+    debug: bool = False
+    cache_expire: int = 5
+    browser_cache: int = 0
+    timeout: int = 5
+    pool_maxsize: int = 15
+    https: str = "no"
+    style: str = "clear"
+    siteid: str = ""
+    auth_path: str = ""
+    auth_mode: str = "cookie"
+    cache_file: str = ".powerwall"
+    control_secret: Secret = Secret()
+    neg_solar: bool = True
+    site_zero_threshold: int = 0
+    base_url: str = "/"
+    suppress_network_errors: bool = False
+    network_error_rate_limit: int = 5
+    fail_fast: bool = False
+    graceful_degradation: bool = True
+    health_check: bool = True
+    cache_ttl: int = 30
+    tedapi_recovery: bool = True
+    tedapi_probe_interval: int = 30
+    tls_cert: str = ""
+    tls_key: str = ""
+    simulate: bool = False
+
+    def reference_view(self) -> dict[str, Any]:
+        """The `config` block of /stats, keyed and ordered as the reference, secrets masked."""
+        return {
+            "PW_BIND_ADDRESS": self.bind_address,
+            "PW_PASSWORD": self.password.masked(),
+            "PW_EMAIL": self.email,
+            "PW_HOST": self.host,
+            "PW_TIMEZONE": self.timezone,
+            "PW_DEBUG": self.debug,
+            "PW_CACHE_EXPIRE": self.cache_expire,
+            "PW_BROWSER_CACHE": self.browser_cache,
+            "PW_TIMEOUT": self.timeout,
+            "PW_POOL_MAXSIZE": self.pool_maxsize,
+            "PW_HTTPS": self.https,
+            "PW_PORT": self.port,
+            "PW_STYLE": self.style + ".js",
+            "PW_SITEID": self.siteid or None,
+            "PW_AUTH_PATH": self.auth_path,
+            "PW_AUTH_MODE": self.auth_mode,
+            "PW_CACHE_FILE": self.cache_file,
+            "PW_CONTROL_SECRET": self.control_secret.masked(),
+            "PW_GW_PWD": self.gw_pwd.masked(),
+            "PW_RSA_KEY_PATH": self.rsa_key_path or None,
+            "PW_WIFI_HOST": self.wifi_host or None,
+            "PW_NEG_SOLAR": self.neg_solar,
+            "PW_SITE_ZERO_THRESHOLD": self.site_zero_threshold,
+            "PW_SUPPRESS_NETWORK_ERRORS": self.suppress_network_errors,
+            "PW_NETWORK_ERROR_RATE_LIMIT": self.network_error_rate_limit,
+            "PW_FAIL_FAST": self.fail_fast,
+            "PW_GRACEFUL_DEGRADATION": self.graceful_degradation,
+            "PW_HEALTH_CHECK": self.health_check,
+            "PW_CACHE_TTL": self.cache_ttl,
+            "PW_TEDAPI_RECOVERY": self.tedapi_recovery,
+            "PW_TEDAPI_PROBE_INTERVAL": self.tedapi_probe_interval,
+            "PW_TEDAPI_API_VERSION": self.tedapi_api_version,
+            "PROXY_BASE_URL": self.base_url,
+        }
+
+    def secrets(self) -> list[str]:
+        """Every secret value that is set (for leak checks in logs and tests)."""
+        return [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret) if f]
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be one of yes/true/1/on or no/false/0/off (got {raw!r})")
+
+
+def _int_parser(lo: int, hi: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{name} must be {bound} (got {value})")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str, fold: bool = True) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower() if fold else raw.strip()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {raw!r})")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _secret(name: str, raw: str) -> Secret:
+    return Secret(raw)
+
+
+def _base_url(name: str, raw: str) -> str:
+    value = raw.strip() or "/"
+    if not value.startswith("/"):
+        value = "/" + value
+    if any(c in value for c in "?#\\ ") or "//" in value:
+        raise ConfigError(f"{name} must be a plain path such as /pw-proxy (got {raw!r})")
+    return value if value.endswith("/") else value + "/"
+
+
+def _probe_interval(name: str, raw: str) -> int:
+    # The reference raises anything below 5 s to 5 s rather than refusing it.
+    return max(5, _int_parser(0)(name, raw))
+
+
+# variable -> (field, parser). Defaults come from the dataclass.
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "PW_BIND_ADDRESS": ("bind_address", _text),
+    "PW_PORT": ("port", _int_parser(0, 65535)),
+    "PW_HOST": ("host", _text),
+    "PW_PASSWORD": ("password", _secret),
+    "PW_EMAIL": ("email", _text),
+    "PW_TIMEZONE": ("timezone", _text),
+    "PW_GW_PWD": ("gw_pwd", _secret),
+    "PW_RSA_KEY_PATH": ("rsa_key_path", _text),
+    "PW_WIFI_HOST": ("wifi_host", _text),
+    "PW_TEDAPI_API_VERSION": ("tedapi_api_version", _choice(*TEDAPI_VERSIONS, fold=False)),
+    "PW_DEBUG": ("debug", parse_bool),
+    "PW_CACHE_EXPIRE": ("cache_expire", _int_parser(0, 3600)),
+    "PW_BROWSER_CACHE": ("browser_cache", _int_parser(0)),
+    "PW_TIMEOUT": ("timeout", _int_parser(1, 300)),
+    "PW_POOL_MAXSIZE": ("pool_maxsize", _int_parser(0, 1000)),
+    "PW_HTTPS": ("https", _choice(*HTTPS_MODES)),
+    "PW_STYLE": ("style", _choice(*STYLES)),
+    "PW_SITEID": ("siteid", _text),
+    "PW_AUTH_PATH": ("auth_path", _text),
+    "PW_AUTH_MODE": ("auth_mode", _choice(*AUTH_MODES)),
+    "PW_CACHE_FILE": ("cache_file", _text),
+    "PW_CONTROL_SECRET": ("control_secret", _secret),
+    "PW_NEG_SOLAR": ("neg_solar", parse_bool),
+    "PW_SITE_ZERO_THRESHOLD": ("site_zero_threshold", _int_parser(0)),
+    "PROXY_BASE_URL": ("base_url", _base_url),
+    "PW_SUPPRESS_NETWORK_ERRORS": ("suppress_network_errors", parse_bool),
+    "PW_NETWORK_ERROR_RATE_LIMIT": ("network_error_rate_limit", _int_parser(0)),
+    "PW_FAIL_FAST": ("fail_fast", parse_bool),
+    "PW_GRACEFUL_DEGRADATION": ("graceful_degradation", parse_bool),
+    "PW_HEALTH_CHECK": ("health_check", parse_bool),
+    "PW_CACHE_TTL": ("cache_ttl", _int_parser(0)),
+    "PW_TEDAPI_RECOVERY": ("tedapi_recovery", parse_bool),
+    "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
+    "PW_TLS_CERT": ("tls_cert", _text),
+    "PW_TLS_KEY": ("tls_key", _text),
+}
+
+
+def load_config(environ: Mapping[str, str], **overrides: Any) -> Config:
+    """Parse the PW_* variables of `environ`; keyword overrides win (e.g. simulate=True)."""
+    values: dict[str, Any] = {}
+    for name, (attr, parse) in _VARIABLES.items():
+        raw = environ.get(name)
+        if raw is not None and (raw.strip() or attr in _EMPTY_MEANS_EMPTY):
+            values[attr] = parse(name, raw)
+    values.update(overrides)
+    if "cache_file" not in values:
+        values["cache_file"] = _default_cache_file(values.get("auth_path", ""))
+    known = {f.name for f in fields(Config)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    config = Config(**values)
+    _check_tls(config)
+    return config
+
+
+# Variables where an explicitly empty value is meaningful rather than "use the default".
+_EMPTY_MEANS_EMPTY = {"bind_address", "host", "password", "gw_pwd", "control_secret", "auth_path"}
+
+
+def _default_cache_file(auth_path: str) -> str:
+    return f"{auth_path.rstrip('/')}/.powerwall" if auth_path else ".powerwall"
+
+
+def _check_tls(config: Config) -> None:
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("PW_TLS_CERT and PW_TLS_KEY must be set together")

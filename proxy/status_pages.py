@@ -1,0 +1,211 @@
+"""/stats, /health and /help: the proxy describing itself, never calling the gateway."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import resource
+import time
+from typing import Any
+
+from proxy import __version__
+from proxy.app import App, Call, json_response
+from proxy.gateway import Gateway
+from proxy.http_types import Response
+
+
+def library_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pypowerwall")
+    except Exception:
+        return "unknown"
+
+
+def build_label() -> str:
+    """The reference's `pypowerwall` field: "<library version> Proxy <build>"."""
+    return f"{library_version()} Proxy {__version__}"
+
+
+def _uptime(since: float) -> str:
+    return str(datetime.timedelta(seconds=int(time.time() - since)))
+
+
+def _connection_health(gateway: Gateway) -> dict[str, Any]:
+    c = gateway.health.snapshot()
+    age = None if c.last_success_time is None else round(time.time() - c.last_success_time, 1)
+    return {
+        "consecutive_failures": c.consecutive_failures,
+        "total_failures": c.total_failures,
+        "total_successes": c.total_successes,
+        "is_degraded": gateway.status() == "degraded",
+        "last_success_time": c.last_success_time,
+        "last_success_age_seconds": age,
+        "last_error": c.last_error,
+    }
+
+
+def _fallback_mode() -> dict[str, Any]:
+    # The reference's TEDAPI "SolarOnly" fallback flag. We never switch modes:
+    # outages show up as gateway status and stale/503 answers instead.
+    return {"is_fallback_mode": False, "fallback_since": None, "fallback_duration_seconds": None,
+            "recovery_attempts": 0, "last_recovery_attempt": None, "recovery_enabled": False}
+
+
+def _cache_view(gateway: Gateway) -> dict[str, Any]:
+    entries = {}
+    for key, entry in gateway.cache.snapshot().items():
+        if isinstance(key, str):
+            entries[key] = {
+                "age_seconds": round(gateway.cache.age(entry.fetched_at), 1),
+                "is_expired": entry.window != gateway.cache.window(),
+                "ok": entry.ok,
+                "last_good_age_seconds": (round(gateway.cache.age(entry.good_at), 1)
+                                          if entry.good is not None else None),
+            }
+    return {"cache_size": len(entries), "endpoints": entries}
+
+
+def _gateway_view(app: App) -> dict[str, Any]:
+    gateway = app.gateway
+    info = gateway.info
+    return {
+        "status": gateway.status(),
+        "connected": gateway.connected,
+        "host": app.config.host or None,
+        "simulated": gateway.simulated,
+        "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
+        "cooldown_strikes": gateway.cooldown.strikes(),
+        "connect_attempts": info.connect_attempts,
+        "connect_error": info.connect_error,
+        "control": bool(gateway.control_pw) and app.config.control_secret.reveal() != "",
+    }
+
+
+def _transports(app: App) -> dict[str, Any]:
+    info = app.gateway.info
+    out: dict[str, Any] = {}
+    if info.tedapi_mode in ("full", "hybrid", "v1r"):
+        key = "v1r_lan" if info.tedapi_mode == "v1r" else "wifi_tedapi"
+        out[key] = {"active": True, "status": "ok" if app.gateway.status() == "ok" else "unavailable",
+                    "host": app.config.host}
+    return out
+
+
+def stats_body(app: App) -> dict[str, Any]:
+    c = app.stats.snapshot()
+    gateway, info = app.gateway, app.gateway.info
+    body: dict[str, Any] = {
+        "pypowerwall": build_label(),
+        "mode": info.mode,
+        "gets": c.gets, "posts": c.posts, "errors": c.errors, "timeout": c.timeout,
+        "uri": c.uri,
+        "ts": int(time.time()), "start": c.start, "clear": c.clear,
+        "uptime": _uptime(c.start),
+        "mem": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "site_name": gateway.site_name,
+        "cloudmode": info.cloudmode, "fleetapi": info.fleetapi, "tedapi": info.tedapi,
+        "pw3": info.pw3, "tedapi_mode": info.tedapi_mode,
+        "tedapi_api_version": info.tedapi_api_version,
+        "siteid": info.siteid, "counter": info.counter,
+        "cf": app.config.cache_file,
+        "config": app.config.reference_view(),
+    }
+    if app.config.health_check:
+        body["connection_health"] = _connection_health(gateway)
+    body["fallback_mode"] = _fallback_mode()
+    body["mem_cache"] = {"entries": len(gateway.cache.snapshot())}
+    body["authmode"] = app.config.auth_mode
+    body["gateway"] = _gateway_view(app)
+    body["server"] = app.server_stats()
+    return body
+
+
+def health_body(app: App) -> dict[str, Any]:
+    config, gateway = app.config, app.gateway
+    c = app.stats.snapshot()
+    body: dict[str, Any] = {
+        "status": gateway.status(),
+        "pypowerwall": build_label(),
+        "mode": gateway.info.mode,
+        "tedapi_mode": gateway.info.tedapi_mode,
+        "pypowerwall_cache_expire": config.cache_expire,
+        "degradation_cache_ttl_seconds": config.cache_ttl,
+        "graceful_degradation": config.graceful_degradation,
+        "fail_fast_mode": config.fail_fast,
+        "health_check_enabled": config.health_check,
+        "startup_time": datetime.datetime.fromtimestamp(app.started).isoformat(),
+        "current_time": datetime.datetime.now().isoformat(),
+        "transports": _transports(app),
+        "proxy_stats": {"total_gets": c.gets, "total_posts": c.posts,
+                        "total_errors": c.errors, "total_timeouts": c.timeout},
+    }
+    if config.health_check:
+        body["connection_health"] = _connection_health(gateway)
+    body["fallback_mode"] = _fallback_mode()
+    body["cached_data"] = _cache_view(gateway)
+    body["gateway"] = _gateway_view(app)
+    return body
+
+
+def get_stats(app: App, call: Call) -> Response:
+    return json_response(200, stats_body(app))
+
+
+def get_stats_clear(app: App, call: Call) -> Response:
+    app.stats.clear()
+    return json_response(200, stats_body(app))
+
+
+def get_health(app: App, call: Call) -> Response:
+    body = health_body(app)
+    # 200 only when healthy, so a Docker HEALTHCHECK (curl -f) tells the truth.
+    status = 200 if body["status"] == "ok" else 503
+    headers = [("Cache-Control", "no-cache")]
+    if status == 503:
+        headers.append(("Retry-After", str(max(1, int(app.gateway.cooldown.remaining() + 0.999)))))
+    return json_response(status, body, headers)
+
+
+def get_health_reset(app: App, call: Call) -> Response:
+    removed = app.gateway.reset_health()
+    return json_response(200, {
+        "status": "reset_complete", "health_counters_reset": True, "cache_cleared": True,
+        "cache_entries_removed": removed, "endpoint_stats_cleared": 0,
+    })
+
+
+def get_help(app: App, call: Call) -> Response:
+    body = stats_body(app)
+    rows = "".join(
+        f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+        for k, v in body.items() if k not in ("uri", "config")
+    )
+    uris = "".join(f"<tr><td>URI: {_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in body["uri"].items())
+    config = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+                     for k, v in body["config"].items())
+    page = _HELP.format(version=_e(body["pypowerwall"]), rows=rows, uris=uris, config=config)
+    return Response(200, [("Content-Type", "text/html; charset=utf-8"),
+                          ("Cache-Control", "no-cache, no-store")], page.encode())
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_HELP = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>Powerwall proxy help</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1em}}td{{padding:2px 8px;
+border-bottom:1px solid #ddd;vertical-align:top}}</style></head>
+<body><h1>Powerwall proxy</h1><p>{version} &middot; routes and variables: see HELP.md,
+or the <a href="console">console</a>.</p>
+<table>{rows}{uris}</table>
+<details id="config"><summary>Configuration</summary><table>{config}</table></details>
+<script>
+var d=document.getElementById("config");
+d.open=localStorage.getItem("pwConfigOpen")==="1";
+d.addEventListener("toggle",function(){{localStorage.setItem("pwConfigOpen",d.open?"1":"0")}});
+</script></body></html>
+"""
