@@ -1,0 +1,107 @@
+/* Shared by index.html and console.html: base URL, style choice, JSON fetch.
+   Load it early in <body>: the proxy injects <meta name="pw-base-url">,
+   <meta name="pw-style"> and <link id="pw-style"> just before </head>. */
+(function () {
+  "use strict";
+
+  var STYLES = ["clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar"];
+
+  function meta(name) {
+    var el = document.querySelector('meta[name="' + name + '"]');
+    return el ? el.getAttribute("content") : null;
+  }
+
+  function param(name) {
+    return new URLSearchParams(window.location.search).get(name);
+  }
+
+  // PROXY_BASE_URL as the proxy announced it; without the meta tag (page served
+  // some other way) fall back to the directory of this page.
+  function baseUrl() {
+    var base = meta("pw-base-url") || window.location.pathname.replace(/[^/]*$/, "");
+    return base.charAt(base.length - 1) === "/" ? base : base + "/";
+  }
+
+  var base = baseUrl();
+
+  // ?style=NAME (one of the seven) beats PW_STYLE; anything else is ignored.
+  function styleName() {
+    var wanted = param("style");
+    if (STYLES.indexOf(wanted) >= 0) return wanted;
+    var configured = meta("pw-style");
+    return STYLES.indexOf(configured) >= 0 ? configured : "clear";
+  }
+
+  function applyStyle() {
+    var name = styleName();
+    var href = base + "styles/" + name + ".css";
+    var link = document.getElementById("pw-style");
+    if (!link) {
+      link = document.createElement("link");
+      link.id = "pw-style";
+      link.rel = "stylesheet";
+      document.head.appendChild(link);
+    }
+    if (link.getAttribute("href") !== href) link.setAttribute("href", href);
+    document.documentElement.setAttribute("data-style", name);
+    return name;
+  }
+
+  // Seconds from a query parameter, clamped; fallback when absent or invalid.
+  function seconds(name, fallback, min, max) {
+    var v = parseFloat(param(name));
+    if (!isFinite(v)) return fallback;
+    return Math.min(max, Math.max(min, v));
+  }
+
+  /* GET BASE+path. Never throws; resolves to
+     {ok, status, stale, age, body, error}:
+       ok     - HTTP 2xx with a JSON object body that is not {"error": ...}
+       status - HTTP status, 0 when the proxy itself could not be reached
+       stale  - the proxy marked it "X-Cache: STALE" (last good copy)
+       age    - the Age header in seconds, or null
+       body   - parsed JSON (also for error statuses), or null */
+  function getJSON(path, timeoutMs) {
+    var ctrl = new AbortController();
+    var timer = setTimeout(function () { ctrl.abort(); }, timeoutMs || 8000);
+    var res = { path: path, ok: false, status: 0, stale: false, age: null, body: null, error: "" };
+    return fetch(base + path, {
+      cache: "no-store",
+      signal: ctrl.signal,
+      headers: { Accept: "application/json" }
+    }).then(function (r) {
+      res.status = r.status;
+      res.stale = (r.headers.get("X-Cache") || "").toUpperCase() === "STALE";
+      var age = r.headers.get("Age");
+      res.age = age === null || age === "" || !isFinite(Number(age)) ? null : Number(age);
+      return r.text();
+    }).then(function (text) {
+      try { res.body = JSON.parse(text); } catch (e) { res.body = null; }
+      var isObject = res.body !== null && typeof res.body === "object";
+      if (res.status < 200 || res.status > 299) {
+        res.error = (isObject && typeof res.body.error === "string") ? res.body.error : "HTTP " + res.status;
+      } else if (!isObject) {
+        res.error = "no data";
+      } else if (typeof res.body.error === "string") {
+        res.error = res.body.error;
+      } else {
+        res.ok = true;
+      }
+      return res;
+    }).catch(function (e) {
+      res.error = e && e.name === "AbortError" ? "no answer from the proxy" : "proxy unreachable";
+      return res;
+    }).finally(function () {
+      clearTimeout(timer);
+    });
+  }
+
+  window.PW = {
+    STYLES: STYLES,
+    base: base,
+    param: param,
+    seconds: seconds,
+    style: applyStyle(),
+    getJSON: getJSON
+  };
+})();
