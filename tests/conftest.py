@@ -1,0 +1,115 @@
+"""Shared fixtures: a real simulator, a real proxy, real sockets on port 0."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from proxy.config import load_config
+from proxy.main import Running, start
+
+CONNECT_WAIT = 20.0
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+class ProxyHandle:
+    """A running proxy (and its simulator) plus a tiny HTTP client for it."""
+
+    def __init__(self, running: Running) -> None:
+        self.running = running
+        self.port = running.server.port
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.base = self.url + running.config.base_url.lstrip("/")
+        self.sim = running.simulator
+        self.app = running.app
+        self.gateway = running.gateway
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30.0) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return Reply(r.status, r.headers, r.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, form: str, headers: dict[str, str] | None = None) -> Reply:
+        h = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+        return self.request("POST", path, body=form, headers=h)
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+DEFAULT_ENV = {
+    "PW_BIND_ADDRESS": "127.0.0.1",
+    "PW_PORT": "0",
+    "PW_CACHE_EXPIRE": "1",
+    "PW_CACHE_TTL": "4",
+    "PW_TIMEOUT": "2",
+}
+
+Factory = Callable[..., ProxyHandle]
+
+
+@pytest.fixture
+def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
+    """factory(env=None, simulate=True) -> ProxyHandle, stopped at teardown.
+
+    With simulate=True the proxy starts its own simulator (full TEDAPI mode).
+    With simulate=False, pass PW_HOST etc. in env (e.g. pointing at a `simulator`).
+    """
+    handles: list[ProxyHandle] = []
+
+    def factory(env: dict[str, str] | None = None, simulate: bool = True) -> ProxyHandle:
+        merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path),
+                  "PW_CACHE_FILE": str(tmp_path / ".powerwall"), **(env or {})}
+        config = load_config(merged, simulate=simulate)
+        handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT))
+        handles.append(handle)
+        assert handle.gateway.connected, f"gateway never connected: {handle.gateway.info.connect_error}"
+        return handle
+
+    yield factory
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture
+def simulator() -> Iterator[Any]:
+    """A bare gateway simulator (pw3 model) for tests that configure the proxy themselves."""
+    from proxy.simulator import Simulator
+
+    with Simulator(port=0, seed=7) as sim:
+        yield sim
+
+
+@pytest.fixture
+def proxy(proxy_factory: Factory) -> ProxyHandle:
+    """The proxy with --simulate defaults and control enabled (secret "s3cret-token")."""
+    return proxy_factory({"PW_CONTROL_SECRET": "s3cret-token"})
