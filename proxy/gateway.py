@@ -218,13 +218,16 @@ class Gateway:
             with self._turn:
                 if self.pw is None:
                     self.pw = self._factory(**self.client_kwargs())
-                elif self.pw.client is None:
+                else:
                     self.pw.connect()
+                # pypowerwall keeps a half-made client when a login fails, so ask
+                # the gateway itself whether we are really through.
+                answered = getattr(self.pw, "client", None) is not None and self._answers(self.pw)
         except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
             self.info.connect_error = f"{type(exc).__name__}: {exc}"
             return False
-        if getattr(self.pw, "client", None) is None:
-            self.info.connect_error = "the gateway did not accept the connection"
+        if not answered:
+            self.info.connect_error = "the gateway did not answer"
             return False
         self._describe()
         self._init_control()
@@ -233,6 +236,13 @@ class Gateway:
         self.site_name = self._quiet(lambda pw: pw.site_name())
         log.info("%s: connected, mode %s", self.name, self.info.mode)
         return True
+
+    @staticmethod
+    def _answers(pw: Any) -> bool:
+        try:
+            return bool(pw.is_connected())
+        except Exception:
+            return False
 
     def _quiet(self, fetch: Fetch) -> Any:
         """One best-effort call whose failure is not news (e.g. the site name at start)."""
