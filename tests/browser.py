@@ -9,6 +9,7 @@ a condition, record console errors and network requests, take PNG screenshots.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -162,20 +163,16 @@ class Chromium:
         return page
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrowserError):
             self.send("Browser.close", timeout=5)
-        except BrowserError:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self._to_chrome, self._from_chrome):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
@@ -259,7 +256,5 @@ class Page:
 
     def close(self) -> None:
         self.browser._listeners.pop(self.session, None)
-        try:
+        with contextlib.suppress(BrowserError):
             self.browser.send("Target.closeTarget", {"targetId": self.target}, timeout=5)
-        except BrowserError:
-            pass

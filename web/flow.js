@@ -156,13 +156,23 @@
     svg.setAttribute("data-state", state);
   }
 
+  // A route this proxy does not have (404, e.g. a mode without it) is not asked again.
+  var absent = {};
+  function get(path, timeout) {
+    if (absent[path]) return Promise.resolve({ ok: false, status: 404, error: "not available" });
+    return PW.getJSON(path, timeout).then(function (res) {
+      if (res.status === 404 && path !== "aggregates") absent[path] = true;
+      return res;
+    });
+  }
+
   function poll() {
     var timeout = Math.max(4000, Math.min(interval * 1000, 15000));
     Promise.all([
-      PW.getJSON("aggregates", timeout),
-      PW.getJSON("api/system_status/soe", timeout),
-      PW.getJSON("api/system_status/grid_status", timeout),
-      PW.getJSON("api/operation", timeout)
+      get("aggregates", timeout),
+      get("api/system_status/soe", timeout),
+      get("api/system_status/grid_status", timeout),
+      get("api/operation", timeout)
     ]).then(function (r) {
       render(r[0], r[1], r[2], r[3]);
       svg.setAttribute("data-updated", String(Date.now()));

@@ -1,0 +1,375 @@
+"""The web UI in headless Chromium, against the real proxy and its gateway simulator.
+
+Screenshots go to artifacts/screenshots/ (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import Chromium, Page, find_chromium
+
+CHROMIUM = find_chromium()
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install Debian's "
+                       "`chromium` (tests/run.sh does) or set $CHROMIUM"),
+]
+
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+SIZES = ((300, 300), (800, 480), (1920, 1080))
+STYLES = {  # style -> computed background of <body>
+    "clear": "rgba(0, 0, 0, 0)",
+    "black": "rgb(0, 0, 0)",
+    "white": "rgb(255, 255, 255)",
+    "grafana": "rgb(22, 23, 25)",
+    "grafana-dark": "rgb(17, 18, 23)",
+    "dakboard": "rgb(0, 0, 0)",
+    "solar": "rgba(0, 0, 0, 0)",
+}
+FAST = "?interval=0.5"
+
+READ_FLOW = """(() => {
+  const svg = document.getElementById('flow');
+  const text = id => document.getElementById(id).textContent.trim();
+  return {state: svg.getAttribute('data-state'), grid: svg.getAttribute('data-grid'),
+          updated: Number(svg.getAttribute('data-updated') || 0),
+          solar: text('solar-value'), home: text('home-value'), grid_value: text('grid-value'),
+          battery: text('battery-value'), soc: text('soc-value'), reserve: text('reserve-value'),
+          grid_status: text('grid-status'), battery_status: text('battery-status'),
+          banner: text('banner-text'), detail: text('detail')};
+})()"""
+STATE = "document.getElementById('flow').getAttribute('data-state')"
+GRID = "document.getElementById('flow').getAttribute('data-grid')"
+NO_SCROLLBARS = """(() => { const e = document.documentElement;
+  return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; })()"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    assert CHROMIUM is not None
+    browser = Chromium(CHROMIUM)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
+    pages: list[Page] = []
+
+    def opener(width: int = 800, height: int = 480) -> Page:
+        page = chromium.new_page(width, height)
+        pages.append(page)
+        return page
+
+    yield opener
+    for page in pages:
+        page.close()
+
+
+def prefix(proxy: Any) -> str:
+    """PROXY_BASE_URL as a path ("/" or "/pw-proxy/")."""
+    return str(proxy.base[len(proxy.url) - 1:])
+
+
+def get_json(proxy: Any, route: str) -> Any:
+    reply = proxy.get(prefix(proxy) + route)
+    assert reply.status == 200, (route, reply.status, reply.body[:200])
+    return reply.json()
+
+
+def wait_state(page: Page, state: str, timeout: float = 20) -> None:
+    page.wait_for(f"{STATE} === {state!r}", timeout=timeout)
+
+
+def read_flow(page: Page) -> dict[str, Any]:
+    value: dict[str, Any] = page.evaluate(READ_FLOW)
+    return value
+
+
+def kw(text: str) -> float:
+    match = re.fullmatch(r"(\d+\.\d) kW", text)
+    assert match, f"not a kW value: {text!r}"
+    return float(match.group(1))
+
+
+def percent(text: str) -> int:
+    match = re.fullmatch(r"(?:reserve )?(\d+)%", text)
+    assert match, f"not a percentage: {text!r}"
+    return int(match.group(1))
+
+
+def assert_inside_proxy(page: Page, base: str) -> None:
+    outside = [url for url in page.requests if not url.startswith(base)]
+    assert page.requests, "the page made no requests at all"
+    assert not outside, f"requests outside the proxy base {base}: {outside}"
+
+
+def assert_clean(page: Page, base: str) -> None:
+    assert not page.console_errors, page.console_errors
+    assert_inside_proxy(page, base)
+
+
+def next_updates(page: Page, count: int, timeout: float = 15) -> None:
+    """Wait until the page has finished `count` more polls."""
+    for _ in range(count):
+        before = read_flow(page)["updated"]
+        page.wait_for(f"Number(document.getElementById('flow').getAttribute('data-updated'))"
+                      f" > {before}", timeout=timeout)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_page_shows_the_simulators_values(proxy_factory: Any, open_page: Any) -> None:
+    # A long cache window, so the page and this test read the very same cached values.
+    proxy = proxy_factory({"PW_CACHE_EXPIRE": "30", "PW_CACHE_TTL": "60"})
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    for _attempt in range(3):
+        agg = get_json(proxy, "aggregates")
+        app_soe = get_json(proxy, "api/system_status/soe")["percentage"]
+        next_updates(page, 2)  # the second poll started after the reads above
+        shown = read_flow(page)
+        if get_json(proxy, "aggregates") == agg:
+            break
+    else:
+        pytest.fail("the simulator's values never held still for one cache window")
+
+    for meter, field in (("solar", "solar"), ("load", "home"), ("site", "grid_value"),
+                         ("battery", "battery")):
+        watts = agg[meter]["instant_power"]
+        assert abs(kw(shown[field]) - abs(watts) / 1000) <= 0.051, (meter, watts, shown[field])
+    site, battery = agg["site"]["instant_power"], agg["battery"]["instant_power"]
+    if abs(site) >= 10:
+        assert shown["grid_status"] == ("importing" if site > 0 else "exporting")
+    if abs(battery) >= 10:
+        assert shown["battery_status"] == ("discharging" if battery > 0 else "charging")
+
+    # The page shows the state of charge on the Tesla-app scale, i.e. what
+    # api/system_status/soe answers; that is /soe (raw) rescaled by the proxy.
+    raw_soe = get_json(proxy, "soe")["percentage"]
+    assert abs(app_soe - (raw_soe / 0.95 - 5 / 0.95)) < 0.01
+    assert abs(percent(shown["soc"]) - min(100, max(0, app_soe))) <= 0.5
+    raw_reserve = get_json(proxy, "api/operation")["backup_reserve_percent"]
+    assert abs(percent(shown["reserve"]) - max(0, raw_reserve / 0.95 - 5 / 0.95)) <= 0.5
+
+    assert shown["grid"] == "up"
+    assert shown["banner"] == ""
+    assert page.evaluate(NO_SCROLLBARS)
+    page.screenshot(SHOTS / "flow-values.png")
+    assert_clean(page, proxy.base)
+
+
+def test_flows_move_with_the_power(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    offsets = "document.getElementById('flow-home').style.strokeDashoffset"
+    first = page.evaluate(offsets)
+    page.wait_for(f"{offsets} !== {first!r}", timeout=5)
+    assert page.evaluate("document.getElementById('flow-home').classList.contains('active')")
+    assert_clean(page, proxy.base)
+
+
+# --------------------------------------------------------------------------- states
+
+
+def test_grid_outage_is_unmistakable(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    assert page.evaluate(GRID) == "up"
+
+    proxy.sim.set_fault("grid_outage")
+    page.wait_for(f"{GRID} === 'down'", timeout=20)
+    shown = read_flow(page)
+    assert shown["banner"].startswith("GRID OUTAGE")
+    assert shown["grid_status"] == "OFF-GRID"
+    assert page.evaluate("getComputedStyle(document.querySelector('.grid-cut')).display") != "none"
+    page.screenshot(SHOTS / "state-outage.png")
+
+    proxy.sim.clear_faults()
+    page.wait_for(f"{GRID} === 'up'", timeout=20)
+    assert read_flow(page)["banner"] == ""
+    assert_clean(page, proxy.base)
+
+
+def test_stale_data_is_marked_and_greyed(proxy_factory: Any, open_page: Any) -> None:
+    # A long last-good window: the proxy serves X-Cache: STALE for a minute.
+    proxy = proxy_factory({"PW_CACHE_EXPIRE": "1", "PW_CACHE_TTL": "60"})
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+
+    proxy.sim.set_fault("down")
+    wait_state(page, "stale", timeout=30)
+    shown = read_flow(page)
+    assert shown["banner"] == "DATA STALE"
+    assert "s old" in shown["detail"]
+    kw(shown["home"])  # last good values stay visible (greyed), never zeros or blanks
+    opacity = page.evaluate("getComputedStyle(document.getElementById('home-value')).opacity")
+    assert float(opacity) < 1
+    page.screenshot(SHOTS / "state-stale.png")
+    assert_inside_proxy(page, proxy.base)
+
+
+def test_gateway_down_shows_unavailable(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+
+    proxy.sim.set_fault("down")
+    wait_state(page, "unavailable", timeout=45)
+    shown = read_flow(page)
+    assert shown["banner"] == "GATEWAY UNAVAILABLE"
+    for field in ("solar", "home", "grid_value", "battery", "soc"):
+        assert shown[field] == "—", (field, shown[field])
+    assert shown["reserve"] == "reserve —"
+    assert page.evaluate("document.querySelectorAll('.flow.active').length") == 0
+    page.screenshot(SHOTS / "state-unavailable.png")
+    assert_inside_proxy(page, proxy.base)
+
+    proxy.sim.clear_faults()
+    wait_state(page, "fresh", timeout=60)
+    kw(read_flow(page)["home"])
+
+
+def test_proxy_gone_shows_unreachable(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    page = open_page(300, 300)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    proxy.stop()
+    wait_state(page, "unavailable", timeout=20)
+    shown = read_flow(page)
+    assert shown["banner"] == "PROXY UNREACHABLE"
+    assert shown["home"] == "—"
+
+
+# --------------------------------------------------------------------------- styles
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_each_style_renders(proxy_factory: Any, open_page: Any, style: str) -> None:
+    proxy = proxy_factory()
+    for width, height in SIZES:
+        page = open_page(width, height)
+        if STYLES[style] == "rgba(0, 0, 0, 0)":
+            # Transparent styles: shoot them over a dark slate, as on a Dakboard photo.
+            page.send("Emulation.setDefaultBackgroundColorOverride",
+                      {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
+        page.goto(proxy.base + f"?style={style}&interval=1")
+        wait_state(page, "fresh")
+        page.wait_for("document.fonts.status === 'loaded'")
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == STYLES[style]
+        assert page.evaluate("document.getElementById('pw-style').getAttribute('href')") == (
+            f"{prefix(proxy)}styles/{style}.css")
+        battery = page.evaluate("getComputedStyle(document.getElementById('node-battery')).display")
+        assert (battery == "none") == (style == "solar")
+        assert page.evaluate(NO_SCROLLBARS), f"scrollbars at {width}x{height}"
+        page.screenshot(SHOTS / f"style-{style}-{width}x{height}.png")
+        assert_clean(page, proxy.base)
+
+
+def test_pw_style_is_the_default_and_query_overrides(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PW_STYLE": "grafana"})
+    page = open_page(400, 300)
+    background = "getComputedStyle(document.body).backgroundColor"
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    assert page.evaluate(background) == STYLES["grafana"]
+    page.goto(proxy.base + "?style=white")
+    page.wait_for(f"{background} === {STYLES['white']!r}")
+    page.goto(proxy.base + "?style=nonsense")
+    page.wait_for(f"{background} === {STYLES['grafana']!r}")
+    page.goto(proxy.base + "?style=solar")
+    page.wait_for("getComputedStyle(document.getElementById('flow-battery')).display === 'none'")
+    assert_clean(page, proxy.base)
+
+
+# --------------------------------------------------------------------------- base URL, caching
+
+
+def test_base_url_prefixes_every_request(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PROXY_BASE_URL": "/pw-proxy/"})
+    assert proxy.base.endswith("/pw-proxy/")
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    next_updates(page, 1)
+    assert any(url.startswith(proxy.base + "aggregates") for url in page.requests)
+    assert_clean(page, proxy.base)
+
+    console = open_page(1024, 768)
+    console.goto(proxy.base + "console")
+    console.wait_for("document.getElementById('counters').children.length > 0")
+    hrefs = console.evaluate("[...document.querySelectorAll('#route-list a')].map(a => a.href)")
+    assert hrefs and all(h.startswith(proxy.base) for h in hrefs)
+    assert_clean(console, proxy.base)
+
+
+def test_browser_cache_applies_to_assets(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PW_BROWSER_CACHE": "3600"})
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    for asset in ("flow.js", "common.js", "flow.css", "styles/clear.css"):
+        headers = page.responses[proxy.base + asset]["headers"]
+        assert "max-age=3600" in headers.get("cache-control", ""), (asset, headers)
+    page_headers = page.responses[proxy.base + FAST]["headers"]
+    assert "max-age" not in page_headers.get("cache-control", "")
+    assert_clean(page, proxy.base)
+
+
+# --------------------------------------------------------------------------- other pages
+
+
+def test_console_is_readable(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    get_json(proxy, "aggregates")  # something in the cache to show
+    for width, height in ((1280, 800), (800, 480)):
+        page = open_page(width, height)
+        page.goto(proxy.base + "console?interval=1")
+        page.wait_for("['ok','degraded','starting'].includes("
+                      "document.getElementById('status').textContent)")
+        page.wait_for("document.querySelectorAll('#cache-table tbody td.num').length > 0")
+        counters = page.evaluate("document.getElementById('counters').innerText")
+        for label in ("GETs", "POSTs", "Errors", "Timeouts"):
+            assert label in counters
+        facts = page.evaluate("document.getElementById('gateway-facts').innerText")
+        assert "Mode" in facts and "Cooldown" in facts
+        links = page.evaluate("[...document.querySelectorAll('#route-list a')]"
+                              ".map(a => a.getAttribute('href'))")
+        for route in ("aggregates", "soe", "vitals", "csv", "health", "stats", "pw/level"):
+            assert prefix(proxy) + route in links
+        page.screenshot(SHOTS / f"console-{width}x{height}.png")
+        assert_clean(page, proxy.base)
+
+
+def test_example_embeds_the_animation(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory()
+    page = open_page(1600, 1000)
+    page.goto(proxy.base + "example.html")
+    frames = "[...document.querySelectorAll('iframe')]"
+    page.wait_for(f"{frames}.length >= 4 && {frames}.every(f => f.contentDocument && "
+                  "f.contentDocument.getElementById('flow') && f.contentDocument"
+                  ".getElementById('flow').getAttribute('data-state') === 'fresh')", timeout=30)
+    no_scroll = page.evaluate(f"""{frames}.every(f => {{
+        const e = f.contentDocument.documentElement;
+        return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; }})""")
+    assert no_scroll
+    time.sleep(0.5)
+    page.screenshot(SHOTS / "example.png")
+    assert_clean(page, proxy.base)
