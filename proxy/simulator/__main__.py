@@ -1,0 +1,56 @@
+"""Command line: python3 -m proxy.simulator [--bind ...] [--port ...] [...]."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .layout import MODELS
+from .simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m proxy.simulator",
+                                     description="Simulated Tesla Powerwall gateway (HTTPS).")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8443, help="port (0 = any free port)")
+    parser.add_argument("--password", default=DEFAULT_PASSWORD,
+                        help="customer password for the local API")
+    parser.add_argument("--gw-pwd", default=DEFAULT_GW_PWD,
+                        help="gateway (QR sticker) password for TEDAPI")
+    parser.add_argument("--model", choices=MODELS, default="pw3", help="Powerwall generation")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible numbers")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sim = Simulator(bind=args.bind, port=args.port, password=args.password,
+                    gw_pwd=args.gw_pwd, model=args.model, seed=args.seed)
+    try:
+        sim.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Simulated Powerwall gateway listening on {sim.url}", flush=True)
+    try:
+        while not done.wait(1.0):
+            pass  # a timed wait keeps the main thread responsive to signals
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The gateway core: faults, access rules and dispatch; plus the /sim/* control API.
+
+`Gateway.handle` turns a Request into a Response (or None: drop the connection
+without an answer). It never touches sockets, so it can be driven directly.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from . import faults as fk
+from . import routes
+from .devices import iso_time
+from .faults import Fault, FaultBoard
+from .messages import Request, Response, gateway_error, json_response, not_found, status_error
+from .site import Site
+from .stats import RequestCounter
+
+CONTROL_PREFIX = "/sim/"
+
+
+def is_control(path: str) -> bool:
+    """Simulator control paths: never counted, never faulted."""
+    return path.startswith(CONTROL_PREFIX) or path == "/sim"
+
+
+def garble(response: Response) -> Response:
+    """A malformed answer: the body cut in half (and not even text for text bodies)."""
+    cut = response.body[: len(response.body) // 2]
+    if response.content_type.startswith("text/plain"):
+        cut = b"\xff\xfe" + cut  # invalid UTF-8, so a DIN read cannot silently succeed
+    return replace(response, body=cut)
+
+
+def _fault_status(fault: Fault) -> Response:
+    headers = () if fault.retry_after is None else (("Retry-After", str(fault.retry_after)),)
+    return status_error(fault.status, headers)
+
+
+class Gateway:
+    """Routes, guarded by the active faults and access rules, counting every request."""
+
+    def __init__(self, site: Site, faults: FaultBoard, counter: RequestCounter,
+                 stopping: threading.Event) -> None:
+        self.site = site
+        self.faults = faults
+        self.counter = counter
+        self._stopping = stopping
+
+    def count(self, path: str) -> None:
+        """Record a gateway request once its request line has been read."""
+        if not is_control(path):
+            self.counter.count(path)
+
+    def handle(self, request: Request) -> Response | None:
+        if is_control(request.path):
+            return self._control(request)
+        active = self.faults.for_path(request.path)
+        kinds = {fault.kind for fault in active}
+        if fk.DOWN in kinds:
+            return None
+        delay = max((f.delay for f in active if f.kind == fk.SLOW), default=0.0)
+        if delay and self._stopping.wait(delay):
+            return None  # shutting down: give up rather than hold stop() up
+        status = next((f for f in active if f.kind == fk.STATUS), None)
+        if status is not None:
+            return _fault_status(status)
+        response = self._dispatch(request, active)
+        if fk.MALFORMED in kinds and response.status == 200:
+            return garble(response)
+        return response
+
+    def _dispatch(self, request: Request, active: list[Fault]) -> Response:
+        route = routes.find(request.path)
+        if route is None:
+            return not_found()
+        if request.method not in route.methods:
+            allow = ", ".join(sorted(route.methods))
+            return gateway_error(405, "Method Not Allowed", f"use {allow}",
+                                 (("Allow", allow),))
+        denied = self._access_denied(route, request, active)
+        return denied if denied is not None else route.handler(self.site, request)
+
+    def _access_denied(self, route: routes.Route, request: Request,
+                       active: list[Fault]) -> Response | None:
+        if route.access == routes.SESSION and not self._session_ok(request, active):
+            return gateway_error(401, "Authorization Required", "User is not logged in")
+        if route.access == routes.TEDAPI and not self.site.tedapi_auth_ok(
+                request.header("authorization")):
+            verb = request.method
+            return gateway_error(403, f"Unable to {verb} to resource",
+                                 "User does not have adequate access rights")
+        return None
+
+    def _session_ok(self, request: Request, active: list[Fault]) -> bool:
+        token = routes.session_token(request)
+        issued = self.site.sessions.issued_at(token) if token else None
+        if token is None or issued is None:
+            return False
+        # expire_session: sessions that existed when the fault began are dropped on
+        # their next request here; logging in again gives a session that works.
+        if any(f.kind == fk.EXPIRE_SESSION and issued <= f.started for f in active):
+            self.site.sessions.revoke(token)
+            return False
+        return True
+
+    # --- /sim/* ------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The home's numbers right now (GET /sim/state)."""
+        snap = self.site.model.snapshot()
+        flows, energy = snap.flows, snap.energy
+        return {
+            "tick": snap.tick, "time": iso_time(snap.wall_time),
+            "model": self.site.layout.model, "seed": self.site.model.seed,
+            "solar_w": flows.solar, "load_w": flows.load, "battery_w": flows.battery,
+            "site_w": flows.site, "grid_w": flows.site,
+            "soe": snap.soe_percent, "energy_remaining_wh": snap.remaining_wh,
+            "full_pack_wh": snap.full_pack_wh,
+            "reserve": snap.settings.reserve_percent, "mode": snap.settings.mode,
+            "grid_status": snap.grid_status, "islanded": snap.islanded,
+            "frequency": snap.frequency, "voltage": round(snap.v_l1n + snap.v_l2n, 2),
+            "energy": {"site_imported": energy.site_imported,
+                       "site_exported": energy.site_exported,
+                       "battery_imported": energy.battery_imported,
+                       "battery_exported": energy.battery_exported,
+                       "solar_exported": energy.solar_exported,
+                       "load_imported": energy.load_imported},
+        }
+
+    def add_fault(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"faults": self.faults.add(spec)}
+
+    def reset(self) -> dict[str, Any]:
+        self.faults.clear()
+        self.counter.reset()
+        return {"faults": [], "stats": self.counter.snapshot()}
+
+    def _post_fault(self, request: Request) -> Response:
+        try:
+            spec = json.loads(request.body or b"null")
+            if not isinstance(spec, dict):
+                raise ValueError("body must be a JSON object")
+            return json_response(self.add_fault(spec))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return json_response({"error": str(exc)}, 400)
+
+    def _faults(self) -> dict[str, Any]:
+        return {"faults": self.faults.describe()}
+
+    def _clear(self) -> dict[str, Any]:
+        self.faults.clear()
+        return {"faults": []}
+
+    def _control(self, request: Request) -> Response:
+        readers: dict[str, Callable[[], dict[str, Any]]] = {
+            "/sim/stats": self.counter.snapshot, "/sim/state": self.state,
+            "/sim/fault": self._faults, "/sim/faults": self._faults}
+        writers: dict[str, Callable[[], dict[str, Any]]] = {
+            "/sim/clear": self._clear, "/sim/reset": self.reset}
+        if request.method == "GET" and request.path in readers:
+            return json_response(readers[request.path]())
+        if request.method == "POST" and request.path == "/sim/fault":
+            return self._post_fault(request)
+        if request.method == "POST" and request.path in writers:
+            return json_response(writers[request.path]())
+        if request.path in readers or request.path in writers:
+            return json_response({"error": f"method {request.method} not allowed"}, 405)
+        return json_response({"error": "unknown simulator endpoint"}, 404)

@@ -1,0 +1,179 @@
+"""HTTPS transport: a threading HTTP/1.1 server that hands requests to the Gateway.
+
+The TLS handshake runs in each connection's own thread (never in accept), so a
+slow or silent client cannot stall the listener. Connections are tracked so
+`close_connections()` can end them all promptly on stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .gateway import Gateway
+from .messages import Request, Response, gateway_error
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0  # keep-alive connections are dropped after this much silence
+MAX_BODY = 1 << 20
+MAX_CONNECTIONS = 256
+
+
+class GatewayHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client must never keep the process alive
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], gateway: Gateway,
+                 tls: ssl.SSLContext) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.gateway = gateway
+        self.tls = tls
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, GatewayRequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can
+        # take seconds; the name is never used, so bind without it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._connections_lock:
+            return len(self._connections) < MAX_CONNECTIONS
+
+    def track(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Cut every open connection, waking the threads blocked on them."""
+        with self._connections_lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients vanish mid-request all the time (and faults cause it on purpose).
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class GatewayRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as pooled clients expect
+    server: GatewayHTTPServer
+
+    def version_string(self) -> str:
+        return "SimulatedGateway"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def setup(self) -> None:
+        raw = self.request
+        self.server.track(raw)
+        raw.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            secure = self.server.tls.wrap_socket(raw, server_side=True,
+                                                 do_handshake_on_connect=False)
+        finally:
+            self.server.untrack(raw)  # wrapping detaches the plain socket
+        self.server.track(secure)
+        try:
+            secure.do_handshake()
+        except (OSError, ValueError):
+            self.server.untrack(secure)
+            secure.close()
+            raise
+        secure.settimeout(IDLE_TIMEOUT)
+        self.request = secure
+        super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass  # the peer is gone; nothing left to flush
+        finally:
+            self.server.untrack(self.request)
+            self.request.close()
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self.server.gateway.count(urllib.parse.urlsplit(self.path).path)
+        return True
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering a bad or oversized one."""
+        length_header = self.headers.get("Content-Length", "0")
+        try:
+            length = int(length_header)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._send(gateway_error(413 if length > MAX_BODY else 400, "Bad Request",
+                                     "invalid or oversized body"))
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _request(self, body: bytes) -> Request:
+        parts = urllib.parse.urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        return Request(self.command, parts.path, parts.query, headers, body)
+
+    def _serve(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        response = self.server.gateway.handle(self._request(body))
+        if response is None:
+            self._drop()
+        else:
+            self._send(response)
+
+    def _drop(self) -> None:
+        """Close the connection without a word, like an unreachable gateway."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        if response.status != 204:
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if response.body:
+            self.wfile.write(response.body)
