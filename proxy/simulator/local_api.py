@@ -65,7 +65,7 @@ def meters_aggregates(snapshot: Snapshot, layout: Layout) -> JSON:
 
 def soe(snapshot: Snapshot) -> JSON:
     """GET /api/system_status/soe (raw percentage, 5 % below the app's scale)."""
-    return {"percentage": round(snapshot.soe_percent, 6)}
+    return {"percentage": snapshot.soe_percent}
 
 
 def grid_status(snapshot: Snapshot) -> JSON:

@@ -42,6 +42,7 @@ class Simulator:
         self.gateway = Gateway(self.site, self.faults, self.counter, self._stopping)
         self._server: GatewayHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port: int | None = None  # kept after stop(), for messages and tests
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -53,6 +54,7 @@ class Simulator:
         server = GatewayHTTPServer((self.bind, self.requested_port), self.gateway,
                                    tls.server_context())
         self._server = server
+        self._port = int(server.server_address[1])
         self._thread = threading.Thread(target=server.serve_forever,
                                         kwargs={"poll_interval": POLL_INTERVAL},
                                         name=f"pwsim-{self.port}", daemon=True)
@@ -86,9 +88,10 @@ class Simulator:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("simulator is not running")
-        return int(self._server.server_address[1])
+        """The listening port (the last one after stop())."""
+        if self._port is None:
+            raise RuntimeError("simulator has not been started")
+        return self._port
 
     @property
     def host(self) -> str:
