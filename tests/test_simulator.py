@@ -219,7 +219,9 @@ def test_operation_post_changes_later_reads_in_both_apis(tmp_path: Path) -> None
         assert pw.get_mode() == "backup"  # the library back-fills the mode it did not change
         ted = tedapi_powerwall(sim, tmp_path)
         assert ted.get_reserve(scale=False) == 30 and ted.get_mode() == "backup"
-        assert sim.state()["reserve"] == 30 and sim.state()["mode"] == "backup"
+        state = sim.state()
+        assert state["reserve"] == 30 and state["mode"] == "backup"
+        assert state["reserve_app"] == pytest.approx(ted.get_reserve())
         cookies = cookie_header(login(sim))
         bad = post_json(sim, "/api/operation", {"real_mode": "party"}, cookies)
         assert bad.status == 400 and bad.json()["code"] == 400
@@ -260,6 +262,12 @@ def test_requests_without_a_session_are_refused_except_public_ones(sim: Simulato
     assert request(sim, "GET", "/api/devices/vitals").status == 404
     wrong = request(sim, "GET", "/api/login/Basic")
     assert wrong.status == 405 and wrong.header("Allow") == "POST"
+    conn = connect(sim)
+    try:  # an iterable body makes http.client send it chunked
+        conn.request("POST", "/api/login/Basic", body=iter([b"username=customer"]))
+        assert conn.getresponse().status == 411
+    finally:
+        conn.close()
 
 
 def test_logout_ends_the_session_and_token_mode_works(sim: Simulator, tmp_path: Path) -> None:
@@ -294,6 +302,9 @@ def test_tedapi_full_mode_pw3(sim: Simulator, tmp_path: Path) -> None:
     assert 0 < pw.level() < 100 and pw.power()["load"] > 0 and pw.grid_status() == "UP"
     assert pw.version().startswith("25.10") and pw.din() == layout_for("pw3").din
     assert pw.site_name() == "Simulated Home" and pw.get_reserve() == pytest.approx(20.0)
+    leader = layout_for("pw3").units[0].din
+    block = pw.tedapi.get_battery_block(leader)
+    assert block["components"]["bms"][0]["signals"]
     hits = paths(sim)
     assert hits["/tedapi/din"] == 1 and hits["/"] == 1
     assert all(hits[f"/tedapi/device/{u.din}/v1"] > 0 for u in layout_for("pw3").units)
@@ -504,6 +515,22 @@ def test_fault_expire_session_forces_a_new_login(sim: Simulator, tmp_path: Path)
     assert request(sim, "GET", "/api/system_status/soe", headers=old).status == 401
     fresh = {"Cookie": "; ".join(f"{k}={v}" for k, v in pw.client.auth.items())}
     assert request(sim, "GET", "/api/system_status/soe", headers=fresh).status == 200
+
+
+def test_expire_session_for_listed_paths_and_short_windows(sim: Simulator) -> None:
+    cookies = cookie_header(login(sim))
+    result = sim.set_fault("expire_session", paths=["/api/system_status/soe"])
+    assert [f["kind"] for f in result["faults"]] == ["expire_session"]
+    grid = "/api/system_status/grid_status"
+    assert request(sim, "GET", grid, headers=cookies).status == 200  # not a listed path
+    assert request(sim, "GET", "/api/system_status/soe", headers=cookies).status == 401
+    assert request(sim, "GET", grid, headers=cookies).status == 401  # that session is gone
+    again = cookie_header(login(sim))
+    assert request(sim, "GET", "/api/system_status/soe", headers=again).status == 200
+    sim.clear_faults()
+    sim.set_fault("expire_session", seconds=0.05)
+    time.sleep(0.1)  # the window is over, but the sessions it ended stay ended
+    assert request(sim, "GET", grid, headers=again).status == 401
 
 
 def test_fault_malformed_bodies(sim: Simulator, tmp_path: Path) -> None:

@@ -36,6 +36,11 @@ def garble(response: Response) -> Response:
     return replace(response, body=cut)
 
 
+def _app_scale(percent: float) -> float:
+    """Gateway percent to the Tesla app's scale (the app hides the bottom 5 %)."""
+    return max(0.0, percent / 0.95 - 5 / 0.95)
+
+
 def _fault_status(fault: Fault) -> Response:
     headers = () if fault.retry_after is None else (("Retry-After", str(fault.retry_after)),)
     return status_error(fault.status, headers)
@@ -121,7 +126,9 @@ class Gateway:
             "site_w": flows.site, "grid_w": flows.site,
             "soe": snap.soe_percent, "energy_remaining_wh": snap.remaining_wh,
             "full_pack_wh": snap.full_pack_wh,
-            "reserve": snap.settings.reserve_percent, "mode": snap.settings.mode,
+            "soe_app": _app_scale(snap.soe_percent),
+            "reserve": snap.settings.reserve_percent,
+            "reserve_app": _app_scale(snap.settings.reserve_percent), "mode": snap.settings.mode,
             "grid_status": snap.grid_status, "islanded": snap.islanded,
             "frequency": snap.frequency, "voltage": round(snap.v_l1n + snap.v_l2n, 2),
             "energy": {"site_imported": energy.site_imported,
@@ -133,7 +140,12 @@ class Gateway:
         }
 
     def add_fault(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"faults": self.faults.add(spec)}
+        active = self.faults.add(spec)
+        if spec.get("kind") == fk.EXPIRE_SESSION and spec.get("paths") is None:
+            # Like a gateway restart: every session is gone at once, so clients are
+            # refused until they log in again even if the fault window is short.
+            self.site.sessions.clear()
+        return {"faults": active}
 
     def reset(self) -> dict[str, Any]:
         self.faults.clear()

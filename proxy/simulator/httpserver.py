@@ -137,6 +137,10 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering a bad or oversized one."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True  # the unread chunks would poison keep-alive
+            self._send(gateway_error(411, "Length Required", "send a Content-Length"))
+            return None
         length_header = self.headers.get("Content-Length", "0")
         try:
             length = int(length_header)

@@ -108,14 +108,17 @@ class Simulator:
     # --- control (same as the /sim/* endpoints) ----------------------------------
 
     def set_fault(self, kind: str, paths: list[str] | None = None,
-                  seconds: float | None = None, **params: Any) -> list[dict[str, Any]]:
-        """Activate a fault (POST /sim/fault); returns the active faults."""
+                  seconds: float | None = None, **params: Any) -> dict[str, Any]:
+        """Activate a fault (POST /sim/fault); returns {"faults": [active faults]}.
+
+        ValueError (with the same message as the HTTP 400) if the fault is invalid.
+        """
         spec: dict[str, Any] = {"kind": kind, **params}
         if paths is not None:
             spec["paths"] = list(paths)
         if seconds is not None:
             spec["seconds"] = seconds
-        return list(self.gateway.add_fault(spec)["faults"])
+        return self.gateway.add_fault(spec)
 
     def clear_faults(self) -> None:
         """Clear faults, keep counters (POST /sim/clear)."""
