@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 
 from proxy.app import App, Call, Route, json_response
 from proxy.errors import GatewayError, HTTPError, NotSupported
+from proxy.gateway import reserve_for_backend
 from proxy.http_types import Response
 
 log = logging.getLogger("proxy.control")
@@ -192,9 +193,10 @@ def control_reserve(app: App, call: Call) -> Response:
     level = _level(value, "Value")
     if mode:
         m = _mode(mode, "Mode")
-        return _write(app, call, "reserve+mode", lambda pw: pw.set_operation(level=level, mode=m.value),
+        return _write(app, call, "reserve+mode", _set_operation(level, m),
                       f"reserve={level} mode={m.value}")
-    return _write(app, call, "reserve", lambda pw: pw.set_reserve(level), f"reserve={level}")
+    return _write(app, call, "reserve", lambda pw: pw.set_reserve(reserve_for_backend(pw, level)),
+                  f"reserve={level}")
 
 
 def control_mode(app: App, call: Call) -> Response:
@@ -208,7 +210,7 @@ def control_mode(app: App, call: Call) -> Response:
     m = _mode(value, "Value")
     if level_raw:
         level = _level(level_raw, "Level")
-        return _write(app, call, "reserve+mode", lambda pw: pw.set_operation(level=level, mode=m.value),
+        return _write(app, call, "reserve+mode", _set_operation(level, m),
                       f"mode={m.value} reserve={level}")
     return _write(app, call, "mode", lambda pw: pw.set_mode(m.value), f"mode={m.value}")
 
@@ -286,6 +288,10 @@ def control_unknown(app: App, call: Call) -> Response:
     if call.request.method == "POST":
         _authorize(app, call)
     raise HTTPError(404, "Invalid Command Action")
+
+
+def _set_operation(level: int, mode: Mode) -> Callable[[Any], Any]:
+    return lambda pw: pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value)
 
 
 def _get_reserve(pw: Any) -> Any:

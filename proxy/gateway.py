@@ -113,11 +113,12 @@ class Health:
 
 @dataclass
 class _Observed:
-    """The last HTTP answer the library got, seen through a requests response hook."""
+    """What the library's HTTP traffic did during one call (seen by wrapping its adapters)."""
 
     status: int | None = None
     retry_after: float | None = None
     requests: int = 0
+    transport_error: str | None = None
 
 
 @dataclass
@@ -146,6 +147,13 @@ def _parse_retry_after(raw: str | None) -> float | None:
         return max(0.0, float(raw))
     except ValueError:
         return None  # an HTTP-date: rare from a gateway; our own backoff applies
+
+
+_NOT_IN_THIS_MODE = "TIMEOUT!"  # what pypowerwall's TEDAPI mode returns for APIs it lacks
+
+
+def _uses_bare_requests(pw: Any) -> bool:
+    return getattr(getattr(pw, "client", None), "session", None) is requests
 
 
 def _is_empty(value: Any) -> bool:
@@ -182,7 +190,7 @@ class Gateway:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._observed = _Observed()
-        self._hooked: set[int] = set()
+        self._hooked_all = False
         self._library_window: int | None = None
         self._failed_window: int | None = None
 
@@ -391,21 +399,34 @@ class Gateway:
             log.warning("%s: gateway answered %s; leaving it alone for %.0f s",
                         self.name, seen.status, seconds)
             raise GatewayBusy(f"gateway busy (HTTP {seen.status})", retry_after=seconds)
-        if value is None and none_ok and (seen.status is None or seen.status < 400):
-            return None  # e.g. no time remaining while nothing is drawn: a real answer
-        if value is None or value == "null" or (not empty_ok and _is_empty(value)):
-            reason = self._reason(seen)
-            self._fail(window, reason)
-            raise GatewayUnavailable(reason)
+        if value == _NOT_IN_THIS_MODE:
+            raise NotSupported("not available from the gateway in this mode")
         if isinstance(value, dict) and len(value) == 1 and "ERROR" in value:
             raise NotSupported(str(value["ERROR"]))
+        if value is None and none_ok and seen.transport_error is None and (seen.status or 200) < 400:
+            return None  # e.g. no time remaining while nothing is drawn: a real answer
+        if value is None or value == "null" or (not empty_ok and _is_empty(value)):
+            self._absent(seen, window)
         self.health.success()
         self.cooldown.reset()
         self._failed_window = None
         return value
 
+    def _absent(self, seen: _Observed, window: int) -> None:
+        """No data: decide whether the gateway failed or simply has no such thing."""
+        if seen.transport_error is None and (seen.status == 404 or (
+                seen.requests == 0 and self._hooked_all)):
+            # The gateway (or the library, without asking it) says this does not
+            # exist here, e.g. vitals on firmware >= 23.44: not an outage.
+            raise NotSupported("not available from the gateway in this mode")
+        reason = self._reason(seen)
+        self._fail(window, reason)
+        raise GatewayUnavailable(reason)
+
     @staticmethod
     def _reason(seen: _Observed) -> str:
+        if seen.transport_error is not None:
+            return f"gateway unreachable ({seen.transport_error})"
         if seen.status is not None and seen.status >= 400:
             return f"gateway answered HTTP {seen.status}"
         if seen.requests == 0:
@@ -451,23 +472,38 @@ class Gateway:
                 pass  # firmware without vitals: the library's choice is correct, keep it
 
     def _install_hooks(self, pw: Any) -> None:
-        for session in _library_sessions(pw):
-            if id(session) in self._hooked:
-                continue
-            self._hooked.add(id(session))
-            session.hooks["response"].append(self._observe)
-            if _is_tedapi_session(pw, session):
+        """Watch every HTTP exchange the library makes, without changing what it does."""
+        sessions = _library_sessions(pw)
+        # Without a requests.Session (PW_POOL_MAXSIZE=0) we cannot see the traffic.
+        self._hooked_all = bool(sessions) and not _uses_bare_requests(pw)
+        for session in sessions:
+            if _is_tedapi_session(pw, session) and not getattr(session, "_pwproxy_no_retry", False):
                 # urllib3 retries 429/5xx five times with backoff: a retry storm
                 # at the moment the gateway asks for calm. We back off ourselves.
-                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, self.config.pool_maxsize),
-                                      max_retries=0)
-                session.mount("https://", adapter)
+                session.mount("https://", HTTPAdapter(pool_connections=1, max_retries=0,
+                                                      pool_maxsize=max(1, self.config.pool_maxsize)))
+                session._pwproxy_no_retry = True  # type: ignore[attr-defined]
+            for adapter in session.adapters.values():
+                if not getattr(adapter, "_pwproxy_watched", False):
+                    self._watch(adapter)
 
-    def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        seen = self._observed
-        seen.requests += 1
-        seen.status = response.status_code
-        seen.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+    def _watch(self, adapter: Any) -> None:
+        send = adapter.send
+
+        def watched_send(request: Any, *args: Any, **kwargs: Any) -> Any:
+            seen = self._observed
+            seen.requests += 1
+            try:
+                response = send(request, *args, **kwargs)
+            except Exception as exc:
+                seen.transport_error = type(exc).__name__
+                raise
+            seen.status = response.status_code
+            seen.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            return response
+
+        adapter.send = watched_send
+        adapter._pwproxy_watched = True
 
     # ---- control -----------------------------------------------------------
 
@@ -515,6 +551,20 @@ class Gateway:
         self.cooldown.reset()
         self._failed_window = None
         return self.cache.clear()
+
+
+def reserve_for_backend(pw: Any, level: int) -> float:
+    """The reserve to write, on the scale the control backend expects.
+
+    Users (and GET /control/reserve) speak the Tesla app's scale. The local
+    /api/operation takes the gateway's raw scale (app x 0.95 + 5) verbatim;
+    cloud, FleetAPI and v1r convert by themselves.
+    """
+    from pypowerwall.local.pypowerwall_local import PyPowerwallLocal
+
+    if isinstance(getattr(pw, "client", None), PyPowerwallLocal):
+        return round(level * 0.95 + 5, 2)
+    return float(level)
 
 
 def _library_objects(pw: Any) -> list[Any]:

@@ -81,6 +81,21 @@ def _simulated(config: Config) -> tuple[Config, Any, Any, str]:
     return config, simulator, tmp, DEFAULT_PASSWORD
 
 
+def _trust_gateway_certificate(config: Config) -> None:
+    """Let pypowerwall's verify=False stand against a self-signed gateway certificate.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
+    verify=False, which makes every TEDAPI call fail on machines that set them.
+    """
+    if config.host:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            if os.environ.pop(name, None) is not None:
+                log.info("ignoring %s: the gateway's certificate is self-signed", name)
+
+
 def start(config: Config, *, wait_connected: float = 0.0) -> Running:
     """Build and start everything; the HTTP server answers before the gateway connects."""
     from proxy.routes import ROUTES
@@ -90,6 +105,7 @@ def start(config: Config, *, wait_connected: float = 0.0) -> Running:
     control_password = ""
     if config.simulate:
         config, simulator, tmp, control_password = _simulated(config)
+    _trust_gateway_certificate(config)
     gateway = Gateway(config, simulated=config.simulate, control_password=control_password)
     app = App(config, gateway, web=WebFiles(config), routes=ROUTES)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),

@@ -52,7 +52,8 @@ def test_data_routes_answer_200_with_data(proxy: ProxyHandle, path: str) -> None
     else:
         assert r.header("Content-Type") == "application/json"
         assert r.json() not in (None, "null")
-    assert r.header("Age") is not None
+    if path != "/api/troubleshooting/problems":  # a constant: no gateway data, no Age
+        assert r.header("Age") is not None
     assert int(r.header("Content-Length") or -1) == len(r.body)
 
 
@@ -177,7 +178,7 @@ def test_stats_and_health(proxy: ProxyHandle) -> None:
 
 def test_help_escapes_recorded_paths(proxy: ProxyHandle) -> None:
     proxy.get("/<script>alert(1)</script>")
-    proxy.get("/api/status?<img src=x onerror=alert(2)>")
+    proxy.get("/api/status?%3Cimg%20src=x%20onerror=alert(2)%3E")
     page = proxy.get("/help").text
     assert "<script>alert(1)" not in page and "<img src=x" not in page
     assert proxy.get("/help").header("Content-Type", ) == "text/html; charset=utf-8"

@@ -391,7 +391,10 @@ def _bms(snapshot: Snapshot, reading: devices.UnitReading, share: float) -> dict
             "BMS_appGitHash": GIT_SHORT,
             "BMS_LOG_tempOutOfBounds": 0, "BMS_LOG_tempOutOfBoundsCharge": 0,
             "BMS_kwhDischargeTotal": round(snapshot.energy.battery_exported * share / 1000.0, 1),
-            "BMS_LOG_numFullBattCycles": 0, "BMS_LOG_overDischargeCounter": 0}
+            "BMS_LOG_ahDischargeTotal": round(snapshot.energy.battery_exported * share / 52.0, 1),
+            "BMS_LOG_cacAvg": round(reading.full_pack_wh / 52.0, 1),  # ~52 V pack
+            "BMS_LOG_numFullBattCycles": 0, "BMS_LOG_overDischargeCounter": 0,
+            "BMS_LOG_selfDischargeRate": 0.0}
 
 
 def _hvp(reading: devices.UnitReading) -> dict[str, Any]:
