@@ -53,7 +53,7 @@ class Cooldown:
         with self._lock:
             self._strikes += 1
             backoff = self._base * 2 ** (self._strikes - 1)
-            seconds = min(self._cap, max(backoff, retry_after or 0.0))
+            seconds = float(min(self._cap, max(backoff, retry_after or 0.0)))
             self._until = self._clock() + seconds
             return seconds
 

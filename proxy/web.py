@@ -7,6 +7,7 @@ encoded; the passthrough never forwards cookies to or from the gateway.
 from __future__ import annotations
 
 import html
+import http.cookiejar
 import logging
 import mimetypes
 import threading
@@ -152,21 +153,11 @@ class WebFiles:
             return self._session
 
 
-class _NoCookies:
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     """A cookie policy that accepts nothing, so gateway cookies never stick or leak."""
 
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = False
-
-    def set_ok(self, cookie: Any, request: Any) -> bool:
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
 
-    def return_ok(self, cookie: Any, request: Any) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: Any) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: Any) -> bool:
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
