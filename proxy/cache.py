@@ -99,7 +99,11 @@ class WindowCache(Generic[T]):
             raise
         now = self._clock()
         with self._lock:
-            entry = self._store(key, window, now, value, error)
+            if error is not None and error.transient:
+                old = self._entries.get(key)
+                entry = Entry(-2, now, None, error, old.good if old else None, old.good_at if old else 0.0)
+            else:
+                entry = self._store(key, window, now, value, error)
             self._inflight.pop(key, None)
         done.set()
         return entry

@@ -26,6 +26,7 @@ class GatewayError(ProxyError):
     """The gateway could not give us the data."""
 
     status = 503
+    transient = False  # True: do not cache this outcome for the rest of the window
 
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
@@ -38,6 +39,9 @@ class GatewayUnavailable(GatewayError):
 
 class GatewayStarting(GatewayUnavailable):
     """The proxy has not connected to the gateway yet."""
+
+    # Not remembered for the cache window: the connection may land any moment.
+    transient = True
 
 
 class GatewayBusy(GatewayError):
