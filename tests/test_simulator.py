@@ -264,10 +264,16 @@ def test_requests_without_a_session_are_refused_except_public_ones(sim: Simulato
     assert wrong.status == 405 and wrong.header("Allow") == "POST"
     conn = connect(sim)
     try:  # an iterable body makes http.client send it chunked
-        conn.request("POST", "/api/login/Basic", body=iter([b"username=customer"]))
-        assert conn.getresponse().status == 411
+        form = [b"username=customer&", b"password=" + DEFAULT_PASSWORD.encode()]
+        conn.request("POST", "/api/login/Basic", body=iter(form))
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["token"]
+        conn.request("GET", "/api/status")  # the stream is still in step afterwards
+        assert conn.getresponse().status == 200
     finally:
         conn.close()
+    huge = request(sim, "POST", "/api/login/Basic", headers={"Content-Length": str(2 << 20)})
+    assert huge.status == 400
 
 
 def test_logout_ends_the_session_and_token_mode_works(sim: Simulator, tmp_path: Path) -> None:

@@ -135,23 +135,40 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve()
 
+    def _read_chunked(self) -> bytes | None:
+        """A chunked body (as Go's server accepts), or None if malformed or too big."""
+        body = b""
+        while True:
+            size_line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+            try:
+                size = int(size_line, 16)
+            except ValueError:
+                return None
+            if size < 0 or len(body) + size > MAX_BODY:
+                return None
+            if size == 0:
+                break
+            body += self.rfile.read(size)
+            self.rfile.readline(1024)  # the CRLF closing the chunk
+        while self.rfile.readline(1024).strip():
+            pass  # trailer fields, which nothing here uses
+        return body
+
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering a bad or oversized one."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True  # the unread chunks would poison keep-alive
-            self._send(gateway_error(411, "Length Required", "send a Content-Length"))
-            return None
-        length_header = self.headers.get("Content-Length", "0")
-        try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY:
+            body = self._read_chunked()
+        else:
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            body = self.rfile.read(length) if 0 <= length <= MAX_BODY else None
+        if body is None:
+            # The rest of the stream cannot be trusted, so this connection ends here.
             self.close_connection = True
-            self._send(gateway_error(413 if length > MAX_BODY else 400, "Bad Request",
-                                     "invalid or oversized body"))
-            return None
-        return self.rfile.read(length) if length else b""
+            self._send(gateway_error(400, "Bad Request", "invalid or oversized body"))
+        return body
 
     def _request(self, body: bytes) -> Request:
         parts = urllib.parse.urlsplit(self.path)
