@@ -96,8 +96,11 @@ def _trust_gateway_certificate(config: Config) -> None:
                 log.info("ignoring %s: the gateway's certificate is self-signed", name)
 
 
-def start(config: Config, *, wait_connected: float = 0.0) -> Running:
-    """Build and start everything; the HTTP server answers before the gateway connects."""
+def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None) -> Running:
+    """Build and start everything; the HTTP server answers before the gateway connects.
+
+    `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
+    """
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
 
@@ -106,7 +109,8 @@ def start(config: Config, *, wait_connected: float = 0.0) -> Running:
     if config.simulate:
         config, simulator, tmp, control_password = _simulated(config)
     _trust_gateway_certificate(config)
-    gateway = Gateway(config, simulated=config.simulate, control_password=control_password)
+    gateway = Gateway(config, simulated=config.simulate, control_password=control_password,
+                      factory=client_factory)
     app = App(config, gateway, web=WebFiles(config), routes=ROUTES)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
                         access_log=config.debug)
