@@ -245,7 +245,11 @@ class HomeModel:
         return _rounded(flows, islanded)
 
     def _advance(self, target: int, islanded: bool) -> None:
-        """Integrate stored energy and counters from the last tick up to `target`."""
+        """Integrate stored energy and counters from the last tick up to `target`.
+
+        Past ticks are replayed with the current settings and grid state: the model
+        only advances when someone looks, and settings rarely change between looks.
+        """
         gap = target - self._tick
         if gap <= 0:
             return
