@@ -5,6 +5,7 @@ Screenshots go to artifacts/screenshots/ (git-ignored) for a human to look at.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -66,6 +67,10 @@ def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
 
     def opener(width: int = 800, height: int = 480) -> Page:
         page = chromium.new_page(width, height)
+        # The default style is transparent: render it over a dark slate, the kind of
+        # backdrop (Dakboard photo, MagicMirror, Grafana) it is made for.
+        page.send("Emulation.setDefaultBackgroundColorOverride",
+                  {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
         pages.append(page)
         return page
 
@@ -104,6 +109,11 @@ def percent(text: str) -> int:
     match = re.fullmatch(r"(?:reserve )?(\d+)%", text)
     assert match, f"not a percentage: {text!r}"
     return int(match.group(1))
+
+
+def shoot(page: Page, name: str) -> None:
+    time.sleep(0.5)  # let the flows fade in and the dots move
+    page.screenshot(SHOTS / f"{name}.png")
 
 
 def assert_inside_proxy(page: Page, base: str) -> None:
@@ -165,7 +175,7 @@ def test_page_shows_the_simulators_values(proxy_factory: Any, open_page: Any) ->
     assert shown["grid"] == "up"
     assert shown["banner"] == ""
     assert page.evaluate(NO_SCROLLBARS)
-    page.screenshot(SHOTS / "flow-values.png")
+    shoot(page, "flow-values")
     assert_clean(page, proxy.base)
 
 
@@ -197,7 +207,7 @@ def test_grid_outage_is_unmistakable(proxy_factory: Any, open_page: Any) -> None
     assert shown["banner"].startswith("GRID OUTAGE")
     assert shown["grid_status"] == "OFF-GRID"
     assert page.evaluate("getComputedStyle(document.querySelector('.grid-cut')).display") != "none"
-    page.screenshot(SHOTS / "state-outage.png")
+    shoot(page, "state-outage")
 
     proxy.sim.clear_faults()
     page.wait_for(f"{GRID} === 'up'", timeout=20)
@@ -220,7 +230,7 @@ def test_stale_data_is_marked_and_greyed(proxy_factory: Any, open_page: Any) -> 
     kw(shown["home"])  # last good values stay visible (greyed), never zeros or blanks
     opacity = page.evaluate("getComputedStyle(document.getElementById('home-value')).opacity")
     assert float(opacity) < 1
-    page.screenshot(SHOTS / "state-stale.png")
+    shoot(page, "state-stale")
     assert_inside_proxy(page, proxy.base)
 
 
@@ -238,7 +248,7 @@ def test_gateway_down_shows_unavailable(proxy_factory: Any, open_page: Any) -> N
         assert shown[field] == "—", (field, shown[field])
     assert shown["reserve"] == "reserve —"
     assert page.evaluate("document.querySelectorAll('.flow.active').length") == 0
-    page.screenshot(SHOTS / "state-unavailable.png")
+    shoot(page, "state-unavailable")
     assert_inside_proxy(page, proxy.base)
 
     proxy.sim.clear_faults()
@@ -266,10 +276,6 @@ def test_each_style_renders(proxy_factory: Any, open_page: Any, style: str) -> N
     proxy = proxy_factory()
     for width, height in SIZES:
         page = open_page(width, height)
-        if STYLES[style] == "rgba(0, 0, 0, 0)":
-            # Transparent styles: shoot them over a dark slate, as on a Dakboard photo.
-            page.send("Emulation.setDefaultBackgroundColorOverride",
-                      {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
         page.goto(proxy.base + f"?style={style}&interval=1")
         wait_state(page, "fresh")
         page.wait_for("document.fonts.status === 'loaded'")
@@ -279,7 +285,7 @@ def test_each_style_renders(proxy_factory: Any, open_page: Any, style: str) -> N
         battery = page.evaluate("getComputedStyle(document.getElementById('node-battery')).display")
         assert (battery == "none") == (style == "solar")
         assert page.evaluate(NO_SCROLLBARS), f"scrollbars at {width}x{height}"
-        page.screenshot(SHOTS / f"style-{style}-{width}x{height}.png")
+        shoot(page, f"style-{style}-{width}x{height}")
         assert_clean(page, proxy.base)
 
 
@@ -354,7 +360,7 @@ def test_console_is_readable(proxy_factory: Any, open_page: Any) -> None:
                               ".map(a => a.getAttribute('href'))")
         for route in ("aggregates", "soe", "vitals", "csv", "health", "stats", "pw/level"):
             assert prefix(proxy) + route in links
-        page.screenshot(SHOTS / f"console-{width}x{height}.png")
+        shoot(page, f"console-{width}x{height}")
         assert_clean(page, proxy.base)
 
 
@@ -370,6 +376,34 @@ def test_example_embeds_the_animation(proxy_factory: Any, open_page: Any) -> Non
         const e = f.contentDocument.documentElement;
         return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; }})""")
     assert no_scroll
-    time.sleep(0.5)
-    page.screenshot(SHOTS / "example.png")
+    shoot(page, "example")
     assert_clean(page, proxy.base)
+
+
+def test_gateway_pages_get_the_style(proxy_factory: Any, open_page: Any) -> None:
+    """A gateway HTML page as the passthrough relays it, styled by PW_STYLE.
+
+    The simulator's only HTML pages (/ and /index.html) are shadowed by web/, so the
+    page is built with the passthrough's own injection (proxy.web) and written into
+    a document at the proxy's origin; its CSS and JS then really come through the
+    passthrough and the gateway's own stylesheet must not win over ours.
+    """
+    from proxy.simulator.web import INDEX_HTML
+    from proxy.web import inject, style_tags
+
+    proxy = proxy_factory({"PW_STYLE": "black"})
+    html = inject(INDEX_HTML, style_tags(proxy.running.config)).decode()
+    page = open_page(800, 480)
+    page.goto(proxy.base + "styles/black.css")  # any same-origin HTML document will do
+    page.evaluate(f"document.open(); document.write({json.dumps(html)}); document.close()")
+    page.wait_for("document.getElementById('status') && [...document.styleSheets]"
+                  ".filter(s => s.cssRules.length).length >= 2")
+    page.wait_for("document.getElementById('status').textContent.startsWith('Battery')")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == STYLES["black"]
+    assert page.evaluate("getComputedStyle(document.body).color") == "rgb(255, 255, 255)"
+    shoot(page, "passthrough-black")
+    # The gateway page has no <link rel=icon>, so Chromium asks for /favicon.ico,
+    # which the simulated gateway does not have: its 404 is not ours.
+    errors = [e for e in page.console_errors if "/favicon.ico" not in e]
+    assert not errors, errors
+    assert_inside_proxy(page, proxy.base)

@@ -130,11 +130,13 @@
         conn.consecutive_failures > 0 ? "warn" : "good");
     }
     if (has(conn.total_successes) || has(conn.total_failures)) {
-      fact(dl, "Gateway calls ok / failed", show(conn.total_successes) + " / " + show(conn.total_failures));
+      fact(dl, "Gateway ok / failed", show(conn.total_successes) + " / " + show(conn.total_failures));
     }
     if (fb.is_fallback_mode) fact(dl, "Fallback mode", "since " + show(fb.fallback_since), "warn");
     if (has(stats.uptime)) fact(dl, "Uptime", show(stats.uptime));
-    if (has(health.startup_time)) fact(dl, "Started", show(health.startup_time));
+    if (has(health.startup_time)) {
+      fact(dl, "Started", String(health.startup_time).replace("T", " ").replace(/\.\d+$/, ""));
+    }
     if (has(stats.pypowerwall || health.pypowerwall)) {
       fact(dl, "Version", show(stats.pypowerwall || health.pypowerwall));
     }
