@@ -49,6 +49,10 @@ READ_FLOW = """(() => {
 })()"""
 STATE = "document.getElementById('flow').getAttribute('data-state')"
 GRID = "document.getElementById('flow').getAttribute('data-grid')"
+FRAMES = "[...document.querySelectorAll('iframe')]"
+FRAMES_FRESH = (f"{FRAMES}.length >= 4 && {FRAMES}.every(f => f.contentDocument && "
+                "f.contentDocument.getElementById('flow') && f.contentDocument"
+                ".getElementById('flow').getAttribute('data-state') === 'fresh')")
 NO_SCROLLBARS = """(() => { const e = document.documentElement;
   return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; })()"""
 
@@ -149,7 +153,8 @@ def test_page_shows_the_simulators_values(proxy_factory: Any, open_page: Any) ->
         app_soe = get_json(proxy, "api/system_status/soe")["percentage"]
         next_updates(page, 2)  # the second poll started after the reads above
         shown = read_flow(page)
-        if get_json(proxy, "aggregates") == agg:
+        if (get_json(proxy, "aggregates") == agg
+                and get_json(proxy, "api/system_status/soe")["percentage"] == app_soe):
             break
     else:
         pytest.fail("the simulator's values never held still for one cache window")
@@ -325,6 +330,11 @@ def test_base_url_prefixes_every_request(proxy_factory: Any, open_page: Any) -> 
     assert hrefs and all(h.startswith(proxy.base) for h in hrefs)
     assert_clean(console, proxy.base)
 
+    example = open_page(1600, 1000)
+    example.goto(proxy.base + "example.html")
+    example.wait_for(FRAMES_FRESH, timeout=30)
+    assert_clean(example, proxy.base)
+
 
 def test_browser_cache_applies_to_assets(proxy_factory: Any, open_page: Any) -> None:
     proxy = proxy_factory({"PW_BROWSER_CACHE": "3600"})
@@ -368,11 +378,8 @@ def test_example_embeds_the_animation(proxy_factory: Any, open_page: Any) -> Non
     proxy = proxy_factory()
     page = open_page(1600, 1000)
     page.goto(proxy.base + "example.html")
-    frames = "[...document.querySelectorAll('iframe')]"
-    page.wait_for(f"{frames}.length >= 4 && {frames}.every(f => f.contentDocument && "
-                  "f.contentDocument.getElementById('flow') && f.contentDocument"
-                  ".getElementById('flow').getAttribute('data-state') === 'fresh')", timeout=30)
-    no_scroll = page.evaluate(f"""{frames}.every(f => {{
+    page.wait_for(FRAMES_FRESH, timeout=30)
+    no_scroll = page.evaluate(f"""{FRAMES}.every(f => {{
         const e = f.contentDocument.documentElement;
         return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; }})""")
     assert no_scroll

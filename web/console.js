@@ -85,9 +85,15 @@
     });
   }
 
-  // Cooldown: a top-level "cooldown" (object, number of seconds or boolean) or
-  // any transport's cooldown_remaining_seconds.
+  // Cooldown: gateway.cooldown_remaining_seconds, a top-level "cooldown" (object,
+  // seconds or boolean) or any transport's cooldown_remaining_seconds.
   function cooldownText(health) {
+    var gw = obj(health.gateway);
+    if (typeof gw.cooldown_remaining_seconds === "number") {
+      if (gw.cooldown_remaining_seconds <= 0) return "none";
+      return duration(gw.cooldown_remaining_seconds) + " left" +
+        (gw.cooldown_strikes ? " (strike " + gw.cooldown_strikes + ")" : "");
+    }
     var c = health.cooldown;
     if (typeof c === "number") return c > 0 ? duration(c) + " left" : "none";
     if (typeof c === "boolean") return c ? "active" : "none";
@@ -117,7 +123,11 @@
     dl.textContent = "";
     var conn = obj(health.connection_health);
     var fb = obj(health.fallback_mode);
+    var gw = obj(health.gateway);
     fact(dl, "Mode", show(health.mode || stats.mode));
+    if (has(gw.host)) fact(dl, "Host", show(gw.host));
+    if (has(gw.connected)) fact(dl, "Connected", show(gw.connected), gw.connected ? "good" : "bad");
+    if (has(gw.connect_error)) fact(dl, "Connect error", show(gw.connect_error), "bad");
     if (has(health.tedapi_mode)) fact(dl, "TEDAPI", show(health.tedapi_mode));
     if (has(stats.site_name)) fact(dl, "Site", show(stats.site_name));
     var cd = cooldownText(health);
@@ -169,6 +179,14 @@
     });
   }
 
+  function cacheState(e) {
+    if (e.ok === false) {
+      return el("td", "failed" + (has(e.last_good_age_seconds) ?
+        ", last good " + duration(e.last_good_age_seconds) + " ago" : ""), "bad");
+    }
+    return e.is_expired ? el("td", "expired", "warn") : el("td", "fresh", "good");
+  }
+
   function renderCache(health) {
     var cached = obj(health.cached_data);
     var entries = obj(cached.endpoints || cached.entries);
@@ -187,7 +205,7 @@
       var row = el("tr");
       row.appendChild(el("td", key));
       row.appendChild(el("td", duration(e.age_seconds), "num"));
-      row.appendChild(e.is_expired ? el("td", "expired", "warn") : el("td", "fresh", "good"));
+      row.appendChild(cacheState(e));
       body.appendChild(row);
     });
   }
