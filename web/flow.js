@@ -107,7 +107,8 @@
     svg.setAttribute("data-grid", "unknown");
     var proxyDown = agg.status === 0;
     setText("banner-text", proxyDown ? "PROXY UNREACHABLE" : "GATEWAY UNAVAILABLE");
-    setText("detail", (agg.error || "no data") + " — retrying every " + interval + " s");
+    var reason = (agg.error || "no data").slice(0, 60);
+    setText("detail", reason + " — retrying every " + interval + " s");
   }
 
   function gridState(res) {
