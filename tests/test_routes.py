@@ -237,3 +237,20 @@ def test_local_mode_end_to_end(proxy_factory: Factory, simulator: Any) -> None:
     assert json.loads(p.get("/control/reserve").body)["reserve"] == pytest.approx(33, abs=0.5)
     # Firmware >= 23.44 has no vitals in local mode: an honest 503, not a fake value.
     assert p.get("/vitals").status == 503
+
+
+def test_gateway_web_passthrough_injects_style_and_no_cookies(proxy_factory: Factory) -> None:
+    p = proxy_factory({"PW_STYLE": "grafana"})
+    page = p.get("/about.html?lang=en")
+    assert page.status == 200
+    assert page.header("Content-Type", ).startswith("text/html")
+    assert b'<link rel="stylesheet" id="pw-style" href="/styles/grafana.css">' in page.body
+    assert page.body.index(b'id="pw-style"') < page.body.index(b"</head>")
+    assert b"Simulated gateway" in page.body
+    assert page.header("Set-Cookie") is None
+    assert int(page.header("Content-Length") or -1) == len(page.body)
+    css = p.get("/static/app.css")
+    assert css.status == 200 and css.header("Content-Type") == "text/css"
+    assert b"pw-style" not in css.body  # only HTML is touched
+    missing = p.get("/no/such/page.html")
+    assert missing.status == 404  # the gateway's own status, not a forced 200

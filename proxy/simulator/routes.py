@@ -261,6 +261,7 @@ ROUTES: dict[str, Route] = {
     "/api/troubleshooting/problems": _fixed({"problems": []}),
     "/": Route(GET, PUBLIC, get_root),
     "/index.html": Route(GET, PUBLIC, _asset("/index.html")),
+    "/about.html": Route(GET, PUBLIC, _asset("/about.html")),
     "/static/app.js": Route(GET, PUBLIC, _asset("/static/app.js")),
     "/static/app.css": Route(GET, PUBLIC, _asset("/static/app.css")),
     "/tedapi/din": Route(GET, TEDAPI, get_tedapi_din),

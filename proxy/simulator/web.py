@@ -22,6 +22,9 @@ h1 { font-size: 1.4em; }
 
 ASSETS: dict[str, tuple[str, bytes]] = {
     "/index.html": ("text/html; charset=utf-8", INDEX_HTML),
+    # Same page under a name the proxy's own web/ folder does not shadow, so the
+    # proxy's passthrough of gateway HTML can be tested end to end.
+    "/about.html": ("text/html; charset=utf-8", INDEX_HTML),
     "/static/app.js": ("application/javascript", APP_JS),
     "/static/app.css": ("text/css", APP_CSS),
 }
