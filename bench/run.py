@@ -14,6 +14,7 @@ route, and prints one table. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import http.client
 import json
@@ -747,7 +748,13 @@ def gateway_detail(cells: list[Cell], period: float) -> str:
         rows = [[k, str(n), f"{g.per_period.get(k, 0):.2f}", str(g.max_per_window.get(k, 0)),
                  str(g.min_per_full_window.get(k, "-")), str(g.max_1s.get(k, 0))]
                 for k, n in g.counts.items()]
-        boundary = ", ".join(str(b["max"]) for b in g.boundaries) or "-"
+        maxima = [int(b["max"]) for b in g.boundaries]
+        if len(maxima) > 12:
+            spread = collections.Counter(maxima)
+            boundary = f"largest {max(maxima)} over {len(maxima)} boundaries (" + ", ".join(
+                f"{n}× {v}" for v, n in sorted(spread.items())) + ")"
+        else:
+            boundary = ", ".join(map(str, maxima)) or "-"
         parts.append(f"**{cell.name} @ {cell.conns} connections, {cell.duration} s** "
                      f"({g.full_windows} full {period:g}-s windows; most requests for one resource in "
                      f"±0.5 s around each window boundary: {boundary})\n\n"
@@ -1071,7 +1078,7 @@ def soak(bench: Bench, args: argparse.Namespace, out: Path, label: str, info: di
         show(f"{minute[0]} min", s)
 
     cell = bench.run(MIX, 64, seconds, label=f"soak {args.soak:g} min", track_every=60, on_track=each_minute)
-    show("end (load on)", cell.after)
+    show("end", cell.after)
     show(f"end (+{args.settle:g} s idle)", cell.idle)
     elapsed = time.monotonic() - t0
     header = ["when", "RSS MiB", "threads", "fds", "CPU s since start"]
