@@ -372,9 +372,11 @@ class Gateway:
         """Run one library call now and classify its outcome."""
         pw = self._require_client()
         self._check_cooldown()
-        window = self.cache.window()
         with self._turn:
             self._check_cooldown()
+            # The window after waiting our turn, not before: a call queued behind a
+            # slow failing one must not make the gateway wait out another timeout.
+            window = self.cache.window()
             if window != -1 and self._failed_window == window:
                 # The gateway already failed in this window: do not queue
                 # every other resource behind another full timeout.
@@ -434,7 +436,10 @@ class Gateway:
         return "the gateway sent no usable data"
 
     def _fail(self, window: int, reason: str) -> None:
-        self._failed_window = window
+        # Fail fast for the rest of the window in which the failure showed, which is
+        # later than the one the call began in when the gateway was slow to fail.
+        now = self.cache.window()
+        self._failed_window = now if now != -1 else window
         self.health.failure(reason)
         log.debug("%s: %s", self.name, reason)
 
