@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from proxy.config import Config
-from proxy.errors import GatewayError, HTTPError, NotSupported, ProxyError
+from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway, error_retry_after
 from proxy.http_types import Request, Response
 from proxy.stats import Stats
@@ -155,7 +155,12 @@ class App:
     def respond(self, rendered: Rendered) -> Response:
         headers = [("Content-Type", rendered.content_type), CORS]
         if rendered.data_at is not None:
-            age = int(self.gateway.cache.age(rendered.data_at))
+            exact_age = self.gateway.cache.age(rendered.data_at)
+            if rendered.stale and exact_age > self.config.cache_ttl:
+                # The copy was young enough when rendered, but a slow gateway call for
+                # another value, or the rest of the cache window, aged it past PW_CACHE_TTL.
+                raise GatewayUnavailable("gateway unavailable and the last good data is too old")
+            age = int(exact_age)
             headers.append(("Age", str(age)))
             headers.append(("X-Cache", "STALE" if rendered.stale else "HIT"))
             if rendered.stale:
