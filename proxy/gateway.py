@@ -119,6 +119,8 @@ class _Observed:
     retry_after: float | None = None
     requests: int = 0
     transport_error: str | None = None
+    last_failed: bool = False  # the last exchange got no answer, or a 5xx
+    local_api_status: int | None = None  # the last /api/* exchange (0: no answer)
 
 
 @dataclass
@@ -193,6 +195,7 @@ class Gateway:
         self._hooked_all = False
         self._library_window: int | None = None
         self._failed_window: int | None = None
+        self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -384,6 +387,7 @@ class Gateway:
             self._sync_library_window(pw, window)
             self._install_hooks(pw)
             self._observed = _Observed()
+            native_backoff = _native_backoff(pw)
             try:
                 value = fetch(pw)
             except NotSupported:
@@ -391,9 +395,11 @@ class Gateway:
             except Exception as exc:
                 self._fail(window, f"{type(exc).__name__}: {exc}")
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
-            return self._classify(value, window, empty_ok, none_ok)
+            return self._classify(value, window, empty_ok, none_ok,
+                                  native_armed=_native_backoff(pw) > native_backoff)
 
-    def _classify(self, value: Any, window: int, empty_ok: bool, none_ok: bool) -> Any:
+    def _classify(self, value: Any, window: int, empty_ok: bool, none_ok: bool,
+                  native_armed: bool = False) -> Any:
         seen = self._observed
         if seen.status in (429, 503):
             seconds = self.cooldown.trip(seen.retry_after)
@@ -409,10 +415,34 @@ class Gateway:
             return None  # e.g. no time remaining while nothing is drawn: a real answer
         if value is None or value == "null" or (not empty_ok and _is_empty(value)):
             self._absent(seen, window)
+        self._check_complete(seen, window, native_armed)
         self.health.success()
         self.cooldown.reset()
         self._failed_window = None
         return value
+
+    def _check_complete(self, seen: _Observed, window: int, native_armed: bool) -> None:
+        """Refuse a value the library pieced together while the gateway was failing.
+
+        pypowerwall returns what it has when a later request of one call fails: in
+        TEDAPI mode /api/meters/aggregates is built from TEDAPI data plus the
+        local API's energy counters, and without the latter every energy field is
+        a made-up 0. Such a value is an outage, not data.
+        """
+        if native_armed:
+            # The library gave up on the local API's energy counters for 5 minutes.
+            # A 4xx means this gateway has none (keep the library's backoff); no
+            # answer, a 5xx or garbage (a 200 it could not use) means an outage.
+            status = seen.local_api_status
+            self._native_refused = status is not None and 400 <= status < 500
+            if status is not None and not self._native_refused:
+                reason = "the gateway's local API failed part way through an answer"
+                self._fail(window, reason)
+                raise GatewayUnavailable(reason)
+        if seen.last_failed:
+            reason = self._reason(seen)
+            self._fail(window, reason)
+            raise GatewayUnavailable(reason)
 
     def _absent(self, seen: _Observed, window: int) -> None:
         """No data: decide whether the gateway failed or simply has no such thing."""
@@ -473,6 +503,11 @@ class Gateway:
                     store.clear()
             if hasattr(obj, "pwcooldown"):
                 obj.pwcooldown = 0
+            if not self._native_refused and isinstance(getattr(obj, "_native_fail_until", None),
+                                                       (int, float)):
+                # Its 5-minute backoff after a failed local-API energy fetch would serve
+                # zeros for 5 minutes after an outage; only a gateway that said no keeps it.
+                obj._native_fail_until = 0.0
             if getattr(obj, "vitals_api", True) is False and not getattr(obj, "tedapi", None):
                 pass  # firmware without vitals: the library's choice is correct, keep it
 
@@ -498,13 +533,20 @@ class Gateway:
         def watched_send(request: Any, *args: Any, **kwargs: Any) -> Any:
             seen = self._observed
             seen.requests += 1
+            local_api = str(getattr(request, "path_url", "")).startswith("/api/")
             try:
                 response = send(request, *args, **kwargs)
             except Exception as exc:
                 seen.transport_error = type(exc).__name__
+                seen.last_failed = True
+                if local_api:
+                    seen.local_api_status = 0
                 raise
             seen.status = response.status_code
             seen.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            seen.last_failed = response.status_code >= 500
+            if local_api:
+                seen.local_api_status = response.status_code
             return response
 
         adapter.send = watched_send
@@ -583,10 +625,21 @@ def _library_objects(pw: Any) -> list[Any]:
     return unique
 
 
+def _native_backoff(pw: Any) -> float:
+    """Until when pypowerwall skips the local API's energy counters (TEDAPI mode)."""
+    until = [getattr(obj, "_native_fail_until", 0.0) for obj in _library_objects(pw)]
+    return max((float(u) for u in until if isinstance(u, (int, float))), default=0.0)
+
+
 def _library_sessions(pw: Any) -> list[requests.Session]:
     sessions: list[requests.Session] = []
     for obj in _library_objects(pw):
-        for attr in ("session", "wifi_session"):
+        if hasattr(obj, "api_session") and obj.api_session is None and hasattr(obj, "_native_get"):
+            # TEDAPI's local-API session (energy counters) is made on first use; make
+            # it now, as the library would, so its first exchanges are watched too.
+            obj.api_session = requests.Session()
+            obj.api_session.verify = False
+        for attr in ("session", "wifi_session", "api_session"):
             session = getattr(obj, attr, None)
             if isinstance(session, requests.Session) and all(session is not s for s in sessions):
                 sessions.append(session)
