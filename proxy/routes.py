@@ -85,6 +85,15 @@ class Reader:
         except (GatewayError, NotSupported):
             return None
 
+    def csv_optional(self, source: Source) -> Any:
+        """A secondary CSV value: None (written 0, as the reference does) only when the
+        gateway has no such value. CSV has no null, so a value lost to an outage
+        fails the route (stale copy, then 503) instead of becoming a made-up 0."""
+        try:
+            return self.get(source)
+        except NotSupported:
+            return None
+
     def _note(self, at: float, *, stale: bool) -> None:
         self.data_at = at if self.data_at is None else min(self.data_at, at)
         self.stale = self.stale or stale
@@ -129,16 +138,16 @@ def get_grid_status(app: App, call: Call) -> Rendered:
 def get_csv(app: App, call: Call) -> Rendered:
     r = Reader(app)
     agg = r.get(AGGREGATES)
-    body = payloads.csv_body(agg, r.optional(LEVEL), headers=call.flag("headers"), **_shaping(app))
+    body = payloads.csv_body(agg, r.csv_optional(LEVEL), headers=call.flag("headers"), **_shaping(app))
     return r.render(body, CSV)
 
 
 def get_csv_v2(app: App, call: Call) -> Rendered:
     r = Reader(app)
     agg = r.get(AGGREGATES)
-    grid = r.optional(GRID_STATUS)
-    body = payloads.csv_v2_body(agg, r.optional(LEVEL), None if grid is None else grid == "UP",
-                                r.optional(RESERVE), headers=call.flag("headers"), **_shaping(app))
+    grid = r.csv_optional(GRID_STATUS)
+    body = payloads.csv_v2_body(agg, r.csv_optional(LEVEL), None if grid is None else grid == "UP",
+                                r.csv_optional(RESERVE), headers=call.flag("headers"), **_shaping(app))
     return r.render(body, CSV)
 
 
