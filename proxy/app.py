@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
@@ -24,6 +25,8 @@ from proxy.stats import Stats
 from proxy.web import WebFiles
 
 log = logging.getLogger("proxy.app")
+
+_SEGMENTS = re.compile(r"[/\\]")  # path segments, with a backslash counted as a separator
 
 JSON = "application/json"
 CSV = "text/plain; charset=utf-8"
@@ -173,13 +176,25 @@ class App:
         raw_path = raw_path.split("#", 1)[0]
         if not raw_path.startswith("/"):
             raise HTTPError(400, "Bad Request: the path must start with /")
+        if not target.isascii():
+            # A request-target is ASCII (RFC 9112); raw 8-bit bytes must be percent-encoded.
+            raise HTTPError(400, "Bad Request: the path must be ASCII (percent-encode other bytes)")
         try:
             path = unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "Bad Request: the path is not valid UTF-8") from None
+        try:
             query = parse_qs(raw_query, keep_blank_values=True, errors="strict", max_num_fields=50)
-        except (UnicodeDecodeError, ValueError):
-            raise HTTPError(400, "Bad Request: the path or query is not valid UTF-8") from None
-        if "\x00" in path or any(ord(c) < 0x20 for c in path):
+        except UnicodeDecodeError:
+            raise HTTPError(400, "Bad Request: the query is not valid UTF-8") from None
+        except ValueError:
+            raise HTTPError(400, "Bad Request: too many query fields") from None
+        if any(ord(c) < 0x20 or c == "\x7f" for c in path):
             raise HTTPError(400, "Bad Request: control characters in the path")
+        if any(unquote(part) in (".", "..") for part in _SEGMENTS.split(path)):
+            # Traversal (/../, %2e%2e, ..%5c, double-encoded): no file and no gateway
+            # page lives there, so it is never looked up, let alone forwarded.
+            raise HTTPError(404, "Not Found")
         return self.strip_base(path), query
 
     def strip_base(self, path: str) -> str:
@@ -201,9 +216,11 @@ class App:
         if page is not None:
             self.stats.count_get(call.path)
             return page
-        if call.path.startswith("/api/") or call.path == "/api" or self.gateway.info.cloudmode:
+        # "//api/x" is "/api/x" to the gateway: the deny rule sees what the gateway will.
+        path = re.sub(r"/{2,}", "/", call.path)
+        if path.startswith("/api/") or path == "/api" or self.gateway.info.cloudmode:
             raise HTTPError(404, "Not Found")
-        return self.web.passthrough(self.gateway, call.path, call.request.target)
+        return self.web.passthrough(self.gateway, path, call.request.target)
 
     def _count_error(self, exc: ProxyError) -> None:
         if isinstance(exc, GatewayError):
