@@ -125,6 +125,9 @@ class WebFiles:
             upstream = self._fetch(url)
         except requests.RequestException as exc:
             raise GatewayUnavailable(f"gateway web UI unreachable ({type(exc).__name__})") from None
+        if upstream[0] == 404:
+            # Unknown to us and to the gateway: our JSON 404, not its plain-text page.
+            raise HTTPError(404, "Not Found")
         return self._relay(*upstream)
 
     def _fetch(self, url: str) -> tuple[int, dict[str, Any], bytes]:
