@@ -45,6 +45,7 @@ logger = logging.getLogger("proxy.server")
 access_logger = logging.getLogger("proxy.server.access")
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_ALLOW = "GET, HEAD, POST, OPTIONS"  # what the app's routes take, for a 405 answered here
 
 _BACKLOG = 1024  # absorbs a burst of pollers reconnecting at once
 _READ_SIZE = 16384  # per recv; bounds a parked connection's buffer to head + body + one read
@@ -258,7 +259,9 @@ def _refusal(handler: _Handler, parsed: bool) -> _Err | None:
     if handler.request_version == "HTTP/0.9":
         return _Err(505, "HTTP/0.9 not supported")
     if handler.command not in METHODS:
-        return _Err(501, "Unsupported method")
+        # A 4xx, not 501: an unknown method is the client's mistake, and every
+        # resource here takes the same few methods (listed in Allow).
+        return _Err(405, "Method Not Allowed")
     return None
 
 
@@ -279,6 +282,8 @@ def _error_body(text: str) -> bytes:
 
 def _render_error(err: _Err, close: bool = True, head_only: bool = False) -> bytes:
     block = "Content-Type: application/json\r\n"
+    if err.status == 405:
+        block += f"Allow: {_ALLOW}\r\n"  # RFC 9110: a 405 lists what is allowed
     return _assemble(err.status, block, _error_body(err.text), head_only, close, False)
 
 

@@ -392,9 +392,10 @@ def test_unsupported_version_505(server: HTTPServer, request_line: bytes) -> Non
 
 
 @pytest.mark.parametrize("method", [b"BREW", b"TRACE", b"CONNECT", b"get"])
-def test_unknown_method_501(server: HTTPServer, method: bytes) -> None:
+def test_unknown_method_405(server: HTTPServer, method: bytes) -> None:
     response, _ = exchange(server.port, method + b" / HTTP/1.1\r\n\r\n")
-    assert_json_error(response, 501)
+    assert_json_error(response, 405)  # the client's mistake: a 4xx, with what is allowed
+    assert response.headers["allow"] == "GET, HEAD, POST, OPTIONS"
 
 
 @pytest.mark.parametrize(
