@@ -104,6 +104,9 @@ def _form(call: Call) -> dict[str, str]:
         text = request.body.decode("ascii")
         fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text),
                           errors="strict", max_num_fields=10)
+        if any(len(v) > 1 for v in fields.values()):
+            # "value=5&value=90" or "token=good&token=x": ambiguous, so refused, not guessed.
+            raise ValueError("repeated field")
         form = {k: v[0] for k, v in fields.items()}
         for value in form.values():
             value.encode("ascii")
