@@ -257,7 +257,9 @@ def _refusal(handler: _Handler, parsed: bool) -> _Err | None:
     if not parsed:
         return handler.error or _Err(400, "Bad request syntax")
     if handler.request_version == "HTTP/0.9":
-        return _Err(505, "HTTP/0.9 not supported")
+        # A request line without a version ("GET /", or "GET  HTTP/1.1" with the
+        # target missing) is malformed for HTTP/1.x: the client's mistake, a 400.
+        return _Err(400, "Bad Request: no HTTP version in the request line")
     if handler.command not in METHODS:
         # A 4xx, not 501: an unknown method is the client's mistake, and every
         # resource here takes the same few methods (listed in Allow).
