@@ -191,8 +191,8 @@ class App:
             raise HTTPError(400, "Bad Request: too many query fields") from None
         if any(ord(c) < 0x20 or c == "\x7f" for c in path):
             raise HTTPError(400, "Bad Request: control characters in the path")
-        if any(unquote(part) in (".", "..") for part in _SEGMENTS.split(path)):
-            # Traversal (/../, %2e%2e, ..%5c, double-encoded): no file and no gateway
+        if any(unquote(part).split(";")[0] in (".", "..") for part in _SEGMENTS.split(path)):
+            # Traversal (/../, %2e%2e, ..%5c, ..;, double-encoded): no file and no gateway
             # page lives there, so it is never looked up, let alone forwarded.
             raise HTTPError(404, "Not Found")
         return self.strip_base(path), query
@@ -218,7 +218,7 @@ class App:
             return page
         # "//api/x" is "/api/x" to the gateway: the deny rule sees what the gateway will.
         path = re.sub(r"/{2,}", "/", call.path)
-        if path.startswith("/api/") or path == "/api" or self.gateway.info.cloudmode:
+        if path.lower().startswith("/api/") or path.lower() == "/api" or self.gateway.info.cloudmode:
             raise HTTPError(404, "Not Found")
         return self.web.passthrough(self.gateway, path, call.request.target)
 
