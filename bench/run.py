@@ -634,6 +634,7 @@ class Cell:
     sim_sampler_errors: int = 0
     cpu_s: float | None = None
     other_cpu_pct: float | None = None  # CPU used by processes outside the benchmark
+    attempts: int = 1  # runs made because others were busy; this one was the quietest
     rss_track: list[ProcSample] = field(default_factory=list)
     sim_samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
@@ -695,6 +696,20 @@ class Bench:
         cell.idle = proc_sample(self.pid)
         return cell
 
+    def measure(self, route: str, conns: int, duration: int, label: str = "", **kw: Any) -> Cell:
+        """run(), again (up to --retries times) while other processes were busy; the quietest run."""
+        best = self.run(route, conns, duration, label, **kw)
+        attempts = 1
+        while (best.other_cpu_pct or 0.0) >= QUIET_PCT and attempts <= self.args.retries:
+            log(f"  others used {best.other_cpu_pct:.0f}% of a core: waiting for quiet, then again")
+            wait_quiet([self.pid, self.sim_pid], 30)
+            cell = self.run(route, conns, duration, label, **kw)
+            attempts += 1
+            if (cell.other_cpu_pct or 0.0) < (best.other_cpu_pct or 0.0):
+                best = cell
+        best.attempts = attempts
+        return best
+
 
 # --------------------------------------------------------------------------- report
 
@@ -726,7 +741,7 @@ def row(cell: Cell) -> list[str]:
           fmt(g.worst("at_expiry"), "d")] if g else ["-"] * 4
     return [cell.name, str(cell.conns), fmt(w.rps, ".0f") if w.ok else "FAILED", fmt(w.p50_ms, ".2f"),
             fmt(w.p99_ms, ".2f"), str(w.socket_errors), str(w.non_2xx), rss, cpu, threads, fds, *gw,
-            fmt(cell.other_cpu_pct, ".0f")]
+            fmt(cell.other_cpu_pct, ".0f") + (f" ({cell.attempts} runs)" if cell.attempts > 1 else "")]
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -891,6 +906,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="times to measure start → first 200 on /soe with --simulate (0 = skip)")
     p.add_argument("--warmup", type=int, default=3, help="seconds of unrecorded mixed load first")
     p.add_argument("--settle", type=float, default=1.0, help="idle seconds after each run before /proc")
+    p.add_argument("--retries", type=int, default=2,
+                   help="run a cell again (at most this often) when others used ≥ 10%% of a core")
     p.add_argument("--wait-quiet", type=int, default=120, metavar="SECONDS",
                    help="first wait up to SECONDS for other processes to go idle (0 = don't; default 120)")
     p.add_argument("--plain-sim", action="store_true",
@@ -960,17 +977,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for route in routes:
             for n in conns:
                 log(f"{route} @ {n} connections, {args.duration} s ...")
-                cell = bench.run(route, n, args.duration)
+                cell = bench.measure(route, n, args.duration)
                 cells.append(cell)
                 log("  " + " ".join(f"{h}={v}" for h, v in zip(COLUMNS[2:], row(cell)[2:], strict=True)))
         if args.burst_check and sim_url:
             seconds = int(3 * args.cache_expire + 1)
             log(f"burst check: mix @ 64 connections for {seconds} s, /sim/stats every 100 ms ...")
-            cells.append(bench.run(MIX, 64, seconds, label="mix (burst check)"))
+            cells.append(bench.measure(MIX, 64, seconds, label="mix (burst check)"))
         growth = None
         if args.growth:
             log(f"growth run: mix @ 64 connections for {args.growth} s ...")
-            growth = bench.run(MIX, 64, args.growth, label=f"mix ({args.growth} s growth)", track_every=10)
+            growth = bench.measure(MIX, 64, args.growth, label=f"mix ({args.growth} s growth)",
+                                   track_every=10)
             cells.append(growth)
         time.sleep(1.0)
         final = proc_sample(pid)
@@ -1056,6 +1074,7 @@ def cell_json(c: Cell) -> dict[str, Any]:
     return {"route": c.route, "label": c.label, "conns": c.conns, "duration": c.duration, "wrk": wrk,
             "before": asdict(c.before) if c.before else None, "after": asdict(c.after) if c.after else None,
             "idle": asdict(c.idle) if c.idle else None, "cpu_s": c.cpu_s,
+            "other_cpu_pct": c.other_cpu_pct, "attempts": c.attempts,
             "gateway": asdict(c.gateway) if c.gateway else None,
             "rss_track": [asdict(s) for s in c.rss_track],
             # (monotonic time, cumulative count per resource) every 100 ms, for auditing
