@@ -121,6 +121,31 @@ class _Observed:
     transport_error: str | None = None
     last_failed: bool = False  # the last exchange got no answer, or a 5xx
     local_api_status: int | None = None  # the last /api/* exchange (0: no answer)
+    library_errors: int = 0  # errors pypowerwall logged (and swallowed) during the call
+
+
+class _LibraryErrors(logging.Handler):
+    """Counts the errors pypowerwall logs while a call runs in this thread.
+
+    The library swallows a garbled answer (a protobuf or JSON it cannot parse),
+    logs it at ERROR and returns {} as if the gateway had nothing to say.
+    """
+
+    current = threading.local()  # .seen: the _Observed of the call running in this thread
+    _installed = False
+    _lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        seen = getattr(self.current, "seen", None)
+        if seen is not None:
+            seen.library_errors += 1
+
+    @classmethod
+    def install(cls) -> None:
+        with cls._lock:
+            if not cls._installed:
+                logging.getLogger("pypowerwall").addHandler(cls(logging.ERROR))
+                cls._installed = True
 
 
 @dataclass
@@ -388,6 +413,8 @@ class Gateway:
             self._install_hooks(pw)
             self._observed = _Observed()
             native_backoff = _native_backoff(pw)
+            _LibraryErrors.install()
+            _LibraryErrors.current.seen = self._observed
             try:
                 value = fetch(pw)
             except NotSupported:
@@ -395,6 +422,8 @@ class Gateway:
             except Exception as exc:
                 self._fail(window, f"{type(exc).__name__}: {exc}")
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
+            finally:
+                _LibraryErrors.current.seen = None
             return self._classify(value, window, empty_ok, none_ok,
                                   native_armed=_native_backoff(pw) > native_backoff)
 
@@ -411,10 +440,17 @@ class Gateway:
             raise NotSupported("not available from the gateway in this mode")
         if isinstance(value, dict) and len(value) == 1 and "ERROR" in value:
             raise NotSupported(str(value["ERROR"]))
-        if value is None and none_ok and seen.transport_error is None and (seen.status or 200) < 400:
+        garbled = seen.library_errors > 0 and not 400 <= (seen.status or 200) < 500
+        if value is None and none_ok and seen.transport_error is None and (seen.status or 200) < 400 \
+                and not garbled:
             return None  # e.g. no time remaining while nothing is drawn: a real answer
         if value is None or value == "null" or (not empty_ok and _is_empty(value)):
             self._absent(seen, window)
+        if garbled and _is_empty(value):
+            # {} because the library could not read the answer, not because the
+            # gateway has nothing (that would be a 4xx, or no error at all).
+            self._fail(window, "the gateway sent no usable data")
+            raise GatewayUnavailable("the gateway sent no usable data")
         self._check_complete(seen, window, native_armed)
         self.health.success()
         self.cooldown.reset()

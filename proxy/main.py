@@ -150,8 +150,14 @@ def _setup_logging(config: Config) -> None:
     if not config.debug:
         # pypowerwall logs every failed gateway call at ERROR; our gateway adapter
         # already reports outages once, so keep the library to real surprises.
-        logging.getLogger("pypowerwall").setLevel(logging.CRITICAL)
+        # A filter on our output, not the library logger's level: the gateway
+        # adapter still hears those errors (they reveal answers it swallowed).
+        handler.addFilter(_only_library_surprises)
         logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def _only_library_surprises(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("pypowerwall") or record.levelno >= logging.CRITICAL
 
 
 def _install_signals(running: Running) -> None:
