@@ -1017,7 +1017,7 @@ def report(out: Path, label: str, info: dict[str, str], args: argparse.Namespace
            baseline: ProcSample | None, final: ProcSample | None, checks: list[tuple[str, str, str]],
            sim_cpu: ProcSample | None) -> None:
     rows = [row(c) for c in cells]
-    command = "python3 bench/run.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python3 bench/run.py", *sys.argv[1:]])
     print()
     print(f"{label}: {args.target or 'python3 -m proxy (full TEDAPI mode against the simulator)'}, "
           f"PW_CACHE_EXPIRE={args.cache_expire}, {info['nproc']} CPUs ({info['cpu']}), "
@@ -1119,7 +1119,8 @@ def soak(bench: Bench, args: argparse.Namespace, out: Path, label: str, info: di
     print(text_table([row(cell)]))
     md = [f"# Soak: {label}", "", f"- date: {info['date']}",
           f"- machine: {info['nproc']} CPUs, {info['cpu']}; Python {info['python']}; {info['wrk']}",
-          f"- commit: {info['commit']}", f"- command: `python3 bench/run.py {' '.join(sys.argv[1:])}`", "",
+          f"- commit: {info['commit']}",
+          f"- command: `{' '.join(['python3 bench/run.py', *sys.argv[1:]])}`", "",
           md_table(header, lines), "", md_table(COLUMNS, [row(cell)]), "",
           gateway_detail([cell], float(args.cache_expire)), ""]
     if start:
