@@ -185,49 +185,50 @@ def _need_enabled(app: App) -> None:
 
 # ---- the five commands ------------------------------------------------------
 
-def control_reserve(app: App, call: Call) -> Response:
-    if call.request.method != "POST":
+def _command(app: App, call: Call, name: str, getter: Callable[[Any], Any]) -> dict[str, str] | Response:
+    """The validated form of a write, or the current setting (GET, or POST with no value)."""
+    if call.request.method == "POST":
+        form = _authorize(app, call)
+        if form.get("value"):
+            return form
+    else:
         _need_enabled(app)
-        return json_response(200, {"reserve": _read(app, "control:reserve", _get_reserve)})
-    form = _authorize(app, call)
-    value, mode = form.get("value", ""), form.get("mode", "")
-    if not value:
-        return json_response(200, {"reserve": _read(app, "control:reserve", _get_reserve)})
-    level = _level(value, "Value")
-    if mode:
-        m = _mode(mode, "Mode")
-        return _write(app, call, "reserve+mode", _set_operation(level, m),
-                      f"reserve={level} mode={m.value}")
+    return json_response(200, {name: _read(app, f"control:{name}", getter)})
+
+
+def control_reserve(app: App, call: Call) -> Response:
+    form = _command(app, call, "reserve", _get_reserve)
+    if isinstance(form, Response):
+        return form
+    level = _level(form["value"], "Value")
+    if form.get("mode"):
+        return _write_operation(app, call, level, _mode(form["mode"], "Mode"))
     return _write(app, call, "reserve", lambda pw: pw.set_reserve(reserve_for_backend(pw, level)),
                   f"reserve={level}")
 
 
 def control_mode(app: App, call: Call) -> Response:
-    if call.request.method != "POST":
-        _need_enabled(app)
-        return json_response(200, {"mode": _read(app, "control:mode", _get_mode)})
-    form = _authorize(app, call)
-    value, level_raw = form.get("value", ""), form.get("level", "")
-    if not value:
-        return json_response(200, {"mode": _read(app, "control:mode", _get_mode)})
-    m = _mode(value, "Value")
-    if level_raw:
-        level = _level(level_raw, "Level")
-        return _write(app, call, "reserve+mode", _set_operation(level, m),
-                      f"mode={m.value} reserve={level}")
-    return _write(app, call, "mode", lambda pw: pw.set_mode(m.value), f"mode={m.value}")
+    form = _command(app, call, "mode", _get_mode)
+    if isinstance(form, Response):
+        return form
+    mode = _mode(form["value"], "Value")
+    if form.get("level"):
+        return _write_operation(app, call, _level(form["level"], "Level"), mode)
+    return _write(app, call, "mode", lambda pw: pw.set_mode(mode.value), f"mode={mode.value}")
+
+
+def _write_operation(app: App, call: Call, level: int, mode: Mode) -> Response:
+    # One set_operation call: one write and one audit line, not two racing commands.
+    return _write(app, call, "reserve+mode",
+                  lambda pw: pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value),
+                  f"reserve={level} mode={mode.value}")
 
 
 def control_grid_charging(app: App, call: Call) -> Response:
-    if call.request.method != "POST":
-        _need_enabled(app)
-        return json_response(200, {"grid_charging": bool(_read(app, "control:grid_charging",
-                                                               _get_grid_charging))})
-    form = _authorize(app, call)
-    value = form.get("value", "").lower()
-    if not value:
-        return json_response(200, {"grid_charging": bool(_read(app, "control:grid_charging",
-                                                               _get_grid_charging))})
+    form = _command(app, call, "grid_charging", _get_grid_charging)
+    if isinstance(form, Response):
+        return form
+    value = form["value"].lower()
     if value not in ("true", "false"):
         raise HTTPError(400, "Control Command Value Invalid - use true or false")
     on = value == "true"
@@ -236,13 +237,10 @@ def control_grid_charging(app: App, call: Call) -> Response:
 
 
 def control_grid_export(app: App, call: Call) -> Response:
-    if call.request.method != "POST":
-        _need_enabled(app)
-        return json_response(200, {"grid_export": _read(app, "control:grid_export", _get_grid_export)})
-    form = _authorize(app, call)
-    value = form.get("value", "").lower()
-    if not value:
-        return json_response(200, {"grid_export": _read(app, "control:grid_export", _get_grid_export)})
+    form = _command(app, call, "grid_export", _get_grid_export)
+    if isinstance(form, Response):
+        return form
+    value = form["value"].lower()
     try:
         rule = GridExport(value)
     except ValueError:
@@ -293,10 +291,6 @@ def control_unknown(app: App, call: Call) -> Response:
     raise HTTPError(404, "Invalid Command Action")
 
 
-def _set_operation(level: int, mode: Mode) -> Callable[[Any], Any]:
-    return lambda pw: pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value)
-
-
 def _get_reserve(pw: Any) -> Any:
     return pw.get_reserve()
 
@@ -306,7 +300,7 @@ def _get_mode(pw: Any) -> Any:
 
 
 def _get_grid_charging(pw: Any) -> Any:
-    return pw.get_grid_charging()
+    return bool(pw.get_grid_charging())  # the reference reads a None as false
 
 
 def _get_grid_export(pw: Any) -> Any:
