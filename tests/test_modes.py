@@ -172,3 +172,29 @@ def test_uri_stats_are_bounded(proxy: ProxyHandle) -> None:
     uri = proxy.get("/stats").json()["uri"]
     assert len(uri) <= URI_STATS_MAX + 1 and uri["other"] >= 5
     assert not any(k.startswith("/nope-") for k in uri)
+
+
+def test_docker_healthcheck_follows_port_and_scheme(proxy_factory: Factory,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import healthcheck
+
+    plain = proxy_factory()
+    secure = proxy_factory({"PW_HTTPS": "yes"})
+    for handle in (plain, secure):  # /health is 200 only once the gateway answered
+        deadline = time.monotonic() + 10
+        while handle.gateway.status() != "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    monkeypatch.setenv("PW_PORT", str(plain.port))
+    monkeypatch.setenv("PW_HTTPS", "no")
+    assert healthcheck.main() == 0
+    monkeypatch.setenv("PW_HTTPS", "yes")
+    assert healthcheck.main() == 1  # plain HTTP port spoken to over TLS: unhealthy
+    monkeypatch.setenv("PW_PORT", str(secure.port))
+    assert healthcheck.main() == 0
+    secure.sim.set_fault("status", status=429)
+    from proxy.errors import GatewayBusy
+
+    with pytest.raises(GatewayBusy):  # one refusal starts a cooldown: degraded
+        secure.gateway.call(lambda pw: pw.poll("/api/system_status/soe"))
+    assert secure.gateway.status() == "degraded"
+    assert healthcheck.main() == 1
