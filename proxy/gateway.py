@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -164,7 +164,6 @@ class GatewayInfo:
     counter: Any = None
     connect_attempts: int = 0
     connect_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _parse_retry_after(raw: str | None) -> float | None:
@@ -212,7 +211,6 @@ class Gateway:
         self.control_pw: Any = None
         self.control_error: str | None = None
         self.site_name: Any = None
-        self.started_at = time.time()
         self._turn = threading.Lock()  # one conversation with the gateway at a time
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -544,8 +542,6 @@ class Gateway:
                 # Its 5-minute backoff after a failed local-API energy fetch would serve
                 # zeros for 5 minutes after an outage; only a gateway that said no keeps it.
                 obj._native_fail_until = 0.0
-            if getattr(obj, "vitals_api", True) is False and not getattr(obj, "tedapi", None):
-                pass  # firmware without vitals: the library's choice is correct, keep it
 
     def _install_hooks(self, pw: Any) -> None:
         """Watch every HTTP exchange the library makes, without changing what it does."""

@@ -33,8 +33,8 @@ def poll(path: str) -> Source:
     return Source(f"poll:{path}", lambda pw: pw.poll(path), empty_ok=True)
 
 
-AGGREGATES = poll("/api/meters/aggregates")
-AGGREGATES = Source(AGGREGATES.key, AGGREGATES.fetch)  # an empty aggregates answer is a failure
+# Not poll(): an empty aggregates answer is a failure, not "nothing to report".
+AGGREGATES = Source("poll:/api/meters/aggregates", lambda pw: pw.poll("/api/meters/aggregates"))
 SOE = Source("poll:/api/system_status/soe", lambda pw: pw.poll("/api/system_status/soe"))
 GRID_STATUS_RAW = Source("poll:/api/system_status/grid_status",
                          lambda pw: pw.poll("/api/system_status/grid_status"))
@@ -44,12 +44,10 @@ GRID_STATUS = Source("grid_status", lambda pw: pw.grid_status())
 GRID_STATUS_NUMERIC = Source("grid_status:numeric", lambda pw: pw.grid_status("numeric"))
 VITALS = Source("vitals", lambda pw: pw.vitals())
 STRINGS = Source("strings", lambda pw: pw.strings(), empty_ok=True)
-STRINGS_VERBOSE = Source("strings:verbose", lambda pw: pw.strings(verbose=True), empty_ok=True)
 TEMPS = Source("temps", lambda pw: pw.temps(), empty_ok=True)
 ALERTS = Source("alerts", lambda pw: pw.alerts(), empty_ok=True)
 SYSTEM_STATUS = Source("system_status", lambda pw: pw.system_status())
 RESERVE = Source("reserve", lambda pw: pw.get_reserve())
-MODE = Source("mode", lambda pw: pw.get_mode())
 TIME_REMAINING = Source("time_remaining", lambda pw: pw.get_time_remaining(), none_ok=True)
 VERSION = Source("version", lambda pw: pw.version())
 FANS = Source("fans", lambda pw: pw.tedapi.get_fan_speeds() if pw.tedapi else {}, empty_ok=True)
