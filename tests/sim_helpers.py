@@ -8,30 +8,19 @@ import json
 import os
 import ssl
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pypowerwall
 
 from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
+from tests.conftest import Reply
 
 # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
 # verify=False, which pypowerwall's TEDAPI client relies on; tests unset them.
 CA_BUNDLE_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
 
 
 def _insecure() -> ssl.SSLContext:

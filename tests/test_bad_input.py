@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.main import start
-from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
+from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle, settled
 
 TOKEN = "s3cret-token"
 FORM = "application/x-www-form-urlencoded"
@@ -82,14 +81,6 @@ def request(method: str, target: bytes | str, body: bytes = b"", headers: dict[s
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-
-def settled(h: ProxyHandle) -> ProxyHandle:
-    """Let the connect thread finish its follow-up call (the site name), so that gateway
-    request counts taken from now on are the test's own."""
-    for thread in threading.enumerate():
-        if thread.name == f"{h.gateway.name}-connect" and thread.is_alive():
-            thread.join(5)
-    return h
 
 
 @pytest.fixture(scope="module")

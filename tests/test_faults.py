@@ -204,19 +204,11 @@ def library_cooldown_active(h: ProxyHandle) -> bool:
     return any(getattr(o, "pwcooldown", 0) > time.perf_counter() for o in objs if o)
 
 
-def settled(h: ProxyHandle) -> ProxyHandle:
-    """Let the connect thread finish its follow-up call (the site name), so that gateway
-    request counts taken from now on are the test's own."""
-    for thread in threading.enumerate():
-        if thread.name == f"{h.gateway.name}-connect" and thread.is_alive():
-            thread.join(5)
-    return h
-
 
 @pytest.fixture
 def sim_proxy(proxy_factory: Factory) -> ProxyHandle:
     """--simulate (TEDAPI full mode) with short periods."""
-    return settled(proxy_factory(ENV))
+    return proxy_factory(ENV)
 
 
 @pytest.fixture
@@ -230,7 +222,7 @@ def local_proxy(proxy_factory: Factory, sim: Simulator, **extra: str) -> ProxyHa
     handle = proxy_factory({**ENV, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD, **extra},
                            simulate=False)
     handle.sim = sim
-    return settled(handle)
+    return handle
 
 
 # ---- outages: down, slow, 500, malformed ----------------------------------------------------
@@ -302,7 +294,7 @@ def test_outage_tedapi(proxy_factory: Factory, caplog: pytest.LogCaptureFixture,
                        params: dict[str, Any], call_time: float) -> None:
     # A slow gateway holds a call up for two timeouts; give the stale copy room to show.
     env = {**ENV, "PW_CACHE_TTL": "4"} if kind == "slow" else ENV
-    outage_scenario(settled(proxy_factory(env)), SINGLE, kind, params, caplog, call_time)
+    outage_scenario(proxy_factory(env), SINGLE, kind, params, caplog, call_time)
 
 
 @pytest.mark.parametrize(("kind", "params"), [
@@ -566,7 +558,7 @@ def test_session_expiry_costs_one_login(proxy_factory: Factory, bare_sim: Simula
 
 def test_session_expiry_simulate_control_client(proxy_factory: Factory) -> None:
     """--simulate reads over TEDAPI; its local control client logs in again once."""
-    h = settled(proxy_factory({**ENV, "PW_CONTROL_SECRET": "s3cret-token"}))
+    h = proxy_factory({**ENV, "PW_CONTROL_SECRET": "s3cret-token"})
     before = get_when(h, "/control/reserve", lambda r: r.status == 200, 10)
     time.sleep(PERIOD)
     h.sim.reset()
