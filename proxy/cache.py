@@ -66,6 +66,11 @@ class WindowCache(Generic[T]):
 
     def get(self, key: Hashable, fetch: Callable[[], T]) -> Entry[T]:
         """The entry for `key` in the current window, fetching it once if needed."""
+        # Hot path without the lock: a dict read is atomic and entries are
+        # immutable, so a hit in the current window needs no coordination.
+        entry = self._entries.get(key)
+        if entry is not None and entry.window == self.window() and entry.window != -1:
+            return entry
         while True:
             with self._lock:
                 window = self.window()

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from proxy.app import App, Call, Route, json_response
-from proxy.errors import GatewayError, HTTPError, NotSupported
+from proxy.errors import HTTPError, NotSupported
 from proxy.gateway import reserve_for_backend
 from proxy.http_types import Response
 
@@ -272,10 +272,7 @@ def control_max_backup(app: App, call: Call) -> Response:
 
 
 def _backup_events(app: App, *, cancel_expired: bool) -> Response:
-    try:
-        events = app.gateway.control(lambda pw: pw.get_backup_events())
-    except GatewayError:
-        raise
+    events = app.gateway.control(lambda pw: pw.get_backup_events())
     if not isinstance(events, dict):
         raise HTTPError(502, "Failed to get backup events")
     manual = events.get("manual_backup")

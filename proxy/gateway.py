@@ -218,6 +218,7 @@ class Gateway:
         self._hooked_all = False
         self._library_window: int | None = None
         self._failed_window: int | None = None
+        _LibraryErrors.install()
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
 
     # ---- lifecycle -------------------------------------------------------
@@ -397,9 +398,9 @@ class Gateway:
     def call(self, fetch: Fetch, *, empty_ok: bool = False, none_ok: bool = False) -> Any:
         """Run one library call now and classify its outcome."""
         pw = self._require_client()
-        self._check_cooldown()
+        self.check_cooldown()
         with self._turn:
-            self._check_cooldown()
+            self.check_cooldown()
             # The window after waiting our turn, not before: a call queued behind a
             # slow failing one must not make the gateway wait out another timeout.
             window = self.cache.window()
@@ -411,7 +412,6 @@ class Gateway:
             self._install_hooks(pw)
             self._observed = _Observed()
             native_backoff = _native_backoff(pw)
-            _LibraryErrors.install()
             _LibraryErrors.current.seen = self._observed
             try:
                 value = fetch(pw)
@@ -512,7 +512,8 @@ class Gateway:
             raise GatewayStarting("connecting to the gateway", retry_after=2.0)
         return self.pw
 
-    def _check_cooldown(self) -> None:
+    def check_cooldown(self) -> None:
+        """Raise GatewayBusy while the gateway is to be left alone."""
         remaining = self.cooldown.remaining()
         if remaining > 0:
             raise GatewayBusy("gateway cooling down after refusing requests", retry_after=remaining)
@@ -592,7 +593,7 @@ class Gateway:
             if not self._connected.is_set():
                 raise GatewayStarting("connecting to the gateway", retry_after=2.0)
             raise GatewayUnavailable(self.control_error or "control backend unavailable")
-        self._check_cooldown()
+        self.check_cooldown()
         with self._turn:
             self._observed = _Observed()
             self._install_hooks(self.control_pw)

@@ -9,9 +9,8 @@ import ssl
 from pathlib import Path
 
 
-def write_self_signed(cert_path: Path, key_path: Path, names: tuple[str, ...] = ("localhost",),
-                      days: int = 3650) -> None:
-    """Write an EC P-256 self-signed certificate and its key (mode 0600)."""
+def self_signed_pem(names: tuple[str, ...] = ("localhost",), days: int = 3650) -> tuple[bytes, bytes]:
+    """A fresh EC P-256 self-signed certificate and its key, PEM encoded (fast to make)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,13 +30,25 @@ def write_self_signed(cert_path: Path, key_path: Path, names: tuple[str, ...] = 
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_bytes = key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(data)
+
+
+def write_self_signed(cert_path: Path, key_path: Path, names: tuple[str, ...] = ("localhost",),
+                      days: int = 3650) -> None:
+    """Write a self-signed certificate and its key (mode 0600)."""
+    cert_pem, key_pem = self_signed_pem(names, days)
+    write_private(key_path, key_pem)
+    cert_path.write_bytes(cert_pem)
 
 
 def server_context(cert: str, key: str, auth_path: str) -> ssl.SSLContext:

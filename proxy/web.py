@@ -117,8 +117,7 @@ class WebFiles:
         host = self.config.host
         if not host or not gateway.connected:
             raise HTTPError(404, "Not Found")
-        if gateway.cooldown.remaining() > 0:
-            raise GatewayUnavailable("gateway cooling down", retry_after=gateway.cooldown.remaining())
+        gateway.check_cooldown()  # a refusing gateway gets no page requests either
         _, _, query = target.partition("?")
         url = f"https://{host}{quote(path, safe='/:@!$&()*+,;=-._~')}" + (f"?{query}" if query else "")
         try:

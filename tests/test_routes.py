@@ -111,7 +111,8 @@ def test_allowlisted_api_paths(proxy: ProxyHandle) -> None:
         r = proxy.get(path + "?cachebust=1")
         assert r.status in (200, 404), (path, r.status, r.body[:200])
         assert r.header("Content-Type") == "application/json"
-        assert "error" in r.json() if r.status == 404 else True
+        if r.status == 404:  # a path pypowerwall cannot build in this mode says why
+            assert r.json()["error"]
         ok += r.status == 200
     assert ok >= 8  # the library emulates the common ones in TEDAPI mode
 
