@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
-from proxy.gateway import Gateway, error_retry_after
+from proxy.gateway import Gateway
 from proxy.http_types import Request, Response
+from proxy.site import Rendered, Site
 from proxy.stats import Stats
 from proxy.web import WebFiles
 
@@ -41,11 +42,13 @@ PREFLIGHT = [
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A routed request: the path as routed, its parsed query, and the original request."""
+    """A routed request: the path as routed, its parsed query, the original request,
+    and the site (gateway) the route serves."""
 
     path: str
     query: dict[str, list[str]]
     request: Request
+    site: Site
 
     def flag(self, name: str) -> bool:
         return name in self.query
@@ -53,16 +56,6 @@ class Call:
     def param(self, name: str) -> str:
         values = self.query.get(name)
         return values[0] if values else ""
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A route's encoded body plus where its data came from (cached per window)."""
-
-    body: bytes
-    content_type: str = JSON
-    data_at: float | None = None  # monotonic time of the oldest gateway data used
-    stale: bool = False
 
 
 Handler = Callable[["App", Call], "Rendered | Response"]
@@ -111,16 +104,21 @@ class Router:
 class App:
     """Everything a request handler may use, built once by main()."""
 
-    def __init__(self, config: Config, gateway: Gateway, *, web: WebFiles, routes: Iterable[Route],
+    def __init__(self, config: Config, site: Site, *, web: WebFiles, routes: Iterable[Route],
                  stats: Stats | None = None) -> None:
         self.config = config
-        self.gateway = gateway
+        self.site = site
         self.web = web
         self.stats = stats or Stats()
         self.router = Router.build(routes)
         self.started = time.time()
         self.server_stats: Callable[[], dict[str, int]] = dict
         self.control_guard: Any = None  # set by proxy.control (bad-token throttling)
+
+    @property
+    def gateway(self) -> Gateway:
+        """The default gateway."""
+        return self.site.gateway
 
     def __call__(self, request: Request) -> Response:
         try:
@@ -131,7 +129,7 @@ class App:
 
     def _dispatch(self, request: Request) -> Response:
         path, query = self.split_target(request.target)
-        call = Call(path, query, request)
+        call = Call(path, query, request, self.site)
         method = "GET" if request.method == "HEAD" else request.method
         route = self.router.match(path)
         if route is None:
@@ -141,27 +139,31 @@ class App:
         if method not in route.methods:
             raise HTTPError(405, "Method Not Allowed", [("Allow", allow(route))])
         result = self._cached(route, call) if route.cached else route.handler(self, call)
-        response = result if isinstance(result, Response) else self.respond(result)
+        response = result if isinstance(result, Response) else self.respond(result, call.site)
         if request.method == "GET" and response.status < 400:
             self.stats.count_get(path)
         return response
 
     def _cached(self, route: Route, call: Call) -> Rendered | Response:
-        key = ("route", route.path, route.vary(call) if route.vary else "")
-        entry = self.gateway.cache.get(key, lambda: route.handler(self, call))
-        if entry.error is not None:
-            raise entry.error
-        value = entry.value
-        assert isinstance(value, (Rendered, Response))
-        return value
+        """The route's bytes of this window, rendered once from fresh data."""
+        site = call.site
+        key = (route.path, route.vary(call) if route.vary else "")
+        window = site.window()
+        hit = site.renders.get(key, window)
+        if hit is not None:
+            return hit
+        result = route.handler(self, call)
+        if isinstance(result, Rendered) and not result.stale:
+            # A stale rendering is not kept: the next poll re-checks its age and the gateway.
+            site.renders.put(key, window, result)
+        return result
 
-    def respond(self, rendered: Rendered) -> Response:
+    def respond(self, rendered: Rendered, site: Site) -> Response:
         headers = [("Content-Type", rendered.content_type), CORS]
         if rendered.data_at is not None:
-            exact_age = self.gateway.cache.age(rendered.data_at)
-            if rendered.stale and exact_age > self.config.cache_ttl:
-                # The copy was young enough when rendered, but a slow gateway call for
-                # another value, or the rest of the cache window, aged it past PW_CACHE_TTL.
+            exact_age = site.age(rendered.data_at)
+            if rendered.stale and exact_age > site.cache_ttl:
+                # A slow read of another value aged the copy past PW_CACHE_TTL.
                 raise GatewayUnavailable("gateway unavailable and the last good data is too old")
             age = int(exact_age)
             headers.append(("Age", str(age)))
@@ -249,7 +251,7 @@ def error_response(exc: ProxyError) -> Response:
     """The one mapping from typed errors to HTTP."""
     headers: list[tuple[str, str]] = []
     if isinstance(exc, GatewayError):
-        headers.append(("Retry-After", str(error_retry_after(exc))))
+        headers.append(("Retry-After", str(max(1, int(exc.retry_after + 0.999)))))
     elif isinstance(exc, HTTPError):
         headers.extend(exc.headers)
     return json_response(exc.status, {"error": exc.message}, headers)

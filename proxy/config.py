@@ -47,6 +47,38 @@ class Secret:
     __str__ = __repr__
 
 
+GATEWAY_TYPES = ("powerwall", "inverter")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway: how to reach it and how often to ask it."""
+
+    id: str = "default"
+    name: str = ""
+    type: str = "powerwall"  # "inverter": a solar-only gateway, left out of battery figures
+    host: str = ""
+    password: Secret = Secret()
+    email: str = "email@example.com"
+    timezone: str = "America/Los_Angeles"
+    gw_pwd: Secret = Secret()
+    rsa_key_path: str = ""
+    wifi_host: str = ""
+    tedapi_api_version: str = "V2024_06"
+    siteid: str = ""
+    auth_path: str = ""
+    auth_mode: str = "cookie"
+    cache_file: str = ".powerwall"
+    cloud_mode: bool = False
+    fleetapi: bool = False
+    cache_expire: int = 5
+    timeout: int = 5
+    pool_maxsize: int = 15
+
+    def secrets(self) -> list[str]:
+        return [f.reveal() for f in (self.password, self.gw_pwd) if f]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the proxy reads from its environment."""
@@ -129,6 +161,16 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value that is set (for leak checks in logs and tests)."""
         return [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret) if f]
+
+    def gateway(self) -> GatewayConfig:
+        """The plain PW_* variables as one gateway with id "default"."""
+        return GatewayConfig(
+            host=self.host, password=self.password, email=self.email, timezone=self.timezone,
+            gw_pwd=self.gw_pwd, rsa_key_path=self.rsa_key_path, wifi_host=self.wifi_host,
+            tedapi_api_version=self.tedapi_api_version, siteid=self.siteid,
+            auth_path=self.auth_path, auth_mode=self.auth_mode, cache_file=self.cache_file,
+            cache_expire=self.cache_expire, timeout=self.timeout, pool_maxsize=self.pool_maxsize,
+        )
 
 
 def parse_bool(name: str, raw: str) -> bool:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from proxy.app import App, Call, Route, json_response
 from proxy.errors import HTTPError, NotSupported
-from proxy.gateway import reserve_for_backend
+from proxy.gateway import Kind, error_for, reserve_for_backend
 from proxy.http_types import Response
 
 log = logging.getLogger("proxy.control")
@@ -173,9 +173,11 @@ def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summar
 
 def _read(app: App, key: str, fetch: Callable[[Any], Any]) -> Any:
     entry = app.gateway.control_read(key, fetch)
-    if entry.error is not None:
-        raise entry.error
-    return entry.value
+    if entry.kind is Kind.NOT_SUPPORTED:
+        raise NotSupported(entry.verdict.reason)
+    if entry.kind not in (Kind.DATA, Kind.ABSENT):
+        raise error_for(entry.verdict, app.gateway)
+    return entry.verdict.value
 
 
 def _need_enabled(app: App) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from proxy.app import App
 from proxy.config import Config, ConfigError, Secret, load_config
 from proxy.gateway import Gateway
+from proxy.site import Shaping, Site
 from proxy.web import WebFiles
 
 log = logging.getLogger("proxy")
@@ -130,6 +131,11 @@ def _trust_gateway_certificate(config: Config) -> None:
                 log.info("ignoring %s: the gateway's certificate is self-signed", name)
 
 
+SERVER_WORKERS = 16
+# Workers no gateway may hold: /health, /stats, files and cached answers always find one.
+RESERVED_WORKERS = 4
+
+
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None) -> Running:
     """Build and start everything; the HTTP server answers before the gateway connects.
 
@@ -143,11 +149,14 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     if config.simulate:
         config, simulator, tmp, control_password = _simulated(config)
     _trust_gateway_certificate(config)
-    gateway = Gateway(config, simulated=config.simulate, control_password=control_password,
-                      factory=client_factory)
-    app = App(config, gateway, web=WebFiles(config), routes=ROUTES)
+    gateway = Gateway(config.gateway(), simulated=config.simulate, control_password=control_password,
+                      control_enabled=bool(config.control_secret), factory=client_factory,
+                      waiters=SERVER_WORKERS - RESERVED_WORKERS)
+    site = Site(gateway, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
+                shaping=Shaping(config.neg_solar, config.site_zero_threshold))
+    app = App(config, site, web=WebFiles(config), routes=ROUTES)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
-                        access_log=config.debug)
+                        access_log=config.debug, workers=SERVER_WORKERS)
     app.server_stats = server.stats
     running = Running(config, gateway, app, server, simulator, tmp)
     server.start()

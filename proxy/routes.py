@@ -2,224 +2,154 @@
 
 Search this file for a path to find its handler. Data routes are `cached`:
 rendered once per cache window from window-cached gateway readings, then
-served as the same bytes to every poller.
+served as the same bytes to every poller. A data route names its sources and a
+pure render function; `Need` says what a missing source does to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 from proxy import payloads, status_pages
-from proxy.app import CSV, App, Call, Rendered, Route, json_bytes
+from proxy.app import CSV, JSON, App, Call, Route, json_bytes
 from proxy.control import CONTROL_ROUTES
-from proxy.errors import GatewayError, HTTPError, NotSupported
+from proxy.errors import HTTPError, NotSupported
+from proxy.gateway.sources import (
+    AGGREGATES,
+    ALERTS,
+    CLOUD_SOURCES,
+    FANS,
+    FLEETAPI_SOURCES,
+    GRID_STATUS,
+    GRID_STATUS_NUMERIC,
+    GRID_STATUS_RAW,
+    LEVEL,
+    LEVEL_SCALED,
+    PW_SOURCES,
+    RESERVE,
+    SOE,
+    STRINGS,
+    SYSTEM_STATUS,
+    TEDAPI_SOURCES,
+    TEMPS,
+    TIME_REMAINING,
+    VERSION,
+    VITALS,
+    Source,
+    poll,
+)
+from proxy.site import Rendered, Site, State
 
-Fetch = Callable[[Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One library call whose result is shared, per cache window, by every route that needs it."""
-
-    key: str
-    fetch: Fetch
-    empty_ok: bool = False  # {} / [] is a real answer (e.g. no alerts)
-    none_ok: bool = False  # None is a real answer (e.g. no time remaining)
-
-
-def poll(path: str) -> Source:
-    return Source(f"poll:{path}", lambda pw: pw.poll(path), empty_ok=True)
-
-
-# Not poll(): an empty aggregates answer is a failure, not "nothing to report".
-AGGREGATES = Source("poll:/api/meters/aggregates", lambda pw: pw.poll("/api/meters/aggregates"))
-SOE = Source("poll:/api/system_status/soe", lambda pw: pw.poll("/api/system_status/soe"))
-GRID_STATUS_RAW = Source("poll:/api/system_status/grid_status",
-                         lambda pw: pw.poll("/api/system_status/grid_status"))
-LEVEL = Source("level", lambda pw: pw.level())
-LEVEL_SCALED = Source("level:scaled", lambda pw: pw.level(scale=True))
-GRID_STATUS = Source("grid_status", lambda pw: pw.grid_status())
-GRID_STATUS_NUMERIC = Source("grid_status:numeric", lambda pw: pw.grid_status("numeric"))
-VITALS = Source("vitals", lambda pw: pw.vitals())
-STRINGS = Source("strings", lambda pw: pw.strings(), empty_ok=True)
-TEMPS = Source("temps", lambda pw: pw.temps(), empty_ok=True)
-ALERTS = Source("alerts", lambda pw: pw.alerts(), empty_ok=True)
-SYSTEM_STATUS = Source("system_status", lambda pw: pw.system_status())
-RESERVE = Source("reserve", lambda pw: pw.get_reserve())
-TIME_REMAINING = Source("time_remaining", lambda pw: pw.get_time_remaining(), none_ok=True)
-VERSION = Source("version", lambda pw: pw.version())
-FANS = Source("fans", lambda pw: pw.tedapi.get_fan_speeds() if pw.tedapi else {}, empty_ok=True)
+Values = Sequence[Any]
+Body = tuple[bytes, str]
+Render = Callable[[Values, Call, Site], Body]
 
 
-class Reader:
-    """Reads sources for one rendering and remembers how old and how stale the data is."""
+class Need(Enum):
+    """What a source that is lost to an outage (no answer, no young copy) does to a route."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.gateway = app.gateway
-        self.data_at: float | None = None
-        self.stale = False
-
-    def get(self, source: Source) -> Any:
-        """The value, the last good value (marked stale) within PW_CACHE_TTL, or the error."""
-        entry = self.gateway.read(source.key, source.fetch, empty_ok=source.empty_ok,
-                                  none_ok=source.none_ok)
-        if entry.error is None:
-            self._note(entry.fetched_at, stale=False)
-            return entry.value
-        config = self.app.config
-        if (config.graceful_degradation and entry.good is not None
-                and self.gateway.cache.age(entry.good_at) <= config.cache_ttl):
-            self._note(entry.good_at, stale=True)
-            return entry.good
-        raise entry.error
-
-    def optional(self, source: Source) -> Any:
-        """A secondary value: None when the gateway cannot give it (shown as JSON null)."""
-        try:
-            return self.get(source)
-        except (GatewayError, NotSupported):
-            return None
-
-    def csv_optional(self, source: Source) -> Any:
-        """A secondary CSV value: None (written 0, as the reference does) only when the
-        gateway has no such value. CSV has no null, so a value lost to an outage
-        fails the route (stale copy, then 503) instead of becoming a made-up 0."""
-        try:
-            return self.get(source)
-        except NotSupported:
-            return None
-
-    def _note(self, at: float, *, stale: bool) -> None:
-        self.data_at = at if self.data_at is None else min(self.data_at, at)
-        self.stale = self.stale or stale
-
-    def render(self, body: bytes | str, content_type: str = "application/json") -> Rendered:
-        data = body.encode() if isinstance(body, str) else body
-        return Rendered(data, content_type, self.data_at, self.stale)
-
-    def json(self, obj: Any) -> Rendered:
-        return self.render(json_bytes(obj))
-
-    def pretty(self, obj: Any) -> Rendered:
-        return self.render(payloads.pretty_json(obj))
+    ALL = "all"  # the route fails (stale copy, then 503): CSV cannot say null
+    ANY = "any"  # composites: null in its place; 503 only when no source has data
 
 
-def _shaping(app: App) -> dict[str, Any]:
-    return {"neg_solar": app.config.neg_solar, "zero_threshold": app.config.site_zero_threshold}
+def build(call: Call, sources: Sequence[Source], render: Render, need: Need = Need.ALL) -> Rendered:
+    """Read the sources (in parallel), apply the route's need, render the body."""
+    site = call.site
+    readings = site.read_all(sources)
+    lost = [r for r in readings if r.state is State.UNAVAILABLE]
+    if lost and (need is Need.ALL or not any(r.state is State.DATA for r in readings)):
+        assert lost[0].error is not None
+        raise lost[0].error
+    body, content_type = render([r.value for r in readings], call, site)
+    times = [r.at for r in readings if r.at is not None]
+    return Rendered(body, content_type, min(times) if times else None, any(r.stale for r in readings))
 
 
-# ---- /aggregates, /soe and the other meter routes ---------------------------
-
-def get_aggregates(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(payloads.process_aggregates(r.get(AGGREGATES), **_shaping(app)))
-
-
-def get_soe(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(r.get(SOE))
+def data(path: str, sources: Sequence[Source], render: Render, need: Need = Need.ALL,
+         vary: Callable[[Call], str] | None = None) -> Route:
+    """A cached data route: these sources, this render."""
+    def handler(app: App, call: Call) -> Rendered:
+        return build(call, sources, render, need)
+    handler.__name__ = "get" + path.replace("/", "_")
+    return Route(path, handler, cached=True, vary=vary)
 
 
-def get_api_soe(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json({"percentage": r.get(LEVEL_SCALED)})
+# ---- renders: pure functions of the values ---------------------------------------
+
+def as_json(values: Values, call: Call, site: Site) -> Body:
+    return json_bytes(values[0]), JSON
 
 
-def get_grid_status(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(r.get(GRID_STATUS_RAW))
+def as_pretty(values: Values, call: Call, site: Site) -> Body:
+    return payloads.pretty_json(values[0]).encode(), JSON
 
 
-def get_csv(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    agg = r.get(AGGREGATES)
-    body = payloads.csv_body(agg, r.csv_optional(LEVEL), headers=call.flag("headers"), **_shaping(app))
-    return r.render(body, CSV)
+def pretty_or(empty: Any) -> Render:
+    """Indented JSON; `empty` when the gateway had none (as the reference: {} temps, [] alerts)."""
+    def render(values: Values, call: Call, site: Site) -> Body:
+        return payloads.pretty_json(empty if values[0] is None else values[0]).encode(), JSON
+    return render
 
 
-def get_csv_v2(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    agg = r.get(AGGREGATES)
-    grid = r.csv_optional(GRID_STATUS)
-    body = payloads.csv_v2_body(agg, r.csv_optional(LEVEL), None if grid is None else grid == "UP",
-                                r.csv_optional(RESERVE), headers=call.flag("headers"), **_shaping(app))
-    return r.render(body, CSV)
+def json_with(build_body: Callable[[Any], Any]) -> Render:
+    """JSON of a pure function of the single value."""
+    def render(values: Values, call: Call, site: Site) -> Body:
+        return json_bytes(build_body(values[0])), JSON
+    return render
 
 
-def get_json(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    agg = r.get(AGGREGATES)
-    return r.json(payloads.json_summary(
-        agg, r.optional(LEVEL), r.optional(GRID_STATUS), r.optional(RESERVE),
-        r.optional(TIME_REMAINING), r.optional(SYSTEM_STATUS), r.optional(STRINGS),
-        **_shaping(app)))
+def wrapped(name: str) -> Render:
+    """{"<name>": value}, e.g. /pw/level -> {"level": 42.1} (null when the gateway had none)."""
+    return json_with(lambda value: {name: value})
+
+
+def _shaping(site: Site) -> dict[str, Any]:
+    return {"neg_solar": site.shaping.neg_solar, "zero_threshold": site.shaping.zero_threshold}
+
+
+def render_aggregates(values: Values, call: Call, site: Site) -> Body:
+    agg = values[0]
+    return json_bytes(None if agg is None else payloads.process_aggregates(agg, **_shaping(site))), JSON
+
+
+def render_api_soe(values: Values, call: Call, site: Site) -> Body:
+    return json_bytes(None if values[0] is None else {"percentage": values[0]}), JSON
+
+
+def render_csv(values: Values, call: Call, site: Site) -> Body:
+    agg, level = values
+    return payloads.csv_body(agg, level, headers=call.flag("headers"), **_shaping(site)).encode(), CSV
+
+
+def render_csv_v2(values: Values, call: Call, site: Site) -> Body:
+    agg, level, grid, reserve = values
+    body = payloads.csv_v2_body(agg, level, None if grid is None else grid == "UP", reserve,
+                                headers=call.flag("headers"), **_shaping(site))
+    return body.encode(), CSV
+
+
+def render_json(values: Values, call: Call, site: Site) -> Body:
+    return json_bytes(payloads.json_summary(*values, **_shaping(site))), JSON
+
+
+def render_freq(values: Values, call: Call, site: Site) -> Body:
+    return json_bytes(payloads.freq_body(*values)), JSON
+
+
+def render_pod(values: Values, call: Call, site: Site) -> Body:
+    return json_bytes(payloads.pod_body(*values)), JSON
+
+
+def render_version(values: Values, call: Call, site: Site) -> Body:
+    version = values[0]
+    body = {"version": None, "vint": None} if version is None else payloads.version_body(str(version))
+    return json_bytes(body), JSON
 
 
 def headers_variant(call: Call) -> str:
     return "headers" if call.flag("headers") else ""
-
-
-# ---- device data (vitals, strings, temps, alerts, fans) -----------------------
-
-def get_vitals(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.pretty(r.get(VITALS))
-
-
-def get_strings(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.pretty(r.get(STRINGS))
-
-
-def get_temps(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.pretty(r.get(TEMPS))
-
-
-def get_temps_pw(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(payloads.temps_pw(r.get(TEMPS)))
-
-
-def get_alerts(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.pretty(r.get(ALERTS))
-
-
-def get_alerts_pw(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(payloads.alerts_pw(r.get(ALERTS)))
-
-
-def get_fans(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(r.get(FANS))
-
-
-def get_fans_pw(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(payloads.fans_pw(r.get(FANS)))
-
-
-def get_freq(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    status = r.get(SYSTEM_STATUS)
-    return r.json(payloads.freq_body(status, r.optional(VITALS), r.optional(GRID_STATUS_NUMERIC)))
-
-
-def get_pod(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    status = r.get(SYSTEM_STATUS)
-    return r.json(payloads.pod_body(status, r.optional(VITALS), r.optional(TIME_REMAINING),
-                                    r.optional(RESERVE)))
-
-
-def get_version(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(payloads.version_body(str(r.get(VERSION))))
 
 
 def get_problems(app: App, call: Call) -> Rendered:
@@ -244,106 +174,47 @@ ALLOWLIST = (
 )
 
 
-def get_allowlisted(app: App, call: Call) -> Rendered:
-    r = Reader(app)
-    return r.json(r.get(poll(call.path)))
+# ---- /tedapi/*, /cloud/*, /fleetapi/*: only in their mode ----------------------------
 
+def _backend_routes(calls: dict[str, Source], enabled: Callable[[Site], bool], disabled: str,
+                    prefix: str) -> tuple[Route, ...]:
+    usage = "Use " + ", ".join(calls)
 
-# ---- /tedapi/*, /cloud/*, /fleetapi/* ------------------------------------------
-
-TEDAPI_CALLS: dict[str, Fetch] = {
-    "/tedapi/config": lambda pw: pw.tedapi.get_config(),
-    "/tedapi/status": lambda pw: pw.tedapi.get_status(),
-    "/tedapi/components": lambda pw: pw.tedapi.get_components(),
-    "/tedapi/battery": lambda pw: pw.tedapi.get_battery_blocks(),
-    "/tedapi/controller": lambda pw: pw.tedapi.get_device_controller(),
-}
-CLOUD_CALLS: dict[str, Fetch] = {
-    "/cloud/battery": lambda pw: pw.client.get_battery(),
-    "/cloud/power": lambda pw: pw.client.get_site_power(),
-    "/cloud/config": lambda pw: pw.client.get_site_config(),
-}
-FLEETAPI_CALLS: dict[str, Fetch] = {
-    "/fleetapi/info": lambda pw: pw.client.get_site_info(),
-    "/fleetapi/status": lambda pw: pw.client.get_live_status(),
-}
-
-
-def _backend_route(calls: dict[str, Fetch], enabled: Callable[[App], bool], disabled: str,
-                   usage: str) -> Callable[[App, Call], Rendered]:
     def handler(app: App, call: Call) -> Rendered:
-        if not enabled(app):
+        if not enabled(call.site):
             raise NotSupported(disabled)
-        fetch = calls.get(call.path)
-        if fetch is None:
+        source = calls.get(call.path)
+        if source is None:
             raise NotSupported(usage)
-        r = Reader(app)
-        return r.json(r.get(Source(call.path, fetch, empty_ok=True)))
-    return handler
+        return build(call, [source], as_json)
+    handler.__name__ = "get_" + prefix.strip("/")
+    rows = [Route(path, handler, cached=True) for path in calls]
+    return (*rows, Route(prefix + "*", handler, cached=True))
 
 
-def _tedapi_on(app: App) -> bool:
-    return app.gateway.info.tedapi
+def _tedapi_on(site: Site) -> bool:
+    return site.gateway.info.tedapi
 
 
-def _cloud_on(app: App) -> bool:
-    return app.gateway.info.cloudmode and not app.gateway.info.fleetapi
+def _cloud_on(site: Site) -> bool:
+    return site.gateway.info.cloudmode and not site.gateway.info.fleetapi
 
 
-def _fleetapi_on(app: App) -> bool:
-    return app.gateway.info.fleetapi
-
-
-get_tedapi = _backend_route(TEDAPI_CALLS, _tedapi_on, "TEDAPI not enabled",
-                            "Use " + ", ".join(TEDAPI_CALLS))
-get_cloud = _backend_route(CLOUD_CALLS, _cloud_on, "Cloud API not enabled",
-                           "Use " + ", ".join(CLOUD_CALLS))
-get_fleetapi = _backend_route(FLEETAPI_CALLS, _fleetapi_on, "FleetAPI not enabled",
-                              "Use " + ", ".join(FLEETAPI_CALLS))
+def _fleetapi_on(site: Site) -> bool:
+    return site.gateway.info.fleetapi
 
 
 # ---- /pw/<name>: the library's methods by name --------------------------------
 
-PW_CALLS: dict[str, Callable[[Any], Any]] = {
-    "level": lambda pw: {"level": pw.level()},
-    "power": lambda pw: pw.power(),
-    "site": lambda pw: pw.site(verbose=True),
-    "solar": lambda pw: pw.solar(verbose=True),
-    "battery": lambda pw: pw.battery(verbose=True),
-    "load": lambda pw: pw.load(verbose=True),
-    "grid": lambda pw: pw.grid(verbose=True),
-    "home": lambda pw: pw.home(verbose=True),
-    "battery_blocks": lambda pw: pw.battery_blocks(),
-    "vitals": lambda pw: pw.vitals(),
-    "temps": lambda pw: pw.temps(),
-    "strings": lambda pw: pw.strings(verbose=True),
-    "din": lambda pw: {"din": pw.din()},
-    "uptime": lambda pw: {"uptime": pw.uptime()},
-    "version": lambda pw: {"version": pw.version()},
-    "status": lambda pw: pw.status(),
-    "system_status": lambda pw: pw.system_status(),
-    "grid_status": lambda pw: pw.poll("/api/system_status/grid_status"),
-    "aggregates": lambda pw: pw.poll("/api/meters/aggregates"),
-    "site_name": lambda pw: {"site_name": pw.site_name()},
-    "alerts": lambda pw: {"alerts": pw.alerts()},
-    "is_connected": lambda pw: {"is_connected": pw.is_connected()},
-    "get_reserve": lambda pw: {"reserve": pw.get_reserve()},
-    "get_mode": lambda pw: {"mode": pw.get_mode()},
-    "get_time_remaining": lambda pw: {"time_remaining": pw.get_time_remaining()},
-}
+# Names whose library value the reference wraps in an object, e.g. {"level": 42.1}.
+PW_WRAPPED = {"level": "level", "din": "din", "uptime": "uptime", "version": "version",
+              "site_name": "site_name", "alerts": "alerts", "is_connected": "is_connected",
+              "get_reserve": "reserve", "get_mode": "mode", "get_time_remaining": "time_remaining"}
 
 
 def _pw_route(name: str) -> Route:
-    fetch = PW_CALLS[name]
-
-    def handler(app: App, call: Call) -> Rendered:
-        r = Reader(app)
-        value = r.get(Source(f"pw:{name}", fetch, empty_ok=True))
-        if isinstance(value, dict) and len(value) == 1 and next(iter(value.values())) is None:
-            raise GatewayError(f"gateway gave no {name}")  # e.g. {"level": null}: not a success
-        return r.json(value)
-    handler.__name__ = f"get_pw_{name}"
-    return Route(f"/pw/{name}", handler, cached=True)
+    render = wrapped(PW_WRAPPED[name]) if name in PW_WRAPPED else as_json
+    return data(f"/pw/{name}", [PW_SOURCES[name]], render)
 
 
 def get_pw_unknown(app: App, call: Call) -> Rendered:
@@ -352,45 +223,39 @@ def get_pw_unknown(app: App, call: Call) -> Rendered:
 
 # ---- the table -------------------------------------------------------------------
 
-def _data(path: str, handler: Callable[[App, Call], Rendered], **kw: Any) -> Route:
-    return Route(path, handler, cached=True, **kw)
-
-
 ROUTES: tuple[Route, ...] = (
-    _data("/aggregates", get_aggregates),
-    _data("/api/meters/aggregates", get_aggregates),
-    _data("/soe", get_soe),
-    _data("/api/system_status/soe", get_api_soe),
-    _data("/api/system_status/grid_status", get_grid_status),
-    _data("/csv", get_csv, vary=headers_variant),
-    _data("/csv/v2", get_csv_v2, vary=headers_variant),
-    _data("/vitals", get_vitals),
-    _data("/strings", get_strings),
+    data("/aggregates", [AGGREGATES], render_aggregates),
+    data("/api/meters/aggregates", [AGGREGATES], render_aggregates),
+    data("/soe", [SOE], as_json),
+    data("/api/system_status/soe", [LEVEL_SCALED], render_api_soe),
+    data("/api/system_status/grid_status", [GRID_STATUS_RAW], as_json),
+    data("/csv", [AGGREGATES, LEVEL], render_csv, vary=headers_variant),
+    data("/csv/v2", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE], render_csv_v2, vary=headers_variant),
+    data("/vitals", [VITALS], as_pretty),
+    data("/strings", [STRINGS], as_pretty),
     Route("/stats", status_pages.get_stats),
     Route("/stats/clear", status_pages.get_stats_clear),
     Route("/health", status_pages.get_health),
     Route("/health/reset", status_pages.get_health_reset),
-    _data("/temps", get_temps),
-    _data("/temps/pw", get_temps_pw),
-    _data("/alerts", get_alerts),
-    _data("/alerts/pw", get_alerts_pw),
-    _data("/freq", get_freq),
-    _data("/pod", get_pod),
-    _data("/json", get_json),
-    _data("/version", get_version),
+    data("/temps", [TEMPS], pretty_or({})),
+    data("/temps/pw", [TEMPS], json_with(payloads.temps_pw)),
+    data("/alerts", [ALERTS], pretty_or([])),
+    data("/alerts/pw", [ALERTS], json_with(payloads.alerts_pw)),
+    data("/freq", [SYSTEM_STATUS, VITALS, GRID_STATUS_NUMERIC], render_freq, Need.ANY),
+    data("/pod", [SYSTEM_STATUS, VITALS, TIME_REMAINING, RESERVE], render_pod, Need.ANY),
+    data("/json", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE, TIME_REMAINING, SYSTEM_STATUS, STRINGS],
+         render_json, Need.ANY),
+    data("/version", [VERSION], render_version),
     Route("/help", status_pages.get_help),
     Route("/api/troubleshooting/problems", get_problems),
     Route("/api/customer/registration", get_registration),
-    *(_data(path, get_allowlisted) for path in ALLOWLIST),
-    *(_data(path, get_tedapi) for path in TEDAPI_CALLS),
-    _data("/tedapi*", get_tedapi),
-    *(_data(path, get_cloud) for path in CLOUD_CALLS),
-    _data("/cloud*", get_cloud),
-    *(_data(path, get_fleetapi) for path in FLEETAPI_CALLS),
-    _data("/fleetapi*", get_fleetapi),
-    _data("/fans", get_fans),
-    _data("/fans/pw", get_fans_pw),
-    *(_pw_route(name) for name in PW_CALLS),
+    *(data(path, [poll(path)], as_json) for path in ALLOWLIST),
+    *_backend_routes(TEDAPI_SOURCES, _tedapi_on, "TEDAPI not enabled", "/tedapi"),
+    *_backend_routes(CLOUD_SOURCES, _cloud_on, "Cloud API not enabled", "/cloud"),
+    *_backend_routes(FLEETAPI_SOURCES, _fleetapi_on, "FleetAPI not enabled", "/fleetapi"),
+    data("/fans", [FANS], json_with(lambda fans: {} if fans is None else fans)),
+    data("/fans/pw", [FANS], json_with(payloads.fans_pw)),
+    *(_pw_route(name) for name in PW_SOURCES),
     Route("/pw/*", get_pw_unknown),
     *CONTROL_ROUTES,
 )

@@ -10,7 +10,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.app import App, Call, json_response
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, Kind
 from proxy.http_types import Response
 
 
@@ -55,15 +55,15 @@ def _fallback_mode() -> dict[str, Any]:
 
 def _cache_view(gateway: Gateway) -> dict[str, Any]:
     entries = {}
-    for key, entry in gateway.cache.snapshot().items():
-        if isinstance(key, str):
-            entries[key] = {
-                "age_seconds": round(gateway.cache.age(entry.fetched_at), 1),
-                "is_expired": entry.window != gateway.cache.window(),
-                "ok": entry.ok,
-                "last_good_age_seconds": (round(gateway.cache.age(entry.good_at), 1)
-                                          if entry.good is not None else None),
-            }
+    cache = gateway.cache
+    for key, entry in cache.snapshot().items():
+        entries[str(key)] = {
+            "age_seconds": round(cache.age(entry.at), 1),
+            "is_expired": entry.window != cache.window(),
+            "ok": entry.kind in (Kind.DATA, Kind.ABSENT),
+            "outcome": entry.kind.value,
+            "last_good_age_seconds": round(cache.age(entry.good_at), 1) if entry.good is not None else None,
+        }
     return {"cache_size": len(entries), "endpoints": entries}
 
 
@@ -77,6 +77,9 @@ def _gateway_view(app: App) -> dict[str, Any]:
         "simulated": gateway.simulated,
         "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
         "cooldown_strikes": gateway.cooldown.strikes(),
+        "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1),
+        "login_backoff_steps": gateway.auth.steps(),
+        "fetches_in_flight": gateway.cache.in_flight(),
         "connect_attempts": info.connect_attempts,
         "connect_error": info.connect_error,
         "control": bool(gateway.control_pw) and app.config.control_secret.reveal() != "",
@@ -145,6 +148,7 @@ def health_body(app: App) -> dict[str, Any]:
         body["connection_health"] = _connection_health(gateway)
     body["fallback_mode"] = _fallback_mode()
     body["cached_data"] = _cache_view(gateway)
+    body["endpoint_statistics"] = gateway.endpoints.view()
     body["gateway"] = _gateway_view(app)
     return body
 
@@ -164,15 +168,18 @@ def get_health(app: App, call: Call) -> Response:
     status = 200 if body["status"] == "ok" else 503
     headers = [("Cache-Control", "no-cache")]
     if status == 503:
-        headers.append(("Retry-After", str(max(1, int(app.gateway.cooldown.remaining() + 0.999)))))
+        wait = max(app.gateway.cooldown.remaining(), app.gateway.auth.remaining())
+        headers.append(("Retry-After", str(max(1, int(wait + 0.999)))))
     return json_response(status, body, headers)
 
 
 def get_health_reset(app: App, call: Call) -> Response:
+    endpoints = len(app.gateway.endpoints.view())
     removed = app.gateway.reset_health()
+    app.site.renders.clear()
     return json_response(200, {
         "status": "reset_complete", "health_counters_reset": True, "cache_cleared": True,
-        "cache_entries_removed": removed, "endpoint_stats_cleared": 0,
+        "cache_entries_removed": removed, "endpoint_stats_cleared": endpoints,
     })
 
 

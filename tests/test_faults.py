@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from proxy.gateway import Cooldown
+from proxy.gateway.health import Cooldown
 from proxy.simulator import DEFAULT_PASSWORD, Simulator
 from tests.conftest import Factory, ProxyHandle, Reply
 
@@ -45,6 +45,10 @@ MIXED = ["/csv", "/csv/v2?headers", "/json", "/pod", "/freq"]
 # fast until the next period); in TEDAPI mode one call is two requests (config
 # and status) when the first fails.
 MAX_REQUESTS_PER_PERIOD = 2
+# Answers that are not data fail only their own resource: each resource is still
+# asked once per window (the routes polled here read at most this many).
+MAX_REQUESTS_PER_RESOURCE_WINDOW = 16
+FIRST_WINDOW_BURST = 8
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -246,12 +250,16 @@ def outage_scenario(h: ProxyHandle, single: list[str], kind: str, params: dict[s
         limit = ttl + 2 * PERIOD + 2 * call_time + 2
         for path in single:
             wait_for(f"{path} to answer 503", functools.partial(polls.saw, path, 503), limit)
-        # ... and /health says degraded once three periods in a row have failed.
-        wait_for("/health degraded", lambda: health(h)[0] == 503, 3 * (PERIOD + call_time) + 3)
         status, body, reply = health(h)
-        assert body["status"] == "degraded"
-        assert body["connection_health"]["consecutive_failures"] >= 3
-        assert body["gateway"]["cooldown_remaining_seconds"] == 0  # not a busy gateway
+        if kind == "malformed":
+            # The gateway answers, only with garbage: each route fails on its own, but the
+            # gateway is alive, so /health stays ok and nothing fails fast.
+            assert status == 200 and body["connection_health"]["total_failures"] == 0, body
+        else:
+            # ... and /health says degraded from the first failed answer.
+            assert body["status"] == "degraded"
+            assert body["connection_health"]["consecutive_failures"] >= 1
+            assert body["gateway"]["cooldown_remaining_seconds"] == 0  # not a busy gateway
         gateway_requests = h.sim.stats()["total"]
         elapsed = time.monotonic() - fault_at
     seen = polls.replies()
@@ -270,7 +278,14 @@ def outage_scenario(h: ProxyHandle, single: list[str], kind: str, params: dict[s
     # The gateway was not stormed: a bounded number of requests per period, whatever
     # the number of clients and routes.
     periods = math.ceil(elapsed / PERIOD) + 1
-    assert gateway_requests <= MAX_REQUESTS_PER_PERIOD * periods, (gateway_requests, periods, len(seen))
+    # Garbage: at most one request per resource per window, as when healthy.
+    # A failing gateway: in the first window the resources polled ask side by side before
+    # the first failure is known; after that one call per window finds out.
+    if kind == "malformed":
+        bound = MAX_REQUESTS_PER_RESOURCE_WINDOW * periods
+    else:
+        bound = MAX_REQUESTS_PER_PERIOD * periods + FIRST_WINDOW_BURST
+    assert gateway_requests <= bound, (gateway_requests, periods, len(seen))
     assert gateway_requests < len(seen) / 3
 
     # Recovery, without a restart: fresh data within two cache periods of the fault
@@ -333,7 +348,9 @@ def test_csv_never_fills_an_unavailable_value_with_zero(sim_proxy: ProxyHandle) 
 
 
 def test_garbled_answers_are_not_empty_data(sim_proxy: ProxyHandle) -> None:
-    """pypowerwall reads a garbled answer as {} ("no temperatures", "no alerts"): an outage."""
+    """pypowerwall reads a garbled answer as {} ("no temperatures", "no alerts"): not data.
+
+    The gateway did answer, so it is alive: health is not touched."""
     h = sim_proxy
     paths = ["/temps/pw", "/alerts/pw", "/fans/pw", "/strings"]
     last_good = warm(h, paths)
@@ -345,7 +362,8 @@ def test_garbled_answers_are_not_empty_data(sim_proxy: ProxyHandle) -> None:
             assert reply.header("X-Cache") == "STALE" and reply.body == last_good[path], (path, reply.body)
         else:
             assert_json_error(reply, 503)
-    assert health(h)[1]["connection_health"]["total_failures"] >= 1
+    status, body, _ = health(h)
+    assert status == 200 and body["connection_health"]["total_failures"] == 0, body
 
 
 def test_tedapi_aggregates_never_show_made_up_energy(sim_proxy: ProxyHandle) -> None:

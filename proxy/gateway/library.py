@@ -1,0 +1,223 @@
+"""pypowerwall's internals, in one module: building clients, finding their sessions,
+emptying their caches. A library upgrade re-runs tests/test_faults.py first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from proxy.gateway.traffic import current
+
+CLOUD_AUTH_FILES = (".pypowerwall.auth", ".pypowerwall.fleetapi")
+_NATIVE = "_native_fail_until"  # TEDAPI mode's 5-minute backoff after a failed local-API energy fetch
+
+
+def factory(**kwargs: Any) -> Any:
+    """pypowerwall.Powerwall(**kwargs)."""
+    # Imported here, not at module import: pypowerwall costs ~0.2 s and 30 MB,
+    # and nothing should happen at import time.
+    import pypowerwall
+
+    return pypowerwall.Powerwall(**kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a connected client turned out to be (for /stats, /health and mode checks)."""
+
+    cloudmode: bool = False
+    fleetapi: bool = False
+    tedapi_mode: str = "off"
+    tedapi: bool = False
+    pw3: bool = False
+    siteid: Any = None
+    counter: Any = None
+
+
+def describe(pw: Any) -> Description:
+    cloudmode = bool(getattr(pw, "cloudmode", False))
+    tedapi = getattr(pw, "tedapi", None)
+    client = getattr(pw, "client", None)
+    return Description(
+        cloudmode=cloudmode,
+        fleetapi=bool(getattr(pw, "fleetapi", False)),
+        tedapi_mode=str(getattr(pw, "tedapi_mode", "off") or "off"),
+        tedapi=bool(tedapi),
+        pw3=bool(getattr(tedapi, "pw3", False)) if tedapi else False,
+        siteid=getattr(client, "siteid", None) if cloudmode else None,
+        counter=getattr(client, "counter", None) if cloudmode else None,
+    )
+
+
+def has_client(pw: Any) -> bool:
+    """pypowerwall keeps a half-made object when a login fails: is there a client?"""
+    return getattr(pw, "client", None) is not None
+
+
+def has_cloud_auth(auth_path: str) -> bool:
+    base = auth_path or "."
+    return any(os.path.exists(os.path.join(base, name)) for name in CLOUD_AUTH_FILES)
+
+
+def is_local_client(pw: Any) -> bool:
+    from pypowerwall.local.pypowerwall_local import PyPowerwallLocal
+
+    return isinstance(getattr(pw, "client", None), PyPowerwallLocal)
+
+
+def reserve_for_backend(pw: Any, level: float) -> float:
+    """The reserve to write, on the scale the control backend expects.
+
+    Users (and GET /control/reserve) speak the Tesla app's scale. The local
+    /api/operation takes the gateway's raw scale (app x 0.95 + 5) verbatim;
+    cloud, FleetAPI and v1r convert by themselves.
+    """
+    if is_local_client(pw):
+        return round(level * 0.95 + 5, 2)
+    return float(level)
+
+
+def _objects(pw: Any) -> list[Any]:
+    client = getattr(pw, "client", None)
+    candidates = [pw, client, getattr(pw, "tedapi", None), getattr(client, "tedapi", None)]
+    unique: list[Any] = []
+    for obj in candidates:
+        if obj is not None and obj is not False and all(obj is not u for u in unique):
+            unique.append(obj)
+    return unique
+
+
+def _sessions(pw: Any) -> list[requests.Session]:
+    sessions: list[requests.Session] = []
+    for obj in _objects(pw):
+        if hasattr(obj, "api_session") and obj.api_session is None and hasattr(obj, "_native_get"):
+            # TEDAPI's local-API session (energy counters) is made on first use; make
+            # it now, as the library would, so its first exchanges are watched too.
+            obj.api_session = requests.Session()
+            obj.api_session.verify = False
+        for attr in ("session", "wifi_session", "api_session"):
+            session = getattr(obj, attr, None)
+            if isinstance(session, requests.Session) and all(session is not s for s in sessions):
+                sessions.append(session)
+    return sessions
+
+
+def _is_tedapi_session(pw: Any, session: requests.Session) -> bool:
+    tedapi = getattr(pw, "tedapi", None)
+    return bool(tedapi) and (getattr(tedapi, "session", None) is session
+                             or getattr(tedapi, "wifi_session", None) is session)
+
+
+class _LoginOnce:
+    """One login for many calls: the local client logs in again on every 401 it sees.
+
+    Calls of several resources run side by side, so after a gateway restart each
+    would log in on its own. The first call logs in; the others wait for it (no
+    longer than their deadline) and retry on its session; a call that began before
+    the last login finished uses that login instead of making another.
+    """
+
+    def __init__(self, login: Callable[[], Any]) -> None:
+        self._login = login
+        self._lock = threading.Lock()
+        self._running: threading.Event | None = None
+        self._done_at = -1.0
+
+    def __call__(self) -> None:
+        traffic = current()
+        began = traffic.started if traffic is not None else time.monotonic()
+        with self._lock:
+            if self._done_at > began:
+                return  # a login finished after this call began: its session serves
+            running = self._running
+            if running is None:
+                mine = self._running = threading.Event()
+        if running is not None:
+            running.wait(max(0.0, traffic.remaining()) if traffic is not None else 10.0)
+            return
+        try:
+            self._login()
+        finally:
+            with self._lock:
+                self._done_at = time.monotonic()
+                self._running = None
+            mine.set()
+
+
+def _guard_logins(pw: Any) -> None:
+    client = getattr(pw, "client", None)
+    if client is not None and is_local_client(pw) and not isinstance(
+            client.__dict__.get("_get_session"), _LoginOnce):
+        client._get_session = _LoginOnce(client._get_session)
+
+
+def prepare(pw: Any, pool_maxsize: int) -> None:
+    """Turn off the library's own retries, one login at a time (run per call: a reconnect
+    replaces sessions)."""
+    _guard_logins(pw)
+    for session in _sessions(pw):
+        if _is_tedapi_session(pw, session) and not getattr(session, "_pwproxy_no_retry", False):
+            # urllib3 retries 429/5xx five times with backoff: a retry storm
+            # at the moment the gateway asks for calm. We back off ourselves.
+            session.mount("https://", HTTPAdapter(pool_connections=1, max_retries=0,
+                                                  pool_maxsize=max(1, pool_maxsize)))
+            session._pwproxy_no_retry = True  # type: ignore[attr-defined]
+
+
+def empty_caches(pw: Any, *, keep_native_backoff: bool) -> None:
+    """Start a cache window with empty library caches and no library cooldown.
+
+    The library's own TTL cache would stack on ours (double staleness), and its
+    5-minute negative caches after a 429/503 would keep us dark after the gateway
+    is back. Inside one window it still coalesces the calls several library
+    methods make for the same data.
+    """
+    for obj in _objects(pw):
+        for attr in ("pwcache", "pwcachetime"):
+            store = getattr(obj, attr, None)
+            if isinstance(store, dict):
+                store.clear()
+        if hasattr(obj, "pwcooldown"):
+            obj.pwcooldown = 0
+        if not keep_native_backoff and isinstance(getattr(obj, _NATIVE, None), (int, float)):
+            # Its 5-minute backoff after a failed local-API energy fetch would serve
+            # zeros for 5 minutes after an outage; only a gateway that said no keeps it.
+            setattr(obj, _NATIVE, 0.0)
+
+
+def forget_refusals(pw: Any) -> None:
+    """Drop the library's memory of refusals (run before every call).
+
+    After a 429/503 the library stops asking for 5 minutes and answers None, and
+    it remembers a failed path as "nothing" for 5-10 minutes. Our own cooldown
+    decides when the gateway is asked again; a None the library made up from an
+    old refusal must never pass for the gateway's answer.
+    """
+    negative = _negative_marker()
+    for obj in _objects(pw):
+        if hasattr(obj, "pwcooldown"):
+            obj.pwcooldown = 0
+        store = getattr(obj, "pwcache", None)
+        if isinstance(store, dict) and negative is not None:
+            for key in [k for k, v in list(store.items()) if v is negative]:
+                store.pop(key, None)
+
+
+def _negative_marker() -> Any:
+    from pypowerwall.local import pypowerwall_local
+
+    return getattr(pypowerwall_local, "_NEG_CACHE", None)
+
+
+def native_backoff(pw: Any) -> float:
+    """Until when pypowerwall skips the local API's energy counters (TEDAPI mode)."""
+    until = [getattr(obj, _NATIVE, 0.0) for obj in _objects(pw)]
+    return max((float(u) for u in until if isinstance(u, (int, float))), default=0.0)

@@ -1,0 +1,107 @@
+"""Every pypowerwall call the proxy makes, one frozen row each, with its contract.
+
+A `Source` is one library call whose result is shared, per cache window, by
+every route (and stream, scrape or MQTT publish) that needs it. Its contract
+says what the value must look like; the gateway adapter checks it in one place
+(`proxy.gateway.outcome.judge`), so a web page where an object belongs never
+reaches a client as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.gateway.outcome import Contract, Shape
+
+Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
+
+OBJECT = Contract(Shape.OBJECT)
+OBJECT_OR_EMPTY = Contract(Shape.OBJECT, empty_is_data=True)
+LIST_OR_EMPTY = Contract(Shape.LIST, empty_is_data=True)
+JSON = Contract(Shape.JSON)
+NUMBER = Contract(Shape.NUMBER)
+TEXT = Contract(Shape.TEXT)
+BOOL = Contract(Shape.BOOL)
+ANY = Contract(Shape.ANY, empty_is_data=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One library call: its cache key, the call, and what its value must look like."""
+
+    key: str
+    fetch: Fetch
+    contract: Contract
+
+
+def poll(path: str, contract: Contract = JSON) -> Source:
+    """A gateway /api/* path as the library's poll() returns it."""
+    return Source(f"poll:{path}", lambda pw: pw.poll(path), contract)
+
+
+AGGREGATES = poll("/api/meters/aggregates", OBJECT)
+SOE = poll("/api/system_status/soe", OBJECT)
+GRID_STATUS_RAW = poll("/api/system_status/grid_status", OBJECT)
+LEVEL = Source("level", lambda pw: pw.level(), NUMBER)
+LEVEL_SCALED = Source("level:scaled", lambda pw: pw.level(scale=True), NUMBER)
+GRID_STATUS = Source("grid_status", lambda pw: pw.grid_status(), TEXT)
+GRID_STATUS_NUMERIC = Source("grid_status:numeric", lambda pw: pw.grid_status("numeric"), NUMBER)
+VITALS = Source("vitals", lambda pw: pw.vitals(), OBJECT)
+STRINGS = Source("strings", lambda pw: pw.strings(), OBJECT_OR_EMPTY)
+TEMPS = Source("temps", lambda pw: pw.temps(), OBJECT_OR_EMPTY)
+ALERTS = Source("alerts", lambda pw: pw.alerts(), LIST_OR_EMPTY)
+SYSTEM_STATUS = Source("system_status", lambda pw: pw.system_status(), OBJECT)
+RESERVE = Source("reserve", lambda pw: pw.get_reserve(), NUMBER)
+TIME_REMAINING = Source("time_remaining", lambda pw: pw.get_time_remaining(), NUMBER)
+VERSION = Source("version", lambda pw: pw.version(), TEXT)
+SITE_NAME = Source("site_name", lambda pw: pw.site_name(), TEXT)
+FANS = Source("fans", lambda pw: pw.tedapi.get_fan_speeds() if pw.tedapi else {}, OBJECT_OR_EMPTY)
+
+# /pw/<name>: the library's methods by name. The route wraps some of them in an
+# object ({"level": ...}); the source is the library's own value.
+PW_SOURCES: dict[str, Source] = {
+    "level": LEVEL,
+    "power": Source("pw:power", lambda pw: pw.power(), OBJECT),
+    "site": Source("pw:site", lambda pw: pw.site(verbose=True), OBJECT),
+    "solar": Source("pw:solar", lambda pw: pw.solar(verbose=True), OBJECT),
+    "battery": Source("pw:battery", lambda pw: pw.battery(verbose=True), OBJECT),
+    "load": Source("pw:load", lambda pw: pw.load(verbose=True), OBJECT),
+    "grid": Source("pw:grid", lambda pw: pw.grid(verbose=True), OBJECT),
+    "home": Source("pw:home", lambda pw: pw.home(verbose=True), OBJECT),
+    "battery_blocks": Source("pw:battery_blocks", lambda pw: pw.battery_blocks(), OBJECT_OR_EMPTY),
+    "vitals": VITALS,
+    "temps": TEMPS,
+    "strings": Source("pw:strings", lambda pw: pw.strings(verbose=True), OBJECT_OR_EMPTY),
+    "din": Source("pw:din", lambda pw: pw.din(), TEXT),
+    "uptime": Source("pw:uptime", lambda pw: pw.uptime(), TEXT),
+    "version": VERSION,
+    "status": Source("pw:status", lambda pw: pw.status(), OBJECT),
+    "system_status": SYSTEM_STATUS,
+    "grid_status": GRID_STATUS_RAW,
+    "aggregates": AGGREGATES,
+    "site_name": SITE_NAME,
+    "alerts": ALERTS,
+    "is_connected": Source("pw:is_connected", lambda pw: pw.is_connected(), BOOL),
+    "get_reserve": RESERVE,
+    "get_mode": Source("pw:get_mode", lambda pw: pw.get_mode(), TEXT),
+    "get_time_remaining": TIME_REMAINING,
+}
+
+TEDAPI_SOURCES: dict[str, Source] = {
+    "/tedapi/config": Source("/tedapi/config", lambda pw: pw.tedapi.get_config(), OBJECT),
+    "/tedapi/status": Source("/tedapi/status", lambda pw: pw.tedapi.get_status(), OBJECT),
+    "/tedapi/components": Source("/tedapi/components", lambda pw: pw.tedapi.get_components(), OBJECT),
+    "/tedapi/battery": Source("/tedapi/battery", lambda pw: pw.tedapi.get_battery_blocks(), JSON),
+    "/tedapi/controller": Source("/tedapi/controller", lambda pw: pw.tedapi.get_device_controller(), OBJECT),
+}
+CLOUD_SOURCES: dict[str, Source] = {
+    "/cloud/battery": Source("/cloud/battery", lambda pw: pw.client.get_battery(), JSON),
+    "/cloud/power": Source("/cloud/power", lambda pw: pw.client.get_site_power(), JSON),
+    "/cloud/config": Source("/cloud/config", lambda pw: pw.client.get_site_config(), JSON),
+}
+FLEETAPI_SOURCES: dict[str, Source] = {
+    "/fleetapi/info": Source("/fleetapi/info", lambda pw: pw.client.get_site_info(), JSON),
+    "/fleetapi/status": Source("/fleetapi/status", lambda pw: pw.client.get_live_status(), JSON),
+}
