@@ -72,6 +72,7 @@ class Route:
     methods: tuple[str, ...] = ("GET",)
     cached: bool = False  # render once per cache window, serve the bytes to everyone
     vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
+    root_only: bool = False  # proxy-wide (gateway list, aggregates): not under /api/gateways/{id}/
 
 
 @dataclass
@@ -135,7 +136,7 @@ class App:
         call = self.mounted(path, query, request)
         method = "GET" if request.method == "HEAD" else request.method
         route = self.router.match(call.path)
-        if route is None:
+        if route is None or (call.mount and route.root_only):
             if call.mount:
                 raise HTTPError(404, "Not Found")
             return self.fallback(call, method)

@@ -151,7 +151,7 @@ def _trust_gateway_certificate(config: Config) -> None:
     requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
     verify=False, which makes every TEDAPI call fail on machines that set them.
     """
-    if config.host:
+    if any(g.host for g in config.fleet()):
         import urllib3
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -312,8 +312,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.error("cannot listen on port %s: %s", config.port, exc)
         return 1
     _install_signals(running)
+    simulated = ", simulated" if running.config.simulate else ""
     log.info("listening on %s (%s%s)", running.url.replace("127.0.0.1", config.bind_address
-             or "0.0.0.0"), _describe_gateways(running.config), ", simulated" if running.config.simulate else "")
+             or "0.0.0.0"), _describe_gateways(running.config), simulated)
     # The main thread has nothing else to do: once a minute, return freed heap
     # pages (start-up scratch, replaced cache entries) so RSS stays flat for months.
     while not running.stopped.wait(TRIM_INTERVAL):
