@@ -473,6 +473,20 @@ def test_the_proxy_connects_to_every_profile(name: str, tmp_path: Path) -> None:
         handle.stop()
 
 
+def test_several_simulated_gateways_share_the_profile(tmp_path: Path) -> None:
+    env = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path)}
+    running = start(load_config(env, simulate=True, simulate_profile="sparse"), simulate=2,
+                    wait_connected=CONNECT_WAIT)
+    try:
+        assert [sim.profile.name for sim in running.simulators] == ["sparse", "sparse"]
+        fleet = running.config.fleet()
+        assert len(fleet) == 2 and all(g.password and not g.gw_pwd for g in fleet)
+        handle = ProxyHandle(running)
+        assert handle.get("/api/gateways/sim2/aggregates").status == 200
+    finally:
+        running.stop()
+
+
 def test_proxy_cli_refuses_a_profile_without_simulate_or_with_a_bad_name(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--profile", "pw3"], {}) == 2
