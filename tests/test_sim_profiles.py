@@ -28,6 +28,7 @@ from proxy.config import load_config
 from proxy.main import main, start
 from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
 from proxy.simulator.faults import MAX_CHUNK, MAX_SIZE
+from proxy.simulator.messages import Delivery
 from proxy.simulator.profiles import (
     NAMES,
     PORTAL_PATHS,
@@ -326,6 +327,20 @@ def test_cli_profile_choice_and_unknown_profile() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- faults: how a body is written -----------------------------------------------------------------
+
+def test_delivery_pieces_cover_body_and_padding_in_bounded_writes() -> None:
+    body = b'{"a": 1}'
+    assert list(Delivery().pieces(body)) == [body] and list(Delivery().pieces(b"")) == []
+    dripped = list(Delivery(chunk=3).pieces(body))
+    assert dripped == [b'{"a', b'": ', b'1}']
+    padded = list(Delivery(padding=200_000).pieces(body))
+    assert b"".join(padded) == body + b" " * 200_000
+    assert max(len(piece) for piece in padded) == 65536
+    both = list(Delivery(padding=10, chunk=4).pieces(body))
+    assert b"".join(both) == body + b" " * 10 and max(len(piece) for piece in both) == 4
 
 
 # --- faults: drip ----------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class Request:
         return token.strip() or None
 
 
+PADDING_BLOCK = b" " * 65536  # whitespace keeps a JSON body valid however long it grows
+
+
 @dataclass(frozen=True)
 class Delivery:
     """How the transport writes a body (faults): padding after it, and pacing."""
@@ -51,9 +54,12 @@ class Delivery:
 
     def pieces(self, body: bytes) -> Iterator[bytes]:
         """The bytes to write, in order; the padding is made as it goes, never held whole."""
-        step = self.chunk or max(len(body), 1)
-        for start in range(0, len(body), step):
-            yield body[start:start + step]
+        if not self.chunk:
+            if body:
+                yield body
+        else:
+            for start in range(0, len(body), self.chunk):
+                yield body[start:start + self.chunk]
         left = self.padding
         block = PADDING_BLOCK[:self.chunk] if self.chunk else PADDING_BLOCK
         while left > 0:
@@ -62,7 +68,6 @@ class Delivery:
             yield piece
 
 
-PADDING_BLOCK = b" " * 65536  # whitespace keeps a JSON body valid however long it grows
 AS_IS = Delivery()
 
 
