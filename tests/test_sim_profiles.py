@@ -312,21 +312,20 @@ def test_cli_profile_choice_and_unknown_profile() -> None:
     bad = subprocess.run([sys.executable, "-m", "proxy.simulator", "--profile", "pw9"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and all(name in bad.stderr for name in NAMES)
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.simulator", "--port", "0",
-                             "--profile", "pw2-legacy"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.rsplit(":", 1)[1])
-        assert request(port, "GET", "/api/status").json()["version"].startswith("23.28.2")
-        assert request(port, "GET", "/tedapi/din", headers=basic_auth()).status == 404
-        proc.terminate()
-        assert proc.wait(10) == 0
-        assert proc.stderr is not None and "pw2-legacy" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
+    with subprocess.Popen([sys.executable, "-m", "proxy.simulator", "--port", "0",
+                           "--profile", "pw2-legacy"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            port = int(line.rsplit(":", 1)[1])
+            assert request(port, "GET", "/api/status").json()["version"].startswith("23.28.2")
+            assert request(port, "GET", "/tedapi/din", headers=basic_auth()).status == 404
+            proc.terminate()
+            assert proc.wait(10) == 0
+            assert proc.stderr is not None and "pw2-legacy" in proc.stderr.read()
+        finally:
+            proc.kill()
 
 
 # --- faults: how a body is written -----------------------------------------------------------------
