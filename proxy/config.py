@@ -125,6 +125,7 @@ class Config:
     gateways: tuple[GatewayConfig, ...] = ()
     default_gateway: str = ""
     source: str = "environment"  # where the gateways came from, for the start-up log
+    simulate_profile: str = "default"  # --profile: the built-in simulator's gateway personality
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;

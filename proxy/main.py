@@ -85,26 +85,42 @@ class Running:
 _FLEET_MODELS = ("pw3", "pw2")
 
 
-def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]:
-    """Start the built-in gateway simulator(s) and point the config at them."""
-    from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
+def _credentials(simulator: Any) -> tuple[Secret, Secret]:
+    """(password, gw_pwd) for a simulator: its profile says which of the two a client uses.
 
+    The gateway password means full TEDAPI mode (the default profile), the customer
+    password local mode.
+    """
+    given = simulator.credentials()
+    return Secret(given.get("password", "")), Secret(given.get("gw_pwd", ""))
+
+
+def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]:
+    """Start the built-in gateway simulator(s), with the --profile personality, and point
+    the config at them."""
+    from proxy.simulator import DEFAULT_PASSWORD, Simulator
+
+    profile = config.simulate_profile
     tmp = tempfile.TemporaryDirectory(prefix="pwproxy-sim-")
     cache_file = os.path.join(tmp.name, ".powerwall")
     if count <= 1:
-        simulator = Simulator(port=0).start()
+        simulator = Simulator(port=0, profile=profile).start()
+        password, gw_pwd = _credentials(simulator)
         config = dataclasses.replace(
-            config, host=simulator.host, gw_pwd=Secret(DEFAULT_GW_PWD), password=Secret(""),
+            config, host=simulator.host, gw_pwd=gw_pwd, password=password,
             cache_file=cache_file, gateways=(), source="simulator",
         )
         return config, [simulator], tmp, DEFAULT_PASSWORD
     simulators, gateways = [], []
     for i in range(count):
-        simulator = Simulator(port=0, model=_FLEET_MODELS[i % len(_FLEET_MODELS)], seed=1000 + i).start()
+        # A profile other than the default keeps its own hardware.
+        model = _FLEET_MODELS[i % len(_FLEET_MODELS)] if profile == "default" else None
+        simulator = Simulator(port=0, model=model, seed=1000 + i, profile=profile).start()
         simulators.append(simulator)
+        password, gw_pwd = _credentials(simulator)
         gateways.append(GatewayConfig(
             id=f"sim{i + 1}", name=f"Simulated gateway {i + 1}", host=simulator.host,
-            gw_pwd=Secret(DEFAULT_GW_PWD), timezone=config.timezone, cache_file=cache_file,
+            password=password, gw_pwd=gw_pwd, timezone=config.timezone, cache_file=cache_file,
             cache_expire=config.cache_expire, timeout=config.timeout, pool_maxsize=config.pool_maxsize,
         ))
     config = dataclasses.replace(config, gateways=tuple(gateways), source=f"{count} simulators",
@@ -244,6 +260,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "with N, against N simulated gateways of different sizes")
     parser.add_argument("--config", metavar="FILE",
                         help="a YAML or JSON file with a 'gateways:' list (else PW_CONFIG)")
+    parser.add_argument("--profile", metavar="NAME", default=None,
+                        help="with --simulate: the simulated gateway's personality (default, "
+                             "pw2-legacy, pw3, sparse, http10, portal; see HELP.md)")
     return parser.parse_args(argv)
 
 
@@ -252,6 +271,21 @@ def _count(raw: str) -> int:
     if not 1 <= value <= 16:
         raise argparse.ArgumentTypeError("N must be between 1 and 16")
     return value
+
+
+def _profile_error(args: argparse.Namespace) -> str | None:
+    """Why --profile cannot be used as given, or None."""
+    if args.profile is None:
+        return None
+    if not args.simulate:
+        return "--profile needs --simulate"
+    from proxy.simulator.profiles import profile_named
+
+    try:
+        profile_named(args.profile)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _setup_logging(config: Config) -> None:
@@ -298,9 +332,14 @@ def _reap_children(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parse_args(argv)
+    problem = _profile_error(args)
+    if problem is not None:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
     try:
         config = load_config(os.environ if environ is None else environ, file=args.config,
-                             simulate=bool(args.simulate))
+                             simulate=bool(args.simulate),
+                             simulate_profile=args.profile or "default")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -312,7 +351,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.error("cannot listen on port %s: %s", config.port, exc)
         return 1
     _install_signals(running)
-    simulated = ", simulated" if running.config.simulate else ""
+    simulated = ""
+    if running.config.simulate:
+        profile = running.config.simulate_profile
+        simulated = ", simulated" if profile == "default" else f", simulated, profile {profile}"
     log.info("listening on %s (%s%s)", running.url.replace("127.0.0.1", config.bind_address
              or "0.0.0.0"), _describe_gateways(running.config), simulated)
     # The main thread has nothing else to do: once a minute, return freed heap
