@@ -122,7 +122,8 @@ def judge(value: Any, raised: BaseException | None, exchanges: Sequence[Exchange
     if any(x.error == TOO_LARGE for x in exchanges):
         return Verdict(Kind.NOT_DATA, reason="the gateway's answer was too large")
     value = _decode_text(value, contract)
-    if library_errors and _is_empty(value) and any(x.status == 200 for x in exchanges):
+    if (library_errors and _is_empty(value) and any(x.status == 200 for x in exchanges)
+            and not any(x.status in _LACKS for x in exchanges)):
         # The library logged an error and handed back nothing: it could not read the answer.
         return Verdict(Kind.NOT_DATA, reason="the gateway sent no usable data")
     if _is_nothing(value, contract):
@@ -131,6 +132,10 @@ def judge(value: Any, raised: BaseException | None, exchanges: Sequence[Exchange
         what = f"the gateway sent {_describe(value)}, not {contract.shape.value}"
         return Verdict(Kind.NOT_DATA, reason=what)
     return Verdict(Kind.DATA, value)
+
+
+# The gateway lacks the path (this model or firmware): its nothing is an answer, not a fault.
+_LACKS = (403, 404, 410)
 
 
 def _busy(exchanges: Sequence[Exchange]) -> Verdict | None:
@@ -159,10 +164,21 @@ def _no_answer(exchanges: Sequence[Exchange]) -> Verdict | None:
 
 def _raised(raised: BaseException, exchanges: Sequence[Exchange]) -> Verdict:
     name = type(raised).__name__
-    if any(x.status is not None for x in exchanges):
-        # The gateway answered, the library choked on it: the answer was not data.
+    if any(x.status is not None for x in exchanges) or (not exchanges and _data_error(raised)):
+        # The gateway answered (now, or earlier in this window from the library's own cache)
+        # and the library choked on the answer: it was not data.
         return Verdict(Kind.NOT_DATA, reason=f"the library could not read the gateway's answer ({name})")
     return Verdict(Kind.NO_ANSWER, reason=f"gateway error ({name})")
+
+
+# What a library raises when it meets an unexpected value, as opposed to a failed exchange.
+_DATA_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _data_error(raised: BaseException) -> bool:
+    # requests' errors subclass OSError or IOError, never these; JSON decode errors are
+    # ValueErrors but only arise from an answer, which shows as an exchange.
+    return isinstance(raised, _DATA_ERRORS) and not isinstance(raised, OSError)
 
 
 def _not_supported(value: Any) -> Verdict | None:
