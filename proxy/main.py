@@ -176,7 +176,7 @@ def _trust_gateway_certificate(config: Config) -> None:
                 log.info("ignoring %s: the gateway's certificate is self-signed", name)
 
 
-SERVER_WORKERS = 16
+SERVER_WORKERS = 24
 # Workers no gateway may hold: /health, /stats, files and cached answers always find one.
 RESERVED_WORKERS = 4
 # Workers that may wait on one gateway; with several gateways each gets its own share, and the

@@ -31,7 +31,7 @@ log = logging.getLogger("proxy.gateway")
 CONNECT_BACKOFF_START = 1.0
 CONNECT_BACKOFF_CAP = 60.0
 CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
-MAX_PARALLEL = 8  # gateway calls of different resources in flight at once
+MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
 
