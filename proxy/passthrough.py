@@ -244,8 +244,9 @@ class Passthrough:
 
     def __init__(self, gateway: Gateway, *, tags: bytes, browser_cache: int = 0,
                  clock: Clock = time.monotonic, cache: PageCache | None = None,
-                 fetches_per_period: int = FETCHES_PER_PERIOD) -> None:
+                 fetches_per_period: int = FETCHES_PER_PERIOD, max_body: int = MAX_BODY) -> None:
         self.gateway = gateway
+        self.max_body = max_body
         self.tags = tags
         self.browser_cache = browser_cache
         self.period = max(float(gateway.config.cache_expire), MIN_PERIOD)
@@ -321,18 +322,18 @@ class Passthrough:
         return Slot(answer, None, answer.at + keep), None
 
     def _download(self, url: str) -> _Fetched:
-        """GET with the body read in chunks: never more than MAX_BODY, never past the deadline."""
+        """GET with the body read in chunks: never more than max_body, never past the deadline."""
         deadline = self._clock() + self.timeout
         session = self._session_for()
         with session.get(url, verify=False, timeout=self.timeout, stream=True, allow_redirects=False,
                          headers={"Accept-Encoding": "identity"}) as r:
             declared = str(r.headers.get("Content-Length", ""))
-            if declared.isdigit() and int(declared) > MAX_BODY:
+            if declared.isdigit() and int(declared) > self.max_body:
                 raise _TooLarge
             body = bytearray()
-            while chunk := r.raw.read(CHUNK, decode_content=True):
+            while chunk := r.raw.read(min(CHUNK, self.max_body + 1 - len(body)), decode_content=True):
                 body += chunk
-                if len(body) > MAX_BODY:
+                if len(body) > self.max_body:
                     raise _TooLarge
                 if self._clock() > deadline:
                     raise _TooSlow
