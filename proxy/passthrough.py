@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from proxy.errors import GatewayBusy, GatewayUnavailable, HTTPError, ProxyError
 from proxy.gateway import Gateway
@@ -307,7 +308,8 @@ class Passthrough:
         except _TooLarge:
             failure = Failure(502, "gateway page too large")
             return Slot(previous, failure, self._clock() + self.period), failure
-        except (requests.RequestException, _TooSlow) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, _TooSlow) as exc:
+            # The body is read from urllib3 directly, whose errors requests does not wrap.
             failure = Failure(503, f"gateway web UI unreachable ({type(exc).__name__})")
             return Slot(previous, failure, self._clock() + self.period), failure
         if fetched.status in BUSY_STATUSES:

@@ -202,3 +202,18 @@ def test_page_over_the_limit_is_a_502_and_asked_once(small_pages: tuple[ProxyHan
         assert r.header("Content-Type") == "application/json"
         assert r.json() == {"error": "gateway page too large"}
     assert page_requests(h, "/about.html") == 1
+
+
+def test_unreachable_page_serves_the_last_copy(proxy_factory: Factory) -> None:
+    h = proxy_factory()  # PW_CACHE_EXPIRE=1
+    first = h.get("/about.html")
+    assert first.status == 200
+    h.sim.set_fault("down", paths=["/about.html", "/static/app.js"])
+    stale = wait_for("the proxy to ask the gateway again",
+                     lambda: (r := h.get("/about.html")).header("X-Cache") != "HIT" and r)
+    assert stale.status == 200 and stale.header("X-Cache") == "STALE"
+    assert stale.body == first.body
+    never = h.get("/static/app.js")
+    assert_json_503(never)
+    assert "unreachable" in never.json()["error"]
+    assert h.get("/health").json()["gateway"]["cooldown_remaining_seconds"] == 0  # not a refusal
