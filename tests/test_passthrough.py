@@ -178,7 +178,7 @@ def small_pages(proxy_factory: Factory) -> Iterator[tuple[ProxyHandle, int]]:
     h = proxy_factory(LONG)
     running = h.running
     passthrough = Passthrough(running.gateway, tags=style_tags(running.config), max_body=64)
-    app = App(running.config, h.app.site, web=WebFiles(running.config), passthrough=passthrough,
+    app = App(running.config, h.app.sites, web=WebFiles(running.config), passthrough=passthrough,
               routes=ROUTES)
     server = HTTPServer(app, "127.0.0.1", 0, workers=4).start()
     try:
