@@ -21,6 +21,7 @@ from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.http_types import Request, Response
+from proxy.passthrough import Passthrough
 from proxy.site import Rendered, Site, Sites
 from proxy.stats import Stats
 from proxy.web import WebFiles
@@ -107,12 +108,13 @@ class Router:
 class App:
     """Everything a request handler may use, built once by main()."""
 
-    def __init__(self, config: Config, sites: Sites, *, web: WebFiles, routes: Iterable[Route],
-                 stats: Stats | None = None) -> None:
+    def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
+                 routes: Iterable[Route], stats: Stats | None = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
         self.web = web
+        self.passthrough = passthrough
         self.stats = stats or Stats()
         self.router = Router.build(routes)
         self.started = time.time()
@@ -241,7 +243,7 @@ class App:
         path = re.sub(r"/{2,}", "/", call.path)
         if path.lower().startswith("/api/") or path.lower() == "/api" or self.gateway.info.cloudmode:
             raise HTTPError(404, "Not Found")
-        return self.web.passthrough(self.gateway, path, call.request.target)
+        return self.passthrough.get(path, call.request.target.partition("?")[2])
 
     def _count_error(self, exc: ProxyError) -> None:
         if isinstance(exc, GatewayError):

@@ -19,8 +19,9 @@ from proxy.app import App
 from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
 from proxy.gateway import Gateway
 from proxy.gateway.registry import Gateways
+from proxy.passthrough import Passthrough
 from proxy.site import Shaping, Site, Sites
-from proxy.web import WebFiles
+from proxy.web import WebFiles, style_tags
 
 log = logging.getLogger("proxy")
 
@@ -218,7 +219,10 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     shaping = Shaping(config.neg_solar, config.site_zero_threshold)
     sites = Sites([Site(g, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
                         shaping=shaping) for g in gateways])
-    app = App(config, sites, web=WebFiles(config), routes=ROUTES)
+    # The gateway web UI passed through is the default gateway's.
+    passthrough = Passthrough(gateways.default(), tags=style_tags(config),
+                              browser_cache=config.browser_cache)
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
                         access_log=config.debug, workers=workers)
     app.server_stats = server.stats

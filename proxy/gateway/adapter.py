@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -351,10 +352,7 @@ class Gateway:
             with self._lock:
                 self._failed_window = None
         elif kind is Kind.BUSY:
-            seconds = self.cooldown.trip(verdict.retry_after)
-            self.health.failure(verdict.reason)
-            log.warning("%s: %s; leaving it alone for %.0f s", self.name, verdict.reason, seconds)
-            return replace(verdict, retry_after=seconds)
+            return replace(verdict, retry_after=self.refused(verdict.reason, verdict.retry_after))
         elif kind is Kind.AUTH:
             seconds = self.auth.trip(verdict.reason)
             self.health.failure(verdict.reason)
@@ -427,6 +425,25 @@ class Gateway:
         if control_pw is None or control_pw is self.pw:
             return self.read(Source(key, fetch, ANY))
         return self.read(Source(key, lambda _pw: fetch(control_pw), ANY))
+
+    def refused(self, reason: str, retry_after: float | None) -> float:
+        """The gateway said 429/503 (to a library call or a passed-through page): start or
+        extend the one cooldown every caller honours; returns its length in seconds."""
+        seconds = self.cooldown.trip(retry_after)
+        self.health.failure(reason)
+        log.warning("%s: %s; leaving it alone for %.0f s", self.name, reason, seconds)
+        return seconds
+
+    @contextmanager
+    def waiter(self) -> Iterator[bool]:
+        """A place among the request threads allowed to wait on this gateway longer than a
+        moment (shared with data reads); yields False when all are taken."""
+        got = self._waiters.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self._waiters.release()
 
     def check_cooldown(self) -> None:
         """Raise GatewayBusy while the gateway is to be left alone."""
