@@ -82,8 +82,16 @@ class Running:
             self._tmp.cleanup()
 
 
-# --simulate N: gateways of different sizes, so aggregates have something to add up.
-_FLEET_MODELS = ("pw3", "pw2")
+# --simulate N: gateways of different sizes and personalities, so aggregates have
+# something to add up: (profile, Powerwall count) per gateway, in turn.
+_FLEET = (("default", 2), ("pw2-legacy", 1), ("pw3", 3), ("http10", 1), ("default", 4),
+          ("pw3", 1))
+
+
+def _fleet_member(i: int, profile: str) -> dict[str, Any]:
+    """The simulator arguments of the i-th simulated gateway; a chosen --profile for all."""
+    member_profile, units = _FLEET[i % len(_FLEET)]
+    return {"profile": member_profile if profile == "default" else profile, "units": units}
 
 
 def _credentials(simulator: Any) -> tuple[Secret, Secret]:
@@ -114,9 +122,7 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
         return config, [simulator], tmp, DEFAULT_PASSWORD
     simulators, gateways = [], []
     for i in range(count):
-        # A profile other than the default keeps its own hardware.
-        model = _FLEET_MODELS[i % len(_FLEET_MODELS)] if profile == "default" else None
-        simulator = Simulator(port=0, model=model, seed=1000 + i, profile=profile).start()
+        simulator = Simulator(port=0, seed=1000 + i, **_fleet_member(i, profile)).start()
         simulators.append(simulator)
         password, gw_pwd = _credentials(simulator)
         gateways.append(GatewayConfig(

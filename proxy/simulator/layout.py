@@ -113,3 +113,23 @@ def layout_for(model: str) -> Layout:
 def with_firmware(layout: Layout, firmware: str, git_hash: str) -> Layout:
     """The same hardware running another firmware release."""
     return replace(layout, firmware=firmware, git_hash=git_hash)
+
+
+MAX_UNITS = 6
+
+
+def with_units(layout: Layout, count: int) -> Layout:
+    """The same site with `count` Powerwalls (and solar in proportion): a bigger or smaller home."""
+    if not 1 <= count <= MAX_UNITS:
+        raise ValueError(f"units must be between 1 and {MAX_UNITS}, not {count}")
+    base = layout.units
+    units = tuple(replace(base[i % len(base)], serial=_nth(base[i % len(base)].serial, i),
+                          module_serial=_nth(base[i % len(base)].module_serial, i))
+                  if i >= len(base) else base[i] for i in range(count))
+    solar = round(layout.solar_peak_w * count / len(base))
+    return replace(layout, units=units, solar_peak_w=solar)
+
+
+def _nth(serial: str, i: int) -> str:
+    """A distinct serial for an added unit (same length, last digits changed)."""
+    return f"{serial[:-4]}{i:02d}{serial[-2:]}"
