@@ -21,12 +21,13 @@ from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.http_types import Request, Response
-from proxy.site import Rendered, Site
+from proxy.site import Rendered, Site, Sites
 from proxy.stats import Stats
 from proxy.web import WebFiles
 
 log = logging.getLogger("proxy.app")
 
+GATEWAY_MOUNT = "/api/gateways/"
 _SEGMENTS = re.compile(r"[/\\]")  # path segments, with a backslash counted as a separator
 
 JSON = "application/json"
@@ -49,6 +50,7 @@ class Call:
     query: dict[str, list[str]]
     request: Request
     site: Site
+    mount: str = ""  # "" at the root; the gateway id under /api/gateways/{id}/
 
     def flag(self, name: str) -> bool:
         return name in self.query
@@ -70,6 +72,7 @@ class Route:
     methods: tuple[str, ...] = ("GET",)
     cached: bool = False  # render once per cache window, serve the bytes to everyone
     vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
+    root_only: bool = False  # proxy-wide (gateway list, aggregates): not under /api/gateways/{id}/
 
 
 @dataclass
@@ -104,10 +107,11 @@ class Router:
 class App:
     """Everything a request handler may use, built once by main()."""
 
-    def __init__(self, config: Config, site: Site, *, web: WebFiles, routes: Iterable[Route],
+    def __init__(self, config: Config, sites: Sites, *, web: WebFiles, routes: Iterable[Route],
                  stats: Stats | None = None) -> None:
         self.config = config
-        self.site = site
+        self.sites = sites
+        self.site = sites.default()
         self.web = web
         self.stats = stats or Stats()
         self.router = Router.build(routes)
@@ -129,10 +133,12 @@ class App:
 
     def _dispatch(self, request: Request) -> Response:
         path, query = self.split_target(request.target)
-        call = Call(path, query, request, self.site)
+        call = self.mounted(path, query, request)
         method = "GET" if request.method == "HEAD" else request.method
-        route = self.router.match(path)
-        if route is None:
+        route = self.router.match(call.path)
+        if route is None or (call.mount and route.root_only):
+            if call.mount:
+                raise HTTPError(404, "Not Found")
             return self.fallback(call, method)
         if request.method == "OPTIONS":
             return Response(204, [*PREFLIGHT, ("Allow", allow(route))])
@@ -142,7 +148,20 @@ class App:
         response = result if isinstance(result, Response) else self.respond(result, call.site)
         if request.method == "GET" and response.status < 400:
             self.stats.count_get(path)
+            call.site.stats.count_get(call.path)
         return response
+
+    def mounted(self, path: str, query: dict[str, list[str]], request: Request) -> Call:
+        """The reference routes serve the default gateway at the root and each gateway under
+        /api/gateways/{id}/ (the list and detail routes of that prefix are rows of their own)."""
+        if path.startswith(GATEWAY_MOUNT):
+            gateway_id, slash, rest = path[len(GATEWAY_MOUNT):].partition("/")
+            if slash:
+                site = self.sites.get(gateway_id)
+                if site is None:
+                    raise HTTPError(404, "Gateway not found")
+                return Call("/" + rest, query, request, site, mount=gateway_id)
+        return Call(path, query, request, self.site)
 
     def _cached(self, route: Route, call: Call) -> Rendered | Response:
         """The route's bytes of this window, rendered once from fresh data."""

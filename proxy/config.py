@@ -7,8 +7,10 @@ reference's defaults and fails at start with a message naming the variable.
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 MASK = "********"  # a fixed mask: never reveals a secret's length
@@ -122,9 +124,31 @@ class Config:
     tls_key: str = ""
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
     simulate: bool = False
+    # Several gateways (a config file or PW_GATEWAYS); empty: the PW_* variables are one gateway.
+    gateways: tuple[GatewayConfig, ...] = ()
+    default_gateway: str = ""
+    source: str = "environment"  # where the gateways came from, for the start-up log
+    simulate_profile: str = "default"  # --profile: the built-in simulator's gateway personality
 
-    def reference_view(self) -> dict[str, Any]:
-        """The `config` block of /stats, keyed and ordered as the reference, secrets masked."""
+    def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
+        """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
+        with `gateway`, its own connection settings in place of the PW_* ones."""
+        view = self._reference_view()
+        if gateway is not None and self.gateways:
+            view.update({
+                "PW_PASSWORD": gateway.password.masked(), "PW_EMAIL": gateway.email,
+                "PW_HOST": gateway.host, "PW_TIMEZONE": gateway.timezone,
+                "PW_CACHE_EXPIRE": gateway.cache_expire, "PW_TIMEOUT": gateway.timeout,
+                "PW_POOL_MAXSIZE": gateway.pool_maxsize, "PW_SITEID": gateway.siteid or None,
+                "PW_AUTH_PATH": gateway.auth_path, "PW_AUTH_MODE": gateway.auth_mode,
+                "PW_CACHE_FILE": gateway.cache_file, "PW_GW_PWD": gateway.gw_pwd.masked(),
+                "PW_RSA_KEY_PATH": gateway.rsa_key_path or None,
+                "PW_WIFI_HOST": gateway.wifi_host or None,
+                "PW_TEDAPI_API_VERSION": gateway.tedapi_api_version,
+            })
+        return view
+
+    def _reference_view(self) -> dict[str, Any]:
         return {
             "PW_BIND_ADDRESS": self.bind_address,
             "PW_PASSWORD": self.password.masked(),
@@ -164,7 +188,18 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value that is set (for leak checks in logs and tests)."""
-        return [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret) if f]
+        own = [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret) if f]
+        return own + [s for g in self.gateways for s in g.secrets()]
+
+    def fleet(self) -> tuple[GatewayConfig, ...]:
+        """Every gateway, the default one first."""
+        gateways = self.gateways or (self.gateway(),)
+        first = [g for g in gateways if g.id == self.default_id(gateways)]
+        return (*first, *(g for g in gateways if g.id != first[0].id))
+
+    def default_id(self, gateways: tuple[GatewayConfig, ...] | None = None) -> str:
+        gateways = gateways or self.gateways or (self.gateway(),)
+        return self.default_gateway or gateways[0].id
 
     def gateway(self) -> GatewayConfig:
         """The plain PW_* variables as one gateway with id "default"."""
@@ -284,17 +319,23 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
     "PW_TLS_CERT": ("tls_cert", _text),
     "PW_TLS_KEY": ("tls_key", _text),
+    "PW_DEFAULT_GATEWAY": ("default_gateway", _text),
     "PW_TRUSTED_PROXIES": ("trusted_proxies", _networks),
 }
 
 
-def load_config(environ: Mapping[str, str], **overrides: Any) -> Config:
-    """Parse the PW_* variables of `environ`; keyword overrides win (e.g. simulate=True)."""
-    values: dict[str, Any] = {}
-    for name, (attr, parse) in _VARIABLES.items():
-        raw = environ.get(name)
-        if raw is not None and (raw.strip() or attr in _EMPTY_MEANS_EMPTY):
-            values[attr] = parse(name, raw)
+def load_config(environ: Mapping[str, str], *, file: str | None = None, **overrides: Any) -> Config:
+    """Parse the settings; keyword overrides win (e.g. simulate=True).
+
+    Gateways come from, in this order: a config file (`file`, else PW_CONFIG), whose
+    `server:` block also sets proxy-wide values over the PW_* variables; else
+    PW_GATEWAYS (a JSON list); else the plain PW_* variables as one gateway "default".
+    """
+    path = file or environ.get("PW_CONFIG", "").strip() or None
+    document = _read_file(path) if path else None
+    values = _parse_variables(environ)
+    if document is not None:
+        values.update(_server_block(document.get("server"), path or ""))
     values.update(overrides)
     if "cache_file" not in values:
         values["cache_file"] = _default_cache_file(values.get("auth_path", ""))
@@ -303,8 +344,18 @@ def load_config(environ: Mapping[str, str], **overrides: Any) -> Config:
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     config = Config(**values)
+    config = _with_gateways(config, document, path, environ.get("PW_GATEWAYS", "").strip())
     _check_tls(config)
     return config
+
+
+def _parse_variables(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, (attr, parse) in _VARIABLES.items():
+        raw = environ.get(name)
+        if raw is not None and (raw.strip() or attr in _EMPTY_MEANS_EMPTY):
+            values[attr] = parse(name, raw)
+    return values
 
 
 # Variables where an explicitly empty value is meaningful rather than "use the default".
@@ -318,3 +369,173 @@ def _default_cache_file(auth_path: str) -> str:
 def _check_tls(config: Config) -> None:
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("PW_TLS_CERT and PW_TLS_KEY must be set together")
+
+
+# ---- several gateways: a config file or PW_GATEWAYS ---------------------------------
+
+GATEWAY_ID = re.compile(r"[a-z0-9_-]{1,32}")
+MAX_GATEWAYS = 32
+
+
+def _gateway_id(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not GATEWAY_ID.fullmatch(value):
+        raise ConfigError(f"{name} must be 1-32 of a-z, 0-9, _ and - (got {raw!r})")
+    return value
+
+
+# key in a gateway entry -> (GatewayConfig field, parser); the keys are pypowerwall-server's.
+_GATEWAY_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "id": ("id", _gateway_id),
+    "name": ("name", _text),
+    "type": ("type", _choice(*GATEWAY_TYPES)),
+    "host": ("host", _text),
+    "gw_pwd": ("gw_pwd", _secret),
+    "password": ("password", _secret),
+    "email": ("email", _text),
+    "authpath": ("auth_path", _text),
+    "authmode": ("auth_mode", _choice(*AUTH_MODES)),
+    "timezone": ("timezone", _text),
+    "rsa_key_path": ("rsa_key_path", _text),
+    "wifi_host": ("wifi_host", _text),
+    "siteid": ("siteid", _text),
+    "tedapi_api_version": ("tedapi_api_version", _choice(*TEDAPI_VERSIONS, fold=False)),
+    "cloud_mode": ("cloud_mode", parse_bool),
+    "fleetapi": ("fleetapi", parse_bool),
+    "cache_expire": ("cache_expire", _int_parser(0, 3600)),
+    "timeout": ("timeout", _int_parser(1, 300)),
+    "pool_maxsize": ("pool_maxsize", _int_parser(0, 1000)),
+}
+
+# Variables that describe one gateway: in a file they belong in a `gateways:` entry.
+_GATEWAY_VARIABLES = {"PW_HOST", "PW_PASSWORD", "PW_GW_PWD", "PW_RSA_KEY_PATH", "PW_WIFI_HOST",
+                      "PW_SITEID", "PW_TEDAPI_API_VERSION", "PW_CACHE_FILE", "PW_AUTH_MODE"}
+# `server:` keys are the PW_* variable names without the prefix, lower case, plus these.
+_SERVER_ALIASES = {"bind": "PW_BIND_ADDRESS", "base_url": "PROXY_BASE_URL"}
+
+
+def _server_key(key: str) -> str | None:
+    name = _SERVER_ALIASES.get(key) or "PW_" + key.upper()
+    if name in _VARIABLES and name not in _GATEWAY_VARIABLES:
+        return name
+    return None
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON document (JSON is YAML; a .json file is read as strict JSON)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1_000_000)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        if path.endswith(".json"):
+            document = json.loads(text)
+        else:
+            import yaml  # only needed for a YAML file
+
+            document = yaml.safe_load(text)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"config file {path}: not valid {_kind(path)}: {_first_line(exc)}") from None
+    except Exception as exc:  # yaml.YAMLError and its kin
+        raise ConfigError(f"config file {path}: not valid {_kind(path)}: {_first_line(exc)}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: must be a mapping with a 'gateways:' list")
+    extra = set(document) - {"server", "gateways"}
+    if extra:
+        raise ConfigError(f"config file {path}: unknown top-level key {sorted(extra)[0]!r} "
+                          "(known: server, gateways)")
+    return document
+
+
+def _kind(path: str) -> str:
+    return "JSON" if path.endswith(".json") else "YAML"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _scalar(where: str, value: Any) -> str:
+    """A file value as the text a variable would hold (so one parser serves both)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if value is None:
+        return ""
+    raise ConfigError(f"{where} must be a single value, not a {type(value).__name__}")
+
+
+def _server_block(block: Any, path: str) -> dict[str, Any]:
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"config file {path}: 'server' must be a mapping")
+    values: dict[str, Any] = {}
+    for key, raw in block.items():
+        name = _server_key(str(key))
+        where = f"config file {path}: server key {key!r}"
+        if name is None:
+            raise ConfigError(f"{where} is unknown (gateway settings belong in a 'gateways' entry)")
+        attr, parse = _VARIABLES[name]
+        values[attr] = parse(where, _scalar(where, raw))
+    return values
+
+
+def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | None,
+                   listed: str) -> Config:
+    if document is not None:
+        entries, source = document.get("gateways"), f"config file {path}"
+    elif listed:
+        try:
+            entries = json.loads(listed)
+        except ValueError as exc:
+            raise ConfigError(f"PW_GATEWAYS is not valid JSON: {_first_line(exc)}") from None
+        source = "PW_GATEWAYS"
+    else:
+        return _check_default(config, (config.gateway(),))
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: 'gateways' must be a non-empty list of gateways")
+    if len(entries) > MAX_GATEWAYS:
+        raise ConfigError(f"{source}: at most {MAX_GATEWAYS} gateways (got {len(entries)})")
+    gateways = tuple(_gateway_entry(config, entry, i, source) for i, entry in enumerate(entries))
+    seen: set[str] = set()
+    for g in gateways:
+        if g.id in seen:
+            raise ConfigError(f"{source}: gateway {g.id!r} is listed twice (ids must be unique)")
+        seen.add(g.id)
+    config = replace(config, gateways=gateways, source=source)
+    return _check_default(config, gateways)
+
+
+def _gateway_entry(config: Config, entry: Any, index: int, source: str) -> GatewayConfig:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{source}: gateway #{index + 1} must be a mapping of keys")
+    label = f"gateway #{index + 1}"
+    if "id" not in entry:
+        raise ConfigError(f"{source}: {label} has no 'id' (required)")
+    values: dict[str, Any] = {}
+    gid = _gateway_id(f"{source}: {label} key 'id'", _scalar(f"{source}: {label} key 'id'", entry["id"]))
+    for key, raw in entry.items():
+        where = f"{source}: gateway {gid!r} key {key!r}"
+        if key not in _GATEWAY_KEYS:
+            raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
+        attr, parse = _GATEWAY_KEYS[key]
+        values[attr] = parse(where, _scalar(where, raw))
+    defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
+                "cache_expire": config.cache_expire, "timeout": config.timeout,
+                "pool_maxsize": config.pool_maxsize}
+    gateway = GatewayConfig(**(defaults | values))
+    if "cache_file" not in values:
+        gateway = replace(gateway, cache_file=_default_cache_file(gateway.auth_path))
+    if not (gateway.host or gateway.cloud_mode or gateway.fleetapi):
+        raise ConfigError(f"{source}: gateway {gid!r} needs 'host' (or cloud_mode/fleetapi: true)")
+    return gateway
+
+
+def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Config:
+    if config.default_gateway and config.default_gateway not in {g.id for g in gateways}:
+        raise ConfigError(f"PW_DEFAULT_GATEWAY names no configured gateway "
+                          f"(got {config.default_gateway!r}; ids: {', '.join(g.id for g in gateways)})")
+    return config

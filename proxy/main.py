@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.app import App
-from proxy.config import Config, ConfigError, Secret, load_config
+from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
 from proxy.gateway import Gateway
-from proxy.site import Shaping, Site
+from proxy.gateway.registry import Gateways
+from proxy.site import Shaping, Site, Sites
 from proxy.web import WebFiles
 
 log = logging.getLogger("proxy")
@@ -46,12 +47,22 @@ class Running:
     """A started proxy: stop() brings everything down."""
 
     config: Config
-    gateway: Gateway
+    gateways: Gateways
     app: App
     server: Any
-    simulator: Any = None
+    simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def gateway(self) -> Gateway:
+        """The default gateway."""
+        return self.gateways.default()
+
+    @property
+    def simulator(self) -> Any:
+        """The default gateway's simulator (--simulate), else None."""
+        return self.simulators[0] if self.simulators else None
 
     @property
     def url(self) -> str:
@@ -63,24 +74,58 @@ class Running:
             return
         self.stopped.set()
         self.server.stop()
-        self.gateway.stop()
-        if self.simulator is not None:
-            self.simulator.stop()
+        self.gateways.stop()
+        for simulator in self.simulators:
+            simulator.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
 
-def _simulated(config: Config) -> tuple[Config, Any, Any, str]:
-    """Start the built-in gateway simulator and point the config at it (full TEDAPI mode)."""
-    from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
+# --simulate N: gateways of different sizes, so aggregates have something to add up.
+_FLEET_MODELS = ("pw3", "pw2")
 
-    simulator = Simulator(port=0).start()
+
+def _credentials(simulator: Any) -> tuple[Secret, Secret]:
+    """(password, gw_pwd) for a simulator: its profile says which of the two a client uses.
+
+    The gateway password means full TEDAPI mode (the default profile), the customer
+    password local mode.
+    """
+    given = simulator.credentials()
+    return Secret(given.get("password", "")), Secret(given.get("gw_pwd", ""))
+
+
+def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]:
+    """Start the built-in gateway simulator(s), with the --profile personality, and point
+    the config at them."""
+    from proxy.simulator import DEFAULT_PASSWORD, Simulator
+
+    profile = config.simulate_profile
     tmp = tempfile.TemporaryDirectory(prefix="pwproxy-sim-")
-    config = dataclasses.replace(
-        config, host=simulator.host, gw_pwd=Secret(DEFAULT_GW_PWD), password=Secret(""),
-        cache_file=os.path.join(tmp.name, ".powerwall"),
-    )
-    return config, simulator, tmp, DEFAULT_PASSWORD
+    cache_file = os.path.join(tmp.name, ".powerwall")
+    if count <= 1:
+        simulator = Simulator(port=0, profile=profile).start()
+        password, gw_pwd = _credentials(simulator)
+        config = dataclasses.replace(
+            config, host=simulator.host, gw_pwd=gw_pwd, password=password,
+            cache_file=cache_file, gateways=(), source="simulator",
+        )
+        return config, [simulator], tmp, DEFAULT_PASSWORD
+    simulators, gateways = [], []
+    for i in range(count):
+        # A profile other than the default keeps its own hardware.
+        model = _FLEET_MODELS[i % len(_FLEET_MODELS)] if profile == "default" else None
+        simulator = Simulator(port=0, model=model, seed=1000 + i, profile=profile).start()
+        simulators.append(simulator)
+        password, gw_pwd = _credentials(simulator)
+        gateways.append(GatewayConfig(
+            id=f"sim{i + 1}", name=f"Simulated gateway {i + 1}", host=simulator.host,
+            password=password, gw_pwd=gw_pwd, timezone=config.timezone, cache_file=cache_file,
+            cache_expire=config.cache_expire, timeout=config.timeout, pool_maxsize=config.pool_maxsize,
+        ))
+    config = dataclasses.replace(config, gateways=tuple(gateways), source=f"{count} simulators",
+                                 default_gateway="")
+    return config, simulators, tmp, DEFAULT_PASSWORD
 
 
 def _tame_malloc() -> None:
@@ -122,7 +167,7 @@ def _trust_gateway_certificate(config: Config) -> None:
     requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
     verify=False, which makes every TEDAPI call fail on machines that set them.
     """
-    if config.host:
+    if any(g.host for g in config.fleet()):
         import urllib3
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -134,36 +179,68 @@ def _trust_gateway_certificate(config: Config) -> None:
 SERVER_WORKERS = 16
 # Workers no gateway may hold: /health, /stats, files and cached answers always find one.
 RESERVED_WORKERS = 4
+# Workers that may wait on one gateway; with several gateways each gets its own share, and the
+# pool grows so that every gateway stalled at once still leaves the reserved workers free.
+MIN_WAITERS = 4
 
 
-def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None) -> Running:
-    """Build and start everything; the HTTP server answers before the gateway connects.
+def worker_plan(gateways: int) -> tuple[int, int]:
+    """(server workers, waiters per gateway) for this many gateways."""
+    waiters = max(MIN_WAITERS, (SERVER_WORKERS - RESERVED_WORKERS) // max(1, gateways))
+    return max(SERVER_WORKERS, RESERVED_WORKERS + waiters * gateways), waiters
+
+
+def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
+          simulate: int = 0) -> Running:
+    """Build and start everything; the HTTP server answers before the gateways connect.
 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
+    `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     """
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
 
-    simulator = tmp = None
+    simulators: list[Any] = []
+    tmp = None
     control_password = ""
-    if config.simulate:
-        config, simulator, tmp, control_password = _simulated(config)
+    if config.simulate or simulate:
+        config, simulators, tmp, control_password = _simulated(config, max(1, simulate))
+        config = dataclasses.replace(config, simulate=True)
     _trust_gateway_certificate(config)
-    gateway = Gateway(config.gateway(), simulated=config.simulate, control_password=control_password,
-                      control_enabled=bool(config.control_secret), factory=client_factory,
-                      waiters=SERVER_WORKERS - RESERVED_WORKERS)
-    site = Site(gateway, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
-                shaping=Shaping(config.neg_solar, config.site_zero_threshold))
-    app = App(config, site, web=WebFiles(config), routes=ROUTES)
+    fleet = config.fleet()
+    workers, waiters = worker_plan(len(fleet))
+    gateways = Gateways([
+        Gateway(g, simulated=config.simulate, control_password=control_password,
+                control_enabled=bool(config.control_secret), factory=client_factory,
+                waiters=waiters, name=_gateway_name(g, len(fleet)))
+        for g in fleet
+    ])
+    shaping = Shaping(config.neg_solar, config.site_zero_threshold)
+    sites = Sites([Site(g, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
+                        shaping=shaping) for g in gateways])
+    app = App(config, sites, web=WebFiles(config), routes=ROUTES)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
-                        access_log=config.debug, workers=SERVER_WORKERS)
+                        access_log=config.debug, workers=workers)
     app.server_stats = server.stats
-    running = Running(config, gateway, app, server, simulator, tmp)
+    running = Running(config, gateways, app, server, simulators, tmp)
     server.start()
-    gateway.start()
+    gateways.start()
     if wait_connected:
-        gateway.wait_connected(wait_connected)
+        gateways.wait_connected(wait_connected)
     return running
+
+
+def _gateway_name(gateway: GatewayConfig, count: int) -> str | None:
+    """The name in log lines: "gateway" alone, "gateway cabin" among several."""
+    return "gateway" if count == 1 else None
+
+
+def _describe_gateways(config: Config) -> str:
+    fleet = config.fleet()
+    if len(fleet) == 1:
+        return f"gateway {fleet[0].host or 'cloud'}"
+    listed = ", ".join(f"{g.id}={g.host or 'cloud'}" for g in fleet)
+    return f"{len(fleet)} gateways from {config.source}: {listed}; default {fleet[0].id}"
 
 
 def _tls(config: Config) -> Any:
@@ -178,9 +255,37 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m proxy",
                                      description="Caching HTTP proxy for Tesla Powerwall gateways. "
                                                  "Settings come from PW_* environment variables.")
-    parser.add_argument("--simulate", action="store_true",
-                        help="run against the built-in gateway simulator instead of PW_HOST")
+    parser.add_argument("--simulate", nargs="?", type=_count, const=1, default=0, metavar="N",
+                        help="run against the built-in gateway simulator instead of PW_HOST; "
+                             "with N, against N simulated gateways of different sizes")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a YAML or JSON file with a 'gateways:' list (else PW_CONFIG)")
+    parser.add_argument("--profile", metavar="NAME", default=None,
+                        help="with --simulate: the simulated gateway's personality (default, "
+                             "pw2-legacy, pw3, sparse, http10, portal; see HELP.md)")
     return parser.parse_args(argv)
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError("N must be between 1 and 16")
+    return value
+
+
+def _profile_error(args: argparse.Namespace) -> str | None:
+    """Why --profile cannot be used as given, or None."""
+    if args.profile is None:
+        return None
+    if not args.simulate:
+        return "--profile needs --simulate"
+    from proxy.simulator.profiles import profile_named
+
+    try:
+        profile_named(args.profile)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _setup_logging(config: Config) -> None:
@@ -227,22 +332,31 @@ def _reap_children(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parse_args(argv)
+    problem = _profile_error(args)
+    if problem is not None:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
     try:
-        config = load_config(os.environ if environ is None else environ, simulate=args.simulate)
+        config = load_config(os.environ if environ is None else environ, file=args.config,
+                             simulate=bool(args.simulate),
+                             simulate_profile=args.profile or "default")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
     _tame_malloc()
     try:
-        running = start(config)
+        running = start(config, simulate=args.simulate)
     except OSError as exc:
         log.error("cannot listen on port %s: %s", config.port, exc)
         return 1
     _install_signals(running)
-    where = running.config.host or "cloud"
-    log.info("listening on %s (gateway %s%s)", running.url.replace("127.0.0.1", config.bind_address
-             or "0.0.0.0"), where, ", simulated" if config.simulate else "")
+    simulated = ""
+    if running.config.simulate:
+        profile = running.config.simulate_profile
+        simulated = ", simulated" if profile == "default" else f", simulated, profile {profile}"
+    log.info("listening on %s (%s%s)", running.url.replace("127.0.0.1", config.bind_address
+             or "0.0.0.0"), _describe_gateways(running.config), simulated)
     # The main thread has nothing else to do: once a minute, return freed heap
     # pages (start-up scratch, replaced cache entries) so RSS stays flat for months.
     while not running.stopped.wait(TRIM_INTERVAL):

@@ -16,6 +16,7 @@ from proxy import payloads, status_pages
 from proxy.app import CSV, JSON, App, Call, Route, json_bytes
 from proxy.control import CONTROL_ROUTES
 from proxy.errors import HTTPError, NotSupported
+from proxy.fleet import FLEET_ROUTES
 from proxy.gateway.sources import (
     AGGREGATES,
     ALERTS,
@@ -258,4 +259,5 @@ ROUTES: tuple[Route, ...] = (
     *(_pw_route(name) for name in PW_SOURCES),
     Route("/pw/*", get_pw_unknown),
     *CONTROL_ROUTES,
+    *FLEET_ROUTES,
 )

@@ -9,7 +9,7 @@ or the typed error.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -18,6 +18,7 @@ from proxy.config import GatewayConfig
 from proxy.errors import GatewayError, NotSupported
 from proxy.gateway import Gateway, Kind, error_for
 from proxy.gateway.sources import Source
+from proxy.stats import Stats
 
 
 class State(Enum):
@@ -90,6 +91,7 @@ class Site:
         self.graceful = graceful
         self.shaping = shaping or Shaping()
         self.renders = Renders()
+        self.stats = Stats()  # this gateway's requests (the app's own Stats counts them all)
 
     @property
     def id(self) -> str:
@@ -125,3 +127,24 @@ class Site:
             self.gateway.prefetch(sources)
         deadline = self.gateway.cache.now() + self.gateway.wait
         return [self.read(s, max(0.0, deadline - self.gateway.cache.now())) for s in sources]
+
+
+class Sites:
+    """Every site by gateway id, the default one first; fixed once built."""
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        if not sites:
+            raise ValueError("at least one site")
+        self._by_id = {s.id: s for s in sites}
+
+    def default(self) -> Site:
+        return next(iter(self._by_id.values()))
+
+    def get(self, gateway_id: str) -> Site | None:
+        return self._by_id.get(gateway_id)
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)

@@ -12,6 +12,7 @@ from proxy import __version__
 from proxy.app import App, Call, json_response
 from proxy.gateway import Gateway, Kind
 from proxy.http_types import Response
+from proxy.site import Site
 
 
 def library_version() -> str:
@@ -67,13 +68,14 @@ def _cache_view(gateway: Gateway) -> dict[str, Any]:
     return {"cache_size": len(entries), "endpoints": entries}
 
 
-def _gateway_view(app: App) -> dict[str, Any]:
-    gateway = app.gateway
+def _gateway_view(app: App, site: Site) -> dict[str, Any]:
+    gateway = site.gateway
     info = gateway.info
     return {
+        "id": site.id,
         "status": gateway.status(),
         "connected": gateway.connected,
-        "host": app.config.host or None,
+        "host": site.config.host or None,
         "simulated": gateway.simulated,
         "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
         "cooldown_strikes": gateway.cooldown.strikes(),
@@ -86,19 +88,33 @@ def _gateway_view(app: App) -> dict[str, Any]:
     }
 
 
-def _transports(app: App) -> dict[str, Any]:
-    info = app.gateway.info
+def _transports(site: Site) -> dict[str, Any]:
+    info = site.gateway.info
     out: dict[str, Any] = {}
     if info.tedapi_mode in ("full", "hybrid", "v1r"):
         key = "v1r_lan" if info.tedapi_mode == "v1r" else "wifi_tedapi"
-        out[key] = {"active": True, "status": "ok" if app.gateway.status() == "ok" else "unavailable",
-                    "host": app.config.host}
+        out[key] = {"active": True, "status": "ok" if site.gateway.status() == "ok" else "unavailable",
+                    "host": site.config.host}
     return out
 
 
-def stats_body(app: App) -> dict[str, Any]:
-    c = app.stats.snapshot()
-    gateway, info = app.gateway, app.gateway.info
+def _fleet(app: App, call: Call) -> bool:
+    """Whether this page speaks for the whole proxy (the root, with several gateways)."""
+    return not call.mount and len(app.sites) > 1
+
+
+def overall_status(app: App) -> str:
+    """ok only while every gateway is ok; degraded as soon as one is."""
+    statuses = [site.gateway.status() for site in app.sites]
+    if all(s == "ok" for s in statuses):
+        return "ok"
+    return "degraded" if "degraded" in statuses else "starting"
+
+
+def stats_body(app: App, call: Call) -> dict[str, Any]:
+    site = call.site
+    c = (site.stats if call.mount else app.stats).snapshot()
+    gateway, info = site.gateway, site.gateway.info
     body: dict[str, Any] = {
         "pypowerwall": build_label(),
         "mode": info.mode,
@@ -112,35 +128,44 @@ def stats_body(app: App) -> dict[str, Any]:
         "pw3": info.pw3, "tedapi_mode": info.tedapi_mode,
         "tedapi_api_version": info.tedapi_api_version,
         "siteid": info.siteid, "counter": info.counter,
-        "cf": app.config.cache_file,
-        "config": app.config.reference_view(),
+        "cf": site.config.cache_file,
+        "config": app.config.reference_view(site.config),
     }
     if app.config.health_check:
         body["connection_health"] = _connection_health(gateway)
     body["fallback_mode"] = _fallback_mode()
     body["mem_cache"] = {"entries": len(gateway.cache.snapshot())}
-    body["authmode"] = app.config.auth_mode
-    body["gateway"] = _gateway_view(app)
+    body["authmode"] = site.config.auth_mode
+    body["gateway"] = _gateway_view(app, site)
+    if _fleet(app, call):
+        body["gateways"] = {s.id: _gateway_stats(app, s) for s in app.sites}
     body["server"] = app.server_stats()
     return body
 
 
-def health_body(app: App) -> dict[str, Any]:
-    config, gateway = app.config, app.gateway
-    c = app.stats.snapshot()
+def _gateway_stats(app: App, site: Site) -> dict[str, Any]:
+    c = site.stats.snapshot()
+    return {"gets": c.gets, "errors": c.errors, "timeout": c.timeout, "uri": c.uri,
+            **_gateway_view(app, site)}
+
+
+def health_body(app: App, call: Call) -> dict[str, Any]:
+    config, site = app.config, call.site
+    gateway = site.gateway
+    c = (site.stats if call.mount else app.stats).snapshot()
     body: dict[str, Any] = {
-        "status": gateway.status(),
+        "status": overall_status(app) if _fleet(app, call) else gateway.status(),
         "pypowerwall": build_label(),
         "mode": gateway.info.mode,
         "tedapi_mode": gateway.info.tedapi_mode,
-        "pypowerwall_cache_expire": config.cache_expire,
+        "pypowerwall_cache_expire": site.config.cache_expire,
         "degradation_cache_ttl_seconds": config.cache_ttl,
         "graceful_degradation": config.graceful_degradation,
         "fail_fast_mode": config.fail_fast,
         "health_check_enabled": config.health_check,
         "startup_time": datetime.datetime.fromtimestamp(app.started).isoformat(),
         "current_time": datetime.datetime.now().isoformat(),
-        "transports": _transports(app),
+        "transports": _transports(site),
         "proxy_stats": {"total_gets": c.gets, "total_posts": c.posts,
                         "total_errors": c.errors, "total_timeouts": c.timeout},
     }
@@ -149,34 +174,51 @@ def health_body(app: App) -> dict[str, Any]:
     body["fallback_mode"] = _fallback_mode()
     body["cached_data"] = _cache_view(gateway)
     body["endpoint_statistics"] = gateway.endpoints.view()
-    body["gateway"] = _gateway_view(app)
+    body["gateway"] = _gateway_view(app, site)
+    if _fleet(app, call):
+        body["gateways"] = {s.id: _gateway_health(s) for s in app.sites}
     return body
 
 
+def _gateway_health(site: Site) -> dict[str, Any]:
+    gateway = site.gateway
+    health = gateway.health.snapshot()
+    return {"status": gateway.status(), "mode": gateway.info.mode, "online": gateway.status() == "ok",
+            "consecutive_failures": health.consecutive_failures, "last_error": health.last_error,
+            "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
+            "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1)}
+
+
 def get_stats(app: App, call: Call) -> Response:
-    return json_response(200, stats_body(app))
+    return json_response(200, stats_body(app, call))
 
 
 def get_stats_clear(app: App, call: Call) -> Response:
-    app.stats.clear()
-    return json_response(200, stats_body(app))
+    targets = [call.site.stats] if call.mount else [app.stats, *(s.stats for s in app.sites)]
+    for stats in targets:
+        stats.clear()
+    return json_response(200, stats_body(app, call))
 
 
 def get_health(app: App, call: Call) -> Response:
-    body = health_body(app)
+    body = health_body(app, call)
     # 200 only when healthy, so a Docker HEALTHCHECK (curl -f) tells the truth.
     status = 200 if body["status"] == "ok" else 503
     headers = [("Cache-Control", "no-cache")]
     if status == 503:
-        wait = max(app.gateway.cooldown.remaining(), app.gateway.auth.remaining())
+        sites = list(app.sites) if _fleet(app, call) else [call.site]
+        wait = max(max(s.gateway.cooldown.remaining(), s.gateway.auth.remaining()) for s in sites)
         headers.append(("Retry-After", str(max(1, int(wait + 0.999)))))
     return json_response(status, body, headers)
 
 
 def get_health_reset(app: App, call: Call) -> Response:
-    endpoints = len(app.gateway.endpoints.view())
-    removed = app.gateway.reset_health()
-    app.site.renders.clear()
+    sites = [call.site] if call.mount else list(app.sites)
+    endpoints = sum(len(s.gateway.endpoints.view()) for s in sites)
+    removed = 0
+    for site in sites:
+        removed += site.gateway.reset_health()
+        site.renders.clear()
     return json_response(200, {
         "status": "reset_complete", "health_counters_reset": True, "cache_cleared": True,
         "cache_entries_removed": removed, "endpoint_stats_cleared": endpoints,
@@ -184,7 +226,7 @@ def get_health_reset(app: App, call: Call) -> Response:
 
 
 def get_help(app: App, call: Call) -> Response:
-    body = stats_body(app)
+    body = stats_body(app, call)
     rows = "".join(
         f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
         for k, v in body.items() if k not in ("uri", "config")

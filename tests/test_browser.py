@@ -414,3 +414,64 @@ def test_gateway_pages_get_the_style(proxy_factory: Any, open_page: Any) -> None
     errors = [e for e in page.console_errors if "/favicon.ico" not in e]
     assert not errors, errors
     assert_inside_proxy(page, proxy.base)
+
+
+# --------------------------------------------------------------------------- several gateways
+
+
+@pytest.fixture
+def fleet_proxy(tmp_path: Path) -> Iterator[Any]:
+    from proxy.config import load_config
+    from proxy.main import start
+    from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
+
+    env = {**DEFAULT_ENV, "PW_CACHE_EXPIRE": "30", "PW_CACHE_TTL": "60", "PW_AUTH_PATH": str(tmp_path)}
+    handle = ProxyHandle(start(load_config(env), simulate=3, wait_connected=CONNECT_WAIT))
+    yield handle
+    handle.stop()
+
+
+def _shown_matches(shown: dict[str, Any], load: float, solar: float) -> bool:
+    return (abs(kw(shown["home"]) - abs(load) / 1000) <= 0.051
+            and abs(kw(shown["solar"]) - abs(solar) / 1000) <= 0.051)
+
+
+def test_flow_page_shows_one_gateway_or_all(fleet_proxy: Any, open_page: Any) -> None:
+    proxy = fleet_proxy
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST + "&gw=sim2")
+    wait_state(page, "fresh")
+    next_updates(page, 1)
+    agg = get_json(proxy, "api/gateways/sim2/aggregates")
+    assert _shown_matches(read_flow(page), agg["load"]["instant_power"], agg["solar"]["instant_power"])
+    assert any("/api/gateways/sim2/aggregates" in url for url in page.requests)
+    assert_clean(page, proxy.base)
+
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST + "&gw=all")
+    wait_state(page, "fresh")
+    next_updates(page, 1)
+    total = get_json(proxy, "api/aggregate")
+    shown = read_flow(page)
+    assert _shown_matches(shown, total["total_load_power"], total["total_solar_power"])
+    app_soe = total["total_battery_percent"] / 0.95 - 5 / 0.95
+    assert abs(percent(shown["soc"]) - min(100, max(0, app_soe))) <= 0.5
+    assert shown["grid"] == "up"
+    shoot(page, "flow-all-gateways")
+    assert_clean(page, proxy.base)
+
+
+def test_console_lists_every_gateway(fleet_proxy: Any, open_page: Any) -> None:
+    proxy = fleet_proxy
+    page = open_page(1280, 800)
+    page.goto(proxy.base + "console?interval=1")
+    page.wait_for("document.querySelectorAll('#gateway-table tbody tr').length === 4")
+    rows = page.evaluate("[...document.querySelectorAll('#gateway-table tbody tr')]"
+                         ".map(r => r.innerText)")
+    for gid in ("sim1", "sim2", "sim3"):
+        assert any(row.startswith(gid) and "ok" in row for row in rows), rows
+    links = page.evaluate("[...document.querySelectorAll('#gateway-table a')]"
+                          ".map(a => a.getAttribute('href'))")
+    assert "/?gw=sim2" in links and "/?gw=all" in links and "/api/gateways/sim3/health" in links
+    shoot(page, "console-gateways")
+    assert_clean(page, proxy.base)

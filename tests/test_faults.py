@@ -531,15 +531,16 @@ def test_busy_local_mode_recovers_despite_library_negative_caches(
         proxy_factory: Factory, bare_sim: Simulator, status: int) -> None:
     """Local mode: pypowerwall caches a 503 per API and a 429 for every API, for 5 minutes."""
     h = local_proxy(proxy_factory, bare_sim)
-    h.gateway.cooldown = RecordingCooldown(base=1.0, cap=4.0)
+    # 3 s: long enough that a busy machine still sees the cooldown when /health is asked.
+    h.gateway.cooldown = RecordingCooldown(base=3.0, cap=6.0)
     last_good, first = busy_start(h, LOCAL_SINGLE, {"status": status})
     assert first.status == 200 and first.body == last_good[LOCAL_SINGLE[0]]
-    assert_busy_health(h, 1.0)
+    assert_busy_health(h, 3.0)
     refused = h.sim.stats()["total"]
     assert refused == 1
     h.sim.clear_faults()
     for path in LOCAL_SINGLE:
-        get_when(h, path, fresh, 1.0 + 2 * PERIOD + 1)
+        get_when(h, path, fresh, 3.0 + 2 * PERIOD + 1)
     assert health(h)[0] == 200
 
 

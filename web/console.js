@@ -230,7 +230,54 @@
     problem.hidden = problem.textContent === "";
   }
 
+  function link(href, text) {
+    var a = el("a", text);
+    a.href = PW.base + href;
+    return a;
+  }
+
+  // Every gateway with its state and links: its flow page, data, health and stats.
+  function renderGateways(res) {
+    var body = $("gateway-table").tBodies[0];
+    body.textContent = "";
+    var list = Array.isArray(res.body) ? res.body : [];
+    list.forEach(function (g) {
+      var row = el("tr");
+      row.setAttribute("data-gateway", String(g.id));
+      row.appendChild(el("td", g.id));
+      row.appendChild(el("td", g.name));
+      var state = el("td", g.status + (g.error ? " — " + g.error : ""),
+        g.status === "ok" ? "good" : g.status === "degraded" ? "bad" : "warn");
+      row.appendChild(state);
+      row.appendChild(el("td", g.mode));
+      var links = el("td");
+      var id = encodeURIComponent(g.id);
+      [["?gw=" + id, "flow"], ["api/gateways/" + id + "/aggregates", "aggregates"],
+       ["api/gateways/" + id + "/health", "health"], ["api/gateways/" + id + "/stats", "stats"]
+      ].forEach(function (l, i) {
+        if (i) links.appendChild(document.createTextNode(" · "));
+        links.appendChild(link(l[0], l[1]));
+      });
+      row.appendChild(links);
+      body.appendChild(row);
+    });
+    if (list.length > 1) {
+      var tr = el("tr");
+      tr.appendChild(el("td", "all"));
+      tr.appendChild(el("td", "every gateway"));
+      tr.appendChild(el("td", ""));
+      tr.appendChild(el("td", ""));
+      var td = el("td");
+      td.appendChild(link("?gw=all", "flow"));
+      td.appendChild(document.createTextNode(" · "));
+      td.appendChild(link("api/aggregate", "aggregate"));
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  }
+
   function refresh() {
+    PW.getJSON("api/gateways").then(renderGateways);
     Promise.all([PW.getJSON("health"), PW.getJSON("stats")]).then(function (r) {
       var health = obj(r[0].body);
       var stats = obj(r[1].body);

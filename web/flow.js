@@ -162,19 +162,46 @@
   function get(path, timeout) {
     if (absent[path]) return Promise.resolve({ ok: false, status: 404, error: "not available" });
     return PW.getJSON(path, timeout).then(function (res) {
-      if (res.status === 404 && path !== "aggregates") absent[path] = true;
+      if (res.status === 404 && !/aggregate/.test(path)) absent[path] = true;
       return res;
     });
   }
 
+  // ?gw=ID: one gateway of several (its routes under api/gateways/ID/); ?gw=all: the sum.
+  var gw = PW.param("gw");
+  var prefix = gw && gw !== "all" ? "api/gateways/" + encodeURIComponent(gw) + "/" : "";
+
+  // The aggregate in the shapes render() reads: meters, app-scale SOE, grid status.
+  var AGG_GRID = { UP: "SystemGridConnected", DOWN: "SystemIslandedActive",
+                   SYNCING: "SystemTransitionToGrid" };
+  function fromAggregate(res) {
+    if (!res.ok) return [res, res, res, { ok: false }];
+    var a = res.body, part = function (body) {
+      return { ok: true, status: 200, stale: !!a.stale, age: res.age, body: body };
+    };
+    var meters = {};
+    [["site", "total_site_power"], ["solar", "total_solar_power"], ["load", "total_load_power"],
+     ["battery", "total_battery_power"]].forEach(function (m) {
+      meters[m[0]] = { instant_power: a[m[1]] };
+    });
+    var soc = typeof a.total_battery_percent === "number" ? appScale(a.total_battery_percent) : null;
+    return [part(meters), part({ percentage: soc }), part({ grid_status: AGG_GRID[a.grid_status] }),
+            { ok: false }];
+  }
+
+  function fetchAll(timeout) {
+    if (gw === "all") return get("api/aggregate", timeout).then(fromAggregate);
+    return Promise.all([
+      get(prefix + "aggregates", timeout),
+      get(prefix + "api/system_status/soe", timeout),
+      get(prefix + "api/system_status/grid_status", timeout),
+      get(prefix + "api/operation", timeout)
+    ]);
+  }
+
   function poll() {
     var timeout = Math.max(4000, Math.min(interval * 1000, 15000));
-    Promise.all([
-      get("aggregates", timeout),
-      get("api/system_status/soe", timeout),
-      get("api/system_status/grid_status", timeout),
-      get("api/operation", timeout)
-    ]).then(function (r) {
+    fetchAll(timeout).then(function (r) {
       render(r[0], r[1], r[2], r[3]);
       svg.setAttribute("data-updated", String(Date.now()));
     }).finally(function () {

@@ -156,8 +156,9 @@ class Gateway:
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
         c = self.config
+        cloud = c.cloud_mode or c.fleetapi  # a file's gateway may ask for the cloud by name
         return {
-            "host": c.host,
+            "host": "" if cloud else c.host,
             "password": c.password.reveal(),
             "email": c.email,
             "timezone": c.timezone,
@@ -179,7 +180,8 @@ class Gateway:
             "wifi_host": c.wifi_host or None,
             "tedapi_api_version": c.tedapi_api_version,
             # A local gateway that is briefly down must not flip us into cloud mode.
-            "failover": not c.host,
+            "failover": not c.host or cloud,
+            **({"cloudmode": c.cloud_mode, "fleetapi": c.fleetapi} if cloud else {}),
         }
 
     def _describe(self) -> None:

@@ -10,19 +10,25 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .layout import MODELS
+from .profiles import NAMES, PROFILES
 from .simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python3 -m proxy.simulator",
-                                     description="Simulated Tesla Powerwall gateway (HTTPS).")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m proxy.simulator", description="Simulated Tesla Powerwall gateway (HTTPS).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="profiles:\n" + "\n".join(f"  {p.name}: {p.summary}" for p in PROFILES))
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8443, help="port (0 = any free port)")
     parser.add_argument("--password", default=DEFAULT_PASSWORD,
                         help="customer password for the local API")
     parser.add_argument("--gw-pwd", default=DEFAULT_GW_PWD,
                         help="gateway (QR sticker) password for TEDAPI")
-    parser.add_argument("--model", choices=MODELS, default="pw3", help="Powerwall generation")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="Powerwall generation (default: the profile's, pw3 for default)")
+    parser.add_argument("--profile", choices=NAMES, default="default",
+                        help="gateway personality: " + ", ".join(NAMES))
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible numbers")
     return parser.parse_args(argv)
 
@@ -37,13 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sim = Simulator(bind=args.bind, port=args.port, password=args.password,
-                    gw_pwd=args.gw_pwd, model=args.model, seed=args.seed)
+                    gw_pwd=args.gw_pwd, model=args.model, seed=args.seed, profile=args.profile)
     try:
         sim.start()
     except OSError as exc:
         print(f"cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
         return 1
     print(f"Simulated Powerwall gateway listening on {sim.url}", flush=True)
+    if sim.profile.name != "default":
+        # stderr, so the one stdout line scripts read stays the same
+        mode = "gateway password (TEDAPI)" if sim.profile.tedapi else "customer password"
+        print(f"profile {sim.profile.name}: {sim.profile.summary}; clients connect with the "
+              f"{mode}", file=sys.stderr, flush=True)
     try:
         while not done.wait(1.0):
             pass  # a timed wait keeps the main thread responsive to signals

@@ -3,6 +3,12 @@
 A fault applies to every gateway path or to a listed set (an entry ending in "*"
 matches by prefix). Several can be active at once; `FaultBoard` owns them under
 its own lock and forgets them when they expire.
+
+Kinds: `down` (connection dropped), `slow` (answer after `delay` s), `status` (an
+error `status`, optional `retry_after`), `expire_session`, `malformed` (200 bodies
+cut in half), `grid_outage`, `drip` (200 bodies written `chunk` bytes at a time,
+`delay` s apart), `oversize` (200 bodies padded with whitespace to `size` bytes,
+streamed), `login_401` (every login refused as a wrong password).
 """
 
 from __future__ import annotations
@@ -16,14 +22,21 @@ from typing import Any
 
 DOWN, SLOW, STATUS = "down", "slow", "status"
 EXPIRE_SESSION, MALFORMED, GRID_OUTAGE = "expire_session", "malformed", "grid_outage"
-KINDS = (DOWN, SLOW, STATUS, EXPIRE_SESSION, MALFORMED, GRID_OUTAGE)
+DRIP, OVERSIZE, LOGIN_401 = "drip", "oversize", "login_401"
+KINDS = (DOWN, SLOW, STATUS, EXPIRE_SESSION, MALFORMED, GRID_OUTAGE, DRIP, OVERSIZE, LOGIN_401)
 MAX_FAULTS = 64
 MAX_PATHS = 64
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_DELAY = 600.0
 DEFAULT_DELAY = 2.0
+DEFAULT_DRIP_DELAY = 0.5
 DEFAULT_STATUS = 503
-SPEC_KEYS = frozenset({"kind", "paths", "seconds", "delay", "status", "retry_after"})
+DEFAULT_CHUNK = 64
+MAX_CHUNK = 1 << 20
+DEFAULT_SIZE = 64 << 20
+MAX_SIZE = 1 << 40  # streamed, so only the client's patience limits it
+SPEC_KEYS = frozenset({"kind", "paths", "seconds", "delay", "status", "retry_after", "chunk",
+                       "size"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,8 @@ class Fault:
     delay: float = 0.0
     status: int = DEFAULT_STATUS
     retry_after: int | None = None
+    chunk: int = DEFAULT_CHUNK
+    size: int = DEFAULT_SIZE
 
     def matches(self, path: str) -> bool:
         if self.paths is None:
@@ -48,8 +63,12 @@ class Fault:
         view: dict[str, Any] = {"kind": self.kind,
                                 "paths": None if self.paths is None else list(self.paths),
                                 "seconds_remaining": remaining}
-        if self.kind == SLOW:
+        if self.kind in (SLOW, DRIP):
             view["delay"] = self.delay
+        if self.kind == DRIP:
+            view["chunk"] = self.chunk
+        if self.kind == OVERSIZE:
+            view["size"] = self.size
         if self.kind == STATUS:
             view["status"] = self.status
             view["retry_after"] = self.retry_after
@@ -65,6 +84,15 @@ def _number(spec: Mapping[str, Any], key: str, low: float, high: float) -> float
     if not low <= value <= high:
         raise ValueError(f"{key} must be between {low:g} and {high:g}")
     return float(value)
+
+
+def _integer(spec: Mapping[str, Any], key: str, low: int, high: int, default: int) -> int:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer between {low} and {high}")
+    return value
 
 
 def _paths(spec: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -103,10 +131,13 @@ def parse_fault(spec: Mapping[str, Any], now: float) -> Fault:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     seconds = _number(spec, "seconds", 0.001, MAX_SECONDS)
     delay = _number(spec, "delay", 0.0, MAX_DELAY)
+    if delay is None:
+        delay = DEFAULT_DRIP_DELAY if kind == DRIP else DEFAULT_DELAY
     return Fault(kind=str(kind), paths=_paths(spec), started=now,
-                 expires=None if seconds is None else now + seconds,
-                 delay=DEFAULT_DELAY if delay is None else delay,
-                 status=_status(spec), retry_after=_retry_after(spec))
+                 expires=None if seconds is None else now + seconds, delay=delay,
+                 status=_status(spec), retry_after=_retry_after(spec),
+                 chunk=_integer(spec, "chunk", 1, MAX_CHUNK, DEFAULT_CHUNK),
+                 size=_integer(spec, "size", 1, MAX_SIZE, DEFAULT_SIZE))
 
 
 class FaultBoard:

@@ -16,7 +16,16 @@ from . import faults as fk
 from . import routes
 from .devices import iso_time
 from .faults import Fault, FaultBoard
-from .messages import Request, Response, gateway_error, json_response, not_found, status_error
+from .messages import (
+    Delivery,
+    Request,
+    Response,
+    gateway_error,
+    json_response,
+    not_found,
+    status_error,
+)
+from .profiles import DEFAULT, Profile
 from .site import Site
 from .stats import RequestCounter
 
@@ -46,15 +55,32 @@ def _fault_status(fault: Fault) -> Response:
     return status_error(fault.status, headers)
 
 
+def _delivery(response: Response, active: list[Fault]) -> Response:
+    """An `oversize` and/or `drip` way of writing a successful answer."""
+    oversize = max((f.size for f in active if f.kind == fk.OVERSIZE), default=0)
+    drip = next((f for f in active if f.kind == fk.DRIP), None)
+    if not oversize and drip is None:
+        return response
+    delivery = Delivery(padding=max(0, oversize - len(response.body)),
+                        chunk=0 if drip is None else drip.chunk,
+                        delay=0.0 if drip is None else drip.delay)
+    return replace(response, delivery=delivery)
+
+
 class Gateway:
     """Routes, guarded by the active faults and access rules, counting every request."""
 
     def __init__(self, site: Site, faults: FaultBoard, counter: RequestCounter,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, profile: Profile = DEFAULT) -> None:
         self.site = site
         self.faults = faults
         self.counter = counter
+        self.profile = profile
         self._stopping = stopping
+
+    def pause(self, seconds: float) -> bool:
+        """Wait `seconds` (a `drip` between writes); True if the simulator is stopping."""
+        return self._stopping.wait(seconds)
 
     def count(self, path: str) -> None:
         """Record a gateway request once its request line has been read."""
@@ -74,13 +100,17 @@ class Gateway:
         status = next((f for f in active if f.kind == fk.STATUS), None)
         if status is not None:
             return _fault_status(status)
+        if fk.LOGIN_401 in kinds and request.path == routes.LOGIN_PATH:
+            return routes.login_refused()
         response = self._dispatch(request, active)
-        if fk.MALFORMED in kinds and response.status == 200:
-            return garble(response)
-        return response
+        if response.status != 200:
+            return response
+        if fk.MALFORMED in kinds:
+            response = garble(response)
+        return _delivery(response, active)
 
     def _dispatch(self, request: Request, active: list[Fault]) -> Response:
-        route = routes.find(request.path)
+        route = routes.find(request.path, self.profile)
         if route is None:
             return not_found()
         if request.method not in route.methods:

@@ -34,13 +34,13 @@ class GatewayHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], gateway: Gateway,
-                 tls: ssl.SSLContext) -> None:
+                 tls: ssl.SSLContext, http10: bool = False) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
         self.tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, GatewayRequestHandler)
+        super().__init__(address, Http10RequestHandler if http10 else GatewayRequestHandler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can
@@ -197,7 +197,25 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if response.status != 204:
             self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Content-Length", str(response.length))
+        self._end_headers()
+        delay = response.delivery.delay
+        for index, piece in enumerate(response.delivery.pieces(response.body)):
+            if index and delay and self.server.gateway.pause(delay):
+                self.close_connection = True  # stopping: the answer stays unfinished
+                return
+            self.wfile.write(piece)
+
+    def _end_headers(self) -> None:
         self.end_headers()
-        if response.body:
-            self.wfile.write(response.body)
+
+
+class Http10RequestHandler(GatewayRequestHandler):
+    """An HTTP/1.0 gateway: one request per connection, said out loud on every answer."""
+
+    protocol_version = "HTTP/1.0"
+
+    def _end_headers(self) -> None:
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()

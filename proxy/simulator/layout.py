@@ -9,7 +9,7 @@ Two layouts mirror what the library knows how to read:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MODELS = ("pw2", "pw3")
 FIRMWARE_VERSION = "25.10.2 8a1d7e3f"
@@ -55,6 +55,8 @@ class Layout:
     units: tuple[PowerwallUnit, ...]
     pvac: SolarInverter | None
     solar_peak_w: int
+    firmware: str = FIRMWARE_VERSION  # "<version> <short git hash>", as /api/status shows it
+    git_hash: str = GIT_HASH
 
     @property
     def din(self) -> str:
@@ -106,3 +108,8 @@ def layout_for(model: str) -> Layout:
     if model == "pw2":
         return _pw2_layout()
     raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
+
+
+def with_firmware(layout: Layout, firmware: str, git_hash: str) -> Layout:
+    """The same hardware running another firmware release."""
+    return replace(layout, firmware=firmware, git_hash=git_hash)

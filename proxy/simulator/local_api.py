@@ -12,7 +12,7 @@ from typing import Any
 
 from . import devices
 from .devices import iso_time
-from .layout import FIRMWARE_VERSION, GIT_HASH, SITE_NAME, TIMEZONE, Layout
+from .layout import SITE_NAME, TIMEZONE, Layout
 from .model import Snapshot
 
 JSON = dict[str, Any]
@@ -87,8 +87,8 @@ def status(snapshot: Snapshot, layout: Layout) -> JSON:
         "start_time": booted.strftime("%Y-%m-%d %H:%M:%S %z"),
         "up_time_seconds": _go_duration(snapshot.uptime_s),
         "is_new": False,
-        "version": FIRMWARE_VERSION,
-        "git_hash": GIT_HASH,
+        "version": layout.firmware,
+        "git_hash": layout.git_hash,
         "commission_count": 0,
         "device_type": "teg",
         "teg_type": "unknown",
@@ -166,7 +166,7 @@ def _battery_block(snapshot: Snapshot, layout: Layout, index: int,
         "charge_power_clamped": False,
         "backup_ready": True,
         "OpSeqState": "Active",
-        "version": FIRMWARE_VERSION.split(" ")[1],
+        "version": layout.git_hash[:8],
     }
 
 
@@ -330,12 +330,12 @@ def meters_readings(snapshot: Snapshot, layout: Layout) -> JSON:
     ]}}
 
 
-def system_update_status(snapshot: Snapshot) -> JSON:
+def system_update_status(snapshot: Snapshot, layout: Layout) -> JSON:
     """GET /api/system/update/status."""
     now_ms = int(snapshot.wall_time * 1000)
     return {"state": "/update_succeeded", "info": {"status": ["nonactionable"]},
             "current_time": now_ms, "last_status_time": now_ms - 60000,
-            "version": FIRMWARE_VERSION, "offline_updating": False, "offline_update_error": "",
+            "version": layout.firmware, "offline_updating": False, "offline_update_error": "",
             "estimated_bytes_per_second": None}
 
 

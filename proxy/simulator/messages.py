@@ -4,7 +4,7 @@ without sockets and the HTTP layer stays a thin adapter."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
@@ -41,12 +41,48 @@ class Request:
         return token.strip() or None
 
 
+PADDING_BLOCK = b" " * 65536  # whitespace keeps a JSON body valid however long it grows
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How the transport writes a body (faults): padding after it, and pacing."""
+
+    padding: int = 0  # whitespace bytes sent after the body, counted in Content-Length
+    chunk: int = 0  # bytes per write; 0: the body in one write
+    delay: float = 0.0  # seconds between writes
+
+    def pieces(self, body: bytes) -> Iterator[bytes]:
+        """The bytes to write, in order; the padding is made as it goes, never held whole."""
+        if not self.chunk:
+            if body:
+                yield body
+        else:
+            for start in range(0, len(body), self.chunk):
+                yield body[start:start + self.chunk]
+        left = self.padding
+        block = PADDING_BLOCK[:self.chunk] if self.chunk else PADDING_BLOCK
+        while left > 0:
+            piece = block if left >= len(block) else block[:left]
+            left -= len(piece)
+            yield piece
+
+
+AS_IS = Delivery()
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    delivery: Delivery = AS_IS
+
+    @property
+    def length(self) -> int:
+        """Content-Length: the body plus any padding."""
+        return len(self.body) + self.delivery.padding
 
 
 def dumps(payload: Any) -> bytes:

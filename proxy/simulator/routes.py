@@ -14,17 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import local_api, tedapi_data, tedapi_wire, web
+from . import legacy_vitals, local_api, profiles, tedapi_data, tedapi_wire, web
 from .devices import iso_time
 from .layout import Layout
 from .messages import Request, Response, gateway_error, json_response, not_found
 from .model import Snapshot
+from .profiles import Profile
 from .site import Site
 
 PUBLIC, SESSION, TEDAPI = "public", "session", "tedapi"
 GET, POST = frozenset({"GET"}), frozenset({"POST"})
 GET_POST = GET | POST
+ANY_METHOD = frozenset({"GET", "POST", "PUT", "DELETE"})
 DEVICE_PREFIX, DEVICE_SUFFIX = "/tedapi/device/", "/v1"
+LOGIN_PATH = "/api/login/Basic"
 PROTOBUF = "application/octet-stream"
 
 Handler = Callable[[Site, Request], Response]
@@ -62,6 +65,26 @@ def _gone(site: Site, request: Request) -> Response:
     return not_found()
 
 
+# --- special answers of a gateway profile -----------------------------------------
+
+def _forbidden(site: Site, request: Request) -> Response:
+    return gateway_error(403, f"Unable to {request.method} to resource",
+                         "User does not have adequate access rights")
+
+
+def _empty(site: Site, request: Request) -> Response:
+    return Response(200, b"", "application/json")
+
+
+def _portal(site: Site, request: Request) -> Response:
+    return Response(200, web.PORTAL_HTML, "text/html; charset=utf-8")
+
+
+def get_vitals(site: Site, request: Request) -> Response:
+    """GET /api/devices/vitals on firmware before 23.44: protobuf device vitals."""
+    return Response(200, legacy_vitals.vitals_body(site.model.snapshot(), site.layout), PROTOBUF)
+
+
 # --- login -------------------------------------------------------------------------
 
 def _login_fields(request: Request) -> dict[str, str]:
@@ -87,11 +110,16 @@ def _role(site: Site, fields: dict[str, str]) -> str | None:
     return None
 
 
+def login_refused() -> Response:
+    """The gateway's answer to a wrong password."""
+    return gateway_error(401, "bad credentials", "Login Error")
+
+
 def post_login_basic(site: Site, request: Request) -> Response:
     fields = _login_fields(request)
     role = _role(site, fields)
     if role is None:
-        return gateway_error(401, "bad credentials", "Login Error")
+        return login_refused()
     token = site.sessions.issue()
     record = {"email": fields.get("email", ""), "firstname": "Tesla", "lastname": "Energy",
               "roles": [role], "token": token, "provider": "Basic",
@@ -226,7 +254,7 @@ def _fixed(payload: Any) -> Route:
 
 
 ROUTES: dict[str, Route] = {
-    "/api/login/Basic": Route(POST, PUBLIC, post_login_basic),
+    LOGIN_PATH: Route(POST, PUBLIC, post_login_basic),
     "/api/logout": Route(GET_POST, PUBLIC, get_logout),
     "/api/status": Route(GET, PUBLIC, _snapshot_json(local_api.status)),
     "/api/auth/toggle/supported": Route(GET, PUBLIC,
@@ -249,7 +277,7 @@ ROUTES: dict[str, Route] = {
     "/api/meters/site": _local(lambda s, lay: local_api.meters_site(lay)),
     "/api/meters/solar": _fixed([]),
     "/api/meters/readings": _local(local_api.meters_readings),
-    "/api/system/update/status": _local(lambda s, lay: local_api.system_update_status(s)),
+    "/api/system/update/status": _local(local_api.system_update_status),
     "/api/solars": _local(lambda s, lay: local_api.solars(lay)),
     "/api/solars/brands": _local(lambda s, lay: local_api.solars_brands()),
     "/api/customer": _fixed({"registered": True}),
@@ -270,9 +298,21 @@ ROUTES: dict[str, Route] = {
 
 DEVICE_ROUTE = Route(POST, TEDAPI, post_tedapi_device)
 
+# A profile's special answers (profiles.py), in place of the normal route.
+ANSWERS: dict[str, Route] = {
+    profiles.MISSING: Route(ANY_METHOD, PUBLIC, _gone),
+    profiles.FORBIDDEN: Route(ANY_METHOD, PUBLIC, _forbidden),
+    profiles.EMPTY: Route(ANY_METHOD, PUBLIC, _empty),
+    profiles.PORTAL: Route(ANY_METHOD, PUBLIC, _portal),
+    profiles.VITALS: Route(GET, SESSION, get_vitals),
+}
 
-def find(path: str) -> Route | None:
-    """The route serving `path` (query already stripped), if any."""
+
+def find(path: str, profile: Profile = profiles.DEFAULT) -> Route | None:
+    """The route serving `path` (query already stripped) on a `profile` gateway, if any."""
+    answer = profile.answer(path)
+    if answer is not None:
+        return ANSWERS[answer]
     route = ROUTES.get(path)
     if route is None and path.startswith(DEVICE_PREFIX) and path.endswith(DEVICE_SUFFIX) \
             and len(path) > len(DEVICE_PREFIX) + len(DEVICE_SUFFIX):

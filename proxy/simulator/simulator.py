@@ -7,12 +7,13 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from . import tedapi_wire, tls
+from . import legacy_vitals, tedapi_wire, tls
 from .faults import FaultBoard
 from .gateway import Gateway
 from .httpserver import GatewayHTTPServer
-from .layout import layout_for
+from .layout import layout_for, with_firmware
 from .model import HomeModel
+from .profiles import Profile, profile_named
 from .sessions import SessionStore
 from .site import Site
 from .stats import RequestCounter
@@ -24,12 +25,19 @@ POLL_INTERVAL = 0.05  # how quickly serve_forever notices stop()
 
 
 class Simulator:
-    """A simulated Powerwall gateway speaking HTTPS on `bind`:`port` (0 = any free port)."""
+    """A simulated Powerwall gateway speaking HTTPS on `bind`:`port` (0 = any free port).
+
+    `profile` names a gateway personality (profiles.py); `model` overrides its hardware.
+    ValueError if either is unknown.
+    """
 
     def __init__(self, bind: str = "127.0.0.1", port: int = 0,
                  password: str = DEFAULT_PASSWORD, gw_pwd: str = DEFAULT_GW_PWD,
-                 model: str = "pw3", seed: int | None = None) -> None:
-        layout = layout_for(model)
+                 model: str | None = None, seed: int | None = None,
+                 profile: str = "default") -> None:
+        self.profile: Profile = profile_named(profile)
+        layout = with_firmware(layout_for(model or self.profile.model), self.profile.firmware,
+                               self.profile.git_hash)
         self.bind = bind
         self.requested_port = port
         self.seed = secrets.randbits(32) if seed is None else seed
@@ -39,7 +47,8 @@ class Simulator:
         self.site = Site(layout, home, sessions, password, gw_pwd)
         self.counter = RequestCounter()
         self._stopping = threading.Event()
-        self.gateway = Gateway(self.site, self.faults, self.counter, self._stopping)
+        self.gateway = Gateway(self.site, self.faults, self.counter, self._stopping,
+                               self.profile)
         self._server: GatewayHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None  # kept after stop(), for messages and tests
@@ -52,7 +61,7 @@ class Simulator:
             return self
         self._stopping.clear()
         server = GatewayHTTPServer((self.bind, self.requested_port), self.gateway,
-                                   tls.server_context())
+                                   tls.server_context(), http10=self.profile.http10)
         self._server = server
         self._port = int(server.server_address[1])
         self._thread = threading.Thread(target=server.serve_forever,
@@ -61,7 +70,8 @@ class Simulator:
         self._thread.start()
         # Import the protobuf module now, off the request path, so the first TEDAPI
         # answer is as quick as the rest without slowing start-up.
-        threading.Thread(target=tedapi_wire.pb2, name="pwsim-warmup", daemon=True).start()
+        warm = legacy_vitals.pb2 if self.profile.vitals else tedapi_wire.pb2
+        threading.Thread(target=warm, name="pwsim-warmup", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -104,6 +114,12 @@ class Simulator:
     @property
     def url(self) -> str:
         return f"https://{self.host}"
+
+    def credentials(self) -> dict[str, str]:
+        """What a client needs for this profile: {"gw_pwd": ...} (TEDAPI) or {"password": ...}."""
+        if self.profile.tedapi:
+            return {"gw_pwd": self.site.gw_pwd}
+        return {"password": self.site.password}
 
     # --- control (same as the /sim/* endpoints) ----------------------------------
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .layout import FIRMWARE_VERSION, GIT_HASH, Layout
+from .layout import Layout
 
 CONFIG, FIRMWARE, QUERY = "config", "firmware", "query"
 DEVICE_TYPE_SITECONTROLLER = 4
@@ -116,8 +116,8 @@ def firmware_response(layout: Layout, tail: int) -> bytes:
     system.gateway.partNumber = layout.gateway_part
     system.gateway.serialNumber = layout.gateway_serial
     system.din = layout.din
-    system.version.text = FIRMWARE_VERSION
-    system.version.githash = GIT_HASH[:8].encode("ascii")
+    system.version.text = layout.firmware
+    system.version.githash = layout.git_hash[:8].encode("ascii")
     system.deviceType = DEVICE_TYPE_SITECONTROLLER
     system.systemUpdate.updateStatus = 1  # idle
     system.systemUpdate.lastUpdateResult = 2  # succeeded

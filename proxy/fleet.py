@@ -1,0 +1,304 @@
+"""Several gateways at once: the gateway list and details, and the aggregates.
+
+Each gateway is read through its own window cache (`Site.read`), so an
+aggregate costs no gateway request beyond what each gateway's window already
+made. The arithmetic is pure (`aggregate`), tested without a network: powers
+summed, the state of energy weighted by each gateway's capacity, inverter-only
+gateways left out of battery figures, and a gateway without data named and left
+out of the sums, never counted as 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy import payloads
+from proxy.app import App, Call, Route, json_response
+from proxy.errors import GatewayUnavailable, HTTPError, ProxyError
+from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, SOE, STRINGS, SYSTEM_STATUS, VITALS, Source
+from proxy.http_types import Response
+from proxy.site import Reading, Site, Sites, State
+
+# Worst first: the aggregate grid status is the worst any gateway reports.
+GRID_ORDER = ("DOWN", "SYNCING", "UP")
+POWERS = (("site", "total_site_power"), ("battery", "total_battery_power"),
+          ("load", "total_load_power"), ("solar", "total_solar_power"))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One gateway's numbers for the aggregate; None where the gateway gave nothing."""
+
+    id: str
+    name: str
+    type: str
+    status: str
+    online: bool
+    power: dict[str, float | None] | None = None  # site/battery/load/solar/grid, W
+    percent: float | None = None  # the gateway's own state of energy
+    full_wh: float | None = None  # nominal full-pack energy
+    remaining_wh: float | None = None
+    grid_status: str | None = None
+    stale: bool = False
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_battery(self) -> bool:
+        return self.type != "inverter"
+
+
+# ---- reading: one window-cached read per source per gateway ----------------------------
+
+def read_sites(sites: Sites, sources: Sequence[Source]) -> dict[str, list[Reading | None]]:
+    """Every gateway's readings; fetches of all gateways run at once, waits share a deadline.
+
+    A reading is None where the gateway does not support the source (e.g. cloud vitals)."""
+    for site in sites:
+        site.gateway.prefetch(sources)
+    return {site.id: [_read(site, s) for s in sources] for site in sites}
+
+
+def _read(site: Site, source: Source) -> Reading | None:
+    try:
+        return site.read(source)
+    except ProxyError:
+        return None
+
+
+def _value(reading: Reading | None) -> Any:
+    return reading.value if reading is not None and reading.state is State.DATA else None
+
+
+def _stale(readings: Sequence[Reading | None]) -> bool:
+    return any(r is not None and r.stale for r in readings)
+
+
+def _error(readings: Sequence[Reading | None]) -> str | None:
+    for r in readings:
+        if r is not None and r.error is not None:
+            return r.error.message
+    return None
+
+
+SNAPSHOT_SOURCES = (AGGREGATES, SOE, SYSTEM_STATUS, GRID_STATUS)
+
+
+def snapshot(site: Site, readings: Sequence[Reading | None]) -> Snapshot:
+    agg, soe, system, grid = (_value(r) for r in readings)
+    status = site.gateway.status()
+    values = payloads.power_values(agg, neg_solar=site.shaping.neg_solar,
+                                   zero_threshold=site.shaping.zero_threshold) if agg else None
+    power = None
+    if values is not None and all(values[k] is not None for k in ("grid", "home", "solar", "battery")):
+        power = {"site": _number(agg, "site"), "battery": values["battery"], "load": values["home"],
+                 "solar": values["solar"], "grid": values["grid"]}
+    system = system if isinstance(system, dict) else {}
+    return Snapshot(
+        id=site.id, name=site.config.name or site.id, type=site.config.type, status=status,
+        online=status == "ok", power=power,
+        percent=_float(soe.get("percentage")) if isinstance(soe, dict) else None,
+        full_wh=_float(system.get("nominal_full_pack_energy")),
+        remaining_wh=_float(system.get("nominal_energy_remaining")),
+        grid_status=grid if isinstance(grid, str) else None,
+        stale=_stale(readings), error=_error(readings),
+    )
+
+
+def _number(agg: Any, section: str) -> float | None:
+    value = agg.get(section, {}).get("instant_power") if isinstance(agg, dict) else None
+    return _float(value)
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+# ---- arithmetic: pure ------------------------------------------------------------------
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(sum(present), 3) if present else None
+
+
+def aggregate_power(snaps: Sequence[Snapshot]) -> dict[str, Any]:
+    with_power = [s for s in snaps if s.power is not None]
+    out: dict[str, Any] = {}
+    for key, name in POWERS:
+        pool = [s for s in with_power if key != "battery" or s.has_battery]
+        out[name] = _sum([s.power[key] for s in pool if s.power is not None])
+    out["total_grid_power"] = _sum([s.power["grid"] for s in with_power if s.power is not None])
+    out["missing"] = [s.id for s in snaps if s.power is None]
+    return out
+
+
+def aggregate_battery(snaps: Sequence[Snapshot]) -> dict[str, Any]:
+    """SOE weighted by each gateway's capacity; only gateways with a battery and both numbers."""
+    batteries = [s for s in snaps if s.has_battery]
+    known = [s for s in batteries if s.full_wh and s.percent is not None]
+    capacity = sum(s.full_wh for s in known if s.full_wh)
+    percent = (sum(s.percent * s.full_wh for s in known if s.percent is not None and s.full_wh)
+               / capacity) if capacity else None
+    remaining = [s.remaining_wh for s in batteries if s.full_wh and s.remaining_wh is not None]
+    return {
+        "total_battery_percent": None if percent is None else round(percent, 2),
+        "total_battery_capacity": round(capacity, 1) if known else None,
+        "total_battery_remaining": _sum(remaining) if len(remaining) == len(known) else None,
+        "missing": [s.id for s in batteries if s not in known],
+    }
+
+
+def worst_grid(snaps: Sequence[Snapshot]) -> str | None:
+    statuses = [s.grid_status for s in snaps if s.grid_status in GRID_ORDER]
+    return min(statuses, key=GRID_ORDER.index) if statuses else None
+
+
+def aggregate(snaps: Sequence[Snapshot], now: float) -> dict[str, Any]:
+    """The full /api/aggregate object."""
+    power, battery = aggregate_power(snaps), aggregate_battery(snaps)
+    return {
+        **{k: v for k, v in power.items() if k != "missing"},
+        **{k: v for k, v in battery.items() if k != "missing"},
+        "grid_status": worst_grid(snaps),
+        "num_gateways": len(snaps),
+        "num_online": sum(s.online for s in snaps),
+        "num_degraded": sum(s.status == "degraded" for s in snaps),
+        "missing": {"power": power["missing"], "battery": battery["missing"]},
+        "stale": any(s.stale for s in snaps),
+        "gateways": {s.id: gateway_numbers(s) for s in snaps},
+        "timestamp": int(now),
+    }
+
+
+def gateway_numbers(s: Snapshot) -> dict[str, Any]:
+    p = s.power or {}
+    return {
+        "name": s.name, "type": s.type, "status": s.status, "online": s.online, "stale": s.stale,
+        "site_power": p.get("site"), "battery_power": p.get("battery") if s.has_battery else None,
+        "load_power": p.get("load"), "solar_power": p.get("solar"), "grid_power": p.get("grid"),
+        "battery_percent": s.percent if s.has_battery else None,
+        "battery_capacity": s.full_wh if s.has_battery else None,
+        "battery_remaining": s.remaining_wh if s.has_battery else None,
+        "grid_status": s.grid_status, "error": s.error,
+    }
+
+
+# ---- routes --------------------------------------------------------------------------
+
+def _snapshots(app: App) -> list[Snapshot]:
+    readings = read_sites(app.sites, SNAPSHOT_SOURCES)
+    snaps = [snapshot(site, readings[site.id]) for site in app.sites]
+    if all(s.power is None and s.percent is None and s.grid_status is None for s in snaps):
+        raise GatewayUnavailable("no gateway has data")
+    return snaps
+
+
+def _answer(body: Any) -> Response:
+    return json_response(200, body, [("Cache-Control", "no-cache")])
+
+
+def get_aggregate(app: App, call: Call) -> Response:
+    return _answer(aggregate(_snapshots(app), time.time()))
+
+
+def _part(keys: Sequence[str], section: str) -> Callable[[App, Call], Response]:
+    def handler(app: App, call: Call) -> Response:
+        body = aggregate(_snapshots(app), time.time())
+        picked = {k: body[k] for k in keys}
+        picked["missing"] = body["missing"][section] if section else body["missing"]
+        return _answer({**picked, "num_gateways": body["num_gateways"], "timestamp": body["timestamp"]})
+    return handler
+
+
+get_aggregate_power = _part(("total_site_power", "total_battery_power", "total_load_power",
+                             "total_solar_power", "total_grid_power", "stale"), "power")
+get_aggregate_soe = _part(("total_battery_percent", "stale"), "battery")
+get_aggregate_battery = _part(("total_battery_percent", "total_battery_capacity",
+                               "total_battery_remaining", "total_battery_power", "stale"), "battery")
+
+
+def get_aggregate_status(app: App, call: Call) -> Response:
+    body = aggregate(_snapshots(app), time.time())
+    keys = ("grid_status", "num_gateways", "num_online", "num_degraded", "stale", "timestamp")
+    gateways = {gid: {"status": g["status"], "online": g["online"], "grid_status": g["grid_status"],
+                      "error": g["error"]} for gid, g in body["gateways"].items()}
+    return _answer({**{k: body[k] for k in keys}, "gateways": gateways})
+
+
+def _keyed(source: Source, empty: Any) -> Callable[[App, Call], Response]:
+    """One source of every gateway, keyed by gateway id (null: that gateway gave nothing)."""
+    def handler(app: App, call: Call) -> Response:
+        readings = read_sites(app.sites, [source])
+        out: dict[str, Any] = {}
+        for gid, (reading,) in readings.items():
+            if reading is None or reading.state is State.UNAVAILABLE:
+                out[gid] = None
+            else:
+                out[gid] = empty if reading.value is None else reading.value
+        return _answer(out)
+    return handler
+
+
+# ---- /api/gateways -------------------------------------------------------------------
+
+def gateway_row(site: Site) -> dict[str, Any]:
+    gateway = site.gateway
+    health = gateway.health.snapshot()
+    status = gateway.status()
+    return {
+        "id": site.id, "name": site.config.name or site.id, "type": site.config.type,
+        "status": status, "mode": gateway.info.mode, "online": status == "ok",
+        "last_updated": health.last_success_time,
+        "error": None if status == "ok" else (health.last_error or gateway.info.connect_error),
+    }
+
+
+def gateway_detail(site: Site, snap: Snapshot) -> dict[str, Any]:
+    return {
+        **gateway_row(site),
+        "site_name": site.gateway.site_name,
+        "host": site.config.host or None,
+        "default": False,
+        "data": gateway_numbers(snap),
+        "routes": f"/api/gateways/{site.id}/",
+    }
+
+
+def get_gateways(app: App, call: Call) -> Response:
+    return _answer([gateway_row(site) for site in app.sites])
+
+
+def get_gateway(app: App, call: Call) -> Response:
+    gateway_id = call.path[len("/api/gateways/"):]
+    site = app.sites.get(gateway_id)
+    if site is None:
+        raise HTTPError(404, "Gateway not found")
+    site.gateway.prefetch(SNAPSHOT_SOURCES)
+    snap = snapshot(site, [_read(site, s) for s in SNAPSHOT_SOURCES])
+    body = gateway_detail(site, snap)
+    body["default"] = site is app.sites.default()
+    return _answer(body)
+
+
+def _root(path: str, handler: Callable[[App, Call], Response]) -> Route:
+    return Route(path, handler, root_only=True)
+
+
+FLEET_ROUTES: tuple[Route, ...] = (
+    _root("/api/gateways", get_gateways),
+    _root("/api/gateways/*", get_gateway),
+    _root("/api/aggregate", get_aggregate),
+    _root("/api/aggregate/", get_aggregate),
+    _root("/api/aggregate/power", get_aggregate_power),
+    _root("/api/aggregate/soe", get_aggregate_soe),
+    _root("/api/aggregate/battery", get_aggregate_battery),
+    _root("/api/aggregate/status", get_aggregate_status),
+    _root("/api/aggregate/strings", _keyed(STRINGS, {})),
+    _root("/api/aggregate/alerts", _keyed(ALERTS, [])),
+    _root("/api/aggregate/vitals", _keyed(VITALS, {})),
+)
