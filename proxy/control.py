@@ -262,23 +262,25 @@ def _mode(raw: str, what: str) -> Mode:
 
 
 def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Response:
-    result = app.gateway.control(action)
+    result = call.site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
-    log.info("control: %s %s from %s", summary, outcome, client_of(app, call))
+    where = f" on {call.site.gateway.name}" if call.mount else ""
+    log.info("control: %s %s%s from %s", summary, outcome, where, client_of(app, call))
     if failed:
         app.stats.count_error()
         raise HTTPError(502, f"Failed to set {what}")
     app.stats.count_post()
+    call.site.stats.count_post()  # the gateway's own /stats counts its writes too
     return json_response(200, result)
 
 
-def _read(app: App, key: str, fetch: Callable[[Any], Any]) -> Any:
-    entry = app.gateway.control_read(key, fetch)
+def _read(call: Call, key: str, fetch: Callable[[Any], Any]) -> Any:
+    entry = call.site.gateway.control_read(key, fetch)
     if entry.kind is Kind.NOT_SUPPORTED:
         raise NotSupported(entry.verdict.reason)
     if entry.kind not in (Kind.DATA, Kind.ABSENT):
-        raise error_for(entry.verdict, app.gateway)
+        raise error_for(entry.verdict, call.site.gateway)
     return entry.verdict.value
 
 
@@ -297,7 +299,7 @@ def _command(app: App, call: Call, name: str, getter: Callable[[Any], Any]) -> d
             return fields
     else:
         _need_enabled(app)
-    return json_response(200, {name: _read(app, f"control:{name}", getter)})
+    return json_response(200, {name: _read(call, f"control:{name}", getter)})
 
 
 def control_reserve(app: App, call: Call) -> Response:
@@ -361,7 +363,7 @@ def control_grid_export(app: App, call: Call) -> Response:
 
 def control_max_backup(app: App, call: Call) -> Response:
     _need_enabled(app)
-    if app.gateway.info.tedapi_mode != "v1r":
+    if call.site.gateway.info.tedapi_mode != "v1r":
         raise NotSupported("max_backup requires v1r LAN transport")
     if call.request.method != "POST":
         # The reference cleared an expired event on GET ?token=…; a GET never writes here,
@@ -384,12 +386,12 @@ def control_max_backup(app: App, call: Call) -> Response:
 
 def _backup_events(app: App, call: Call, *, tidy: bool) -> Response:
     """The backup events; with `tidy` (an authorized POST) an expired manual event is cancelled."""
-    events = app.gateway.control(lambda pw: pw.get_backup_events())
+    events = call.site.gateway.control(lambda pw: pw.get_backup_events())
     if not isinstance(events, dict):
         raise HTTPError(502, "Failed to get backup events")
     manual = events.get("manual_backup")
     if tidy and isinstance(manual, dict) and not manual.get("active"):
-        app.gateway.control(lambda pw: pw.cancel_max_backup())
+        call.site.gateway.control(lambda pw: pw.cancel_max_backup())
         log.info("control: expired max_backup event cleared for %s", client_of(app, call))
         events = {**events, "manual_backup": None}
     return json_response(200, events)
@@ -402,25 +404,25 @@ def control_status(app: App, call: Call) -> Response:
     already show without one. A value the gateway cannot give right now is null.
     """
     enabled = bool(app.config.control_secret)
-    v1r = app.gateway.info.tedapi_mode == "v1r"
+    v1r = call.site.gateway.info.tedapi_mode == "v1r"
     actions = [a for a in ACTIONS if v1r or a != "max_backup"]
     status: dict[str, Any] = {
         "enabled": enabled,
-        "ready": enabled and app.gateway.control_pw is not None,
+        "ready": enabled and call.site.gateway.control_pw is not None,
         "actions": actions if enabled else [],
         "reserve": None,
         "mode": None,
     }
     if enabled:
-        reserve = _maybe(app, "reserve", _get_reserve)
+        reserve = _maybe(call, "reserve", _get_reserve)
         status["reserve"] = user_number(reserve) if isinstance(reserve, (int, float)) else None
-        status["mode"] = _maybe(app, "mode", _get_mode)
+        status["mode"] = _maybe(call, "mode", _get_mode)
     return json_response(200, status)
 
 
-def _maybe(app: App, name: str, getter: Callable[[Any], Any]) -> Any:
+def _maybe(call: Call, name: str, getter: Callable[[Any], Any]) -> Any:
     try:
-        return _read(app, f"control:{name}", getter)
+        return _read(call, f"control:{name}", getter)
     except ProxyError:
         return None
 

@@ -443,3 +443,32 @@ def test_same_secret() -> None:
     for wrong in ("", "s3cret", TOKEN + "x", TOKEN.upper(), " " + TOKEN, "s3cret-tökén", "\udcff"):
         assert not same_secret(wrong, TOKEN), wrong
     assert not same_secret("", "")  # an empty token is never right
+
+
+# ---- several gateways: each mount controls its own ---------------------------------------------
+
+
+def test_control_under_a_gateway_mount_writes_that_gateway(tmp_path: Any) -> None:
+    from proxy.main import start
+    from tests.conftest import CONNECT_WAIT, DEFAULT_ENV
+
+    env = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_CONTROL_SECRET": TOKEN}
+    h = ProxyHandle(start(load_config(env, simulate=True), simulate=2, wait_connected=CONNECT_WAIT))
+    try:
+        first, second = h.running.simulators
+        before = first.state()["reserve"]
+        target = next(t for t in TARGETS if abs(t - second.state()["reserve_app"]) > 2
+                      and abs(t - first.state()["reserve_app"]) > 2)
+        r = post_form(h, "/api/gateways/sim2/control/reserve", f"value={target}&mode=backup&token={TOKEN}")
+        assert r.status == 200, r.body
+        assert second.state()["reserve_app"] == pytest.approx(target, abs=0.01)
+        assert second.state()["mode"] == "backup"
+        assert first.state()["reserve"] == before  # the other gateway is untouched
+        status = h.get("/api/gateways/sim2/control/status").json()
+        assert (status["reserve"], status["mode"]) == (target, "backup")
+        assert h.get("/control/status").json()["reserve"] != target  # the default: sim1
+        assert h.get("/api/gateways/sim2/control/reserve").json()["reserve"] == pytest.approx(target)
+        assert h.get("/api/gateways/sim2/stats").json()["posts"] == 1
+        assert h.get("/api/gateways/sim1/stats").json()["posts"] == 0
+    finally:
+        h.stop()
