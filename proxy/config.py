@@ -6,6 +6,7 @@ reference's defaults and fails at start with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ _TRUE = ("yes", "true", "1", "on")
 _FALSE = ("no", "false", "0", "off")
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -120,6 +122,7 @@ class Config:
     tedapi_probe_interval: int = 30
     tls_cert: str = ""
     tls_key: str = ""
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
     simulate: bool = False
     # Several gateways (a config file or PW_GATEWAYS); empty: the PW_* variables are one gateway.
     gateways: tuple[GatewayConfig, ...] = ()
@@ -180,6 +183,7 @@ class Config:
             "PW_TEDAPI_PROBE_INTERVAL": self.tedapi_probe_interval,
             "PW_TEDAPI_API_VERSION": self.tedapi_api_version,
             "PROXY_BASE_URL": self.base_url,
+            "PW_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
         }
 
     def secrets(self) -> list[str]:
@@ -258,6 +262,21 @@ def _base_url(name: str, raw: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR ranges, e.g. "172.17.0.1, 10.0.0.0/8"."""
+    found: list[Network] = []
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            found.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated IP addresses or CIDR ranges "
+                              f"such as 172.17.0.1,10.0.0.0/8 (got {text!r})") from None
+    return tuple(found)
+
+
 def _probe_interval(name: str, raw: str) -> int:
     # The reference raises anything below 5 s to 5 s rather than refusing it.
     return max(5, _int_parser(0)(name, raw))
@@ -301,6 +320,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_TLS_CERT": ("tls_cert", _text),
     "PW_TLS_KEY": ("tls_key", _text),
     "PW_DEFAULT_GATEWAY": ("default_gateway", _text),
+    "PW_TRUSTED_PROXIES": ("trusted_proxies", _networks),
 }
 
 

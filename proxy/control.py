@@ -1,36 +1,55 @@
-"""POST /control/*: change the reserve, mode, grid charging, grid export and backup.
+"""/control/*: read and change the reserve, mode, grid charging, grid export and backup.
 
-Checks run in a fixed order: control enabled (403), client not throttled (429),
-body shape (400/415), token (401), value (400), then the write. The status is
-decided by the outcome, never by searching the body for "error".
+Writes happen only on POST. A POST runs its checks in a fixed order: control
+enabled (403), body shape (400/415), token (401, or 429 for a client that keeps
+sending wrong ones), value (400), then the write. A GET only ever reads, whatever
+its query string says. The status is decided by the outcome, never by searching
+the body for "error".
+
+Wrong tokens are slowed per client, and the right token is never refused for
+someone else's guesses (or the same client's earlier ones): a lock-out would let
+anyone who can reach the proxy switch off the owner's automations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import logging
+import math
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs
 
 from proxy.app import App, Call, Route, json_response
-from proxy.errors import HTTPError, NotSupported
-from proxy.gateway import Kind, error_for, reserve_for_backend
+from proxy.errors import HTTPError, NotSupported, ProxyError
+from proxy.forwarded import client_address, throttle_key
+from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend, user_number
 from proxy.http_types import Response
 
 log = logging.getLogger("proxy.control")
 
 DISABLED = "Control Commands Disabled - Set PW_CONTROL_SECRET to enable"
 TOKEN_INVALID = "Control Command Token Invalid"
-BAD_TOKEN_LIMIT = 5  # bad tokens per client per window before we answer 429
-BAD_TOKEN_WINDOW = 60.0
+TOO_MANY = "Too many bad control tokens from this client; wait before trying again"
+INVALID_REQUEST = "Control Command Error: Invalid Request"
+FREE_BAD_TOKENS = 3  # wrong tokens a client may send (typos) before it is slowed down
+PENALTY_START = 1.0  # seconds; doubles with every further wrong token ...
+PENALTY_CAP = 300.0  # ... up to this
+FORGET_AFTER = 900.0  # a client quiet this long starts again with a clean record
 MAX_TRACKED_CLIENTS = 1024
+LOG_INTERVAL = 60.0  # refused tokens are logged once per interval, with a count
+FIELDS = ("value", "token", "mode", "level")  # what a control body may carry
+ACTIONS = ("reserve", "mode", "grid_charging", "grid_export", "max_backup")  # POST /control/<action>
 _DIGITS = re.compile(r"[0-9]{1,3}")  # ASCII only: str.isdigit() also accepts "²"
+_THROTTLE_LOCK = threading.Lock()  # creating the app's one throttle
 
 
 class Mode(str, Enum):
@@ -45,63 +64,98 @@ class GridExport(str, Enum):
     NEVER = "never"
 
 
-class TokenGuard:
-    """Slows down clients that keep sending bad tokens; logs once per window, not per attempt."""
+@dataclass(slots=True)
+class _Record:
+    strikes: int = 0
+    last: float = 0.0
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+
+class TokenThrottle:
+    """Wrong tokens per client; after a few, each further one is answered 429 with a
+    Retry-After that doubles. It never refuses a right token: it is asked only after
+    the token was found wrong. Bounded: the least recently seen client is forgotten."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 capacity: int = MAX_TRACKED_CLIENTS) -> None:
         self._clock = clock
+        self._capacity = capacity
         self._lock = threading.Lock()
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
-        self._last_log = -BAD_TOKEN_WINDOW
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._last_log = -math.inf
         self._suppressed = 0
 
-    def blocked_for(self, client: str) -> float:
-        """Seconds this client must wait before it may try again (0: go ahead)."""
+    def wrong(self, key: str) -> float:
+        """Count a wrong token from `key`; the seconds it is asked to wait (0: a plain 401)."""
         with self._lock:
-            recent = self._recent(client)
-            if len(recent) < BAD_TOKEN_LIMIT:
+            now = self._clock()
+            record = self._records.pop(key, None)
+            if record is None or now - record.last > FORGET_AFTER:
+                record = _Record()
+            record.strikes += 1
+            record.last = now
+            self._records[key] = record  # the most recently seen at the end
+            while len(self._records) > self._capacity:
+                self._records.popitem(last=False)
+            over = record.strikes - FREE_BAD_TOKENS
+            if over <= 0:
                 return 0.0
-            return max(1.0, recent[0] + BAD_TOKEN_WINDOW - self._clock())
+            return min(PENALTY_CAP, PENALTY_START * 2.0 ** min(over - 1, 32))
 
-    def failed(self, client: str) -> None:
+    def strikes(self, key: str) -> int:
         with self._lock:
-            recent = self._recent(client)
-            recent.append(self._clock())
-            self._failures[client] = recent
-            self._failures.move_to_end(client)
-            while len(self._failures) > MAX_TRACKED_CLIENTS:
-                self._failures.popitem(last=False)
-            self._log_throttled(client)
+            record = self._records.get(key)
+            if record is None or self._clock() - record.last > FORGET_AFTER:
+                return 0
+            return record.strikes
 
-    def _recent(self, client: str) -> list[float]:
-        horizon = self._clock() - BAD_TOKEN_WINDOW
-        return [t for t in self._failures.get(client, []) if t > horizon]
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
 
-    def _log_throttled(self, client: str) -> None:
-        now = self._clock()
-        if now - self._last_log >= BAD_TOKEN_WINDOW:
+    def log_refused(self, client: str, wait: float) -> None:
+        """One warning per interval however many wrong tokens arrive, with a count."""
+        with self._lock:
+            now = self._clock()
+            if now - self._last_log < LOG_INTERVAL:
+                self._suppressed += 1
+                return
             more = f" (+{self._suppressed} more in the last minute)" if self._suppressed else ""
-            log.warning("control: refused a bad or missing token from %s%s", client, more)
             self._last_log, self._suppressed = now, 0
-        else:
-            self._suppressed += 1
+        slowed = f"; slowed down for {wait:.0f} s" if wait > 0 else ""
+        log.warning("control: refused a bad or missing token from %s%s%s", client, slowed, more)
 
 
-def _guard(app: App) -> TokenGuard:
-    if app.control_guard is None:
-        app.control_guard = TokenGuard()
-    guard: TokenGuard = app.control_guard
-    return guard
+def _throttle(app: App) -> TokenThrottle:
+    with _THROTTLE_LOCK:
+        if app.control_guard is None:
+            app.control_guard = TokenThrottle()
+        throttle: TokenThrottle = app.control_guard
+    return throttle
 
 
-def _form(call: Call) -> dict[str, str]:
-    """The form body as ASCII strings; anything else is a 400/415."""
+def client_of(app: App, call: Call) -> str:
+    """The client: the socket peer, or the address a trusted reverse proxy forwarded."""
     request = call.request
-    kind = request.headers.get("Content-Type", "application/x-www-form-urlencoded")
-    if kind.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise HTTPError(415, "Control Command Error: body must be application/x-www-form-urlencoded")
+    return client_address(request.client, request.headers, app.config.trusted_proxies)
+
+
+# ---- the body -----------------------------------------------------------------
+
+def _fields(call: Call) -> dict[str, str]:
+    """The body's fields as ASCII strings: a form (as the reference) or a JSON object."""
+    kind = call.request.headers.get("Content-Type", "application/x-www-form-urlencoded")
+    media = kind.split(";")[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        return _form(call.request.body)
+    if media == "application/json":
+        return _json(call.request.body)
+    raise HTTPError(415, "Control Command Error: body must be application/x-www-form-urlencoded "
+                         "or application/json")
+
+
+def _form(body: bytes) -> dict[str, str]:
     try:
-        text = request.body.decode("ascii")
+        text = body.decode("ascii")
         fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text),
                           errors="strict", max_num_fields=10)
         if any(len(v) > 1 for v in fields.values()):
@@ -111,38 +165,86 @@ def _form(call: Call) -> dict[str, str]:
         for value in form.values():
             value.encode("ascii")
     except (UnicodeError, ValueError):
-        raise HTTPError(400, "Control Command Error: Invalid Request") from None
+        raise HTTPError(400, INVALID_REQUEST) from None
     return form
 
 
-def _token_ok(app: App, call: Call, form: dict[str, str]) -> bool:
-    token = form.get("token", "")
-    auth = call.request.headers.get("Authorization", "")
-    if not token and auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    expected = app.config.control_secret.reveal().encode()
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated key")  # {"value": 5, "value": 90}: refused, not guessed
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json(body: bytes) -> dict[str, str]:
+    """{"value": 30, "token": "…"}: strings, integers and booleans, as the form would spell them."""
+    if not body.strip():
+        return {}
     try:
-        given = token.encode("ascii")
-    except UnicodeError:
-        given = b""
-    # Compare bytes in constant time; str compare_digest raises on non-ASCII.
-    return bool(given) and hmac.compare_digest(given, expected)
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_unique,
+                          parse_constant=_no_constant)
+    except (UnicodeError, ValueError, RecursionError):
+        raise HTTPError(400, "Control Command Error: body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "Control Command Error: body must be a JSON object")
+    fields: dict[str, str] = {}
+    for key in FIELDS:
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        elif isinstance(value, str) and value.isascii():
+            text = value
+        else:
+            raise HTTPError(400, f"Control Command Error: {key} must be an ASCII string, "
+                                 "an integer or a boolean")
+        fields[key] = text
+    return fields
+
+
+# ---- the token ----------------------------------------------------------------
+
+def _token_ok(app: App, call: Call, fields: dict[str, str]) -> bool:
+    token = fields.get("token", "")
+    auth = call.request.headers.get("Authorization", "")
+    if not token and auth[:7].lower() == "bearer ":
+        token = auth[7:].strip()
+    return bool(token) and same_secret(token, app.config.control_secret.reveal())
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant time in the content and in the length: both sides are hashed first,
+    and compare_digest compares the digests (a raw compare_digest reveals the length)."""
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeError:  # a lone surrogate can come from a header decoded as latin-1
+        given_bytes = b""
+    given_digest = hashlib.sha256(given_bytes).digest()
+    expected_digest = hashlib.sha256(expected.encode("utf-8")).digest()
+    return hmac.compare_digest(given_digest, expected_digest) and bool(given_bytes)
 
 
 def _authorize(app: App, call: Call) -> dict[str, str]:
-    if not app.config.control_secret:
-        raise HTTPError(403, DISABLED)
-    client = call.request.client or "unknown"
-    guard = _guard(app)
-    wait = guard.blocked_for(client)
+    """The body's fields once the token is right; otherwise 401, or 429 for a client
+    that keeps sending wrong tokens. The right token always passes."""
+    _need_enabled(app)
+    fields = _fields(call)
+    if _token_ok(app, call, fields):
+        return fields
+    client = client_of(app, call)
+    throttle = _throttle(app)
+    wait = throttle.wrong(throttle_key(client))
+    throttle.log_refused(client, wait)
     if wait > 0:
-        raise HTTPError(429, "Too many bad control tokens; try again later",
-                        [("Retry-After", str(int(wait + 0.999)))])
-    form = _form(call)
-    if not _token_ok(app, call, form):
-        guard.failed(client)
-        raise HTTPError(401, TOKEN_INVALID)
-    return form
+        raise HTTPError(429, TOO_MANY, [("Retry-After", str(max(1, math.ceil(wait))))])
+    raise HTTPError(401, TOKEN_INVALID)
 
 
 def _level(raw: str, what: str) -> int:
@@ -160,23 +262,25 @@ def _mode(raw: str, what: str) -> Mode:
 
 
 def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Response:
-    result = app.gateway.control(action)
+    result = call.site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
-    log.info("control: %s %s from %s", summary, outcome, call.request.client or "unknown")
+    where = f" on {call.site.gateway.name}" if call.mount else ""
+    log.info("control: %s %s%s from %s", summary, outcome, where, client_of(app, call))
     if failed:
         app.stats.count_error()
         raise HTTPError(502, f"Failed to set {what}")
     app.stats.count_post()
+    call.site.stats.count_post()  # the gateway's own /stats counts its writes too
     return json_response(200, result)
 
 
-def _read(app: App, key: str, fetch: Callable[[Any], Any]) -> Any:
-    entry = app.gateway.control_read(key, fetch)
+def _read(call: Call, key: str, fetch: Callable[[Any], Any]) -> Any:
+    entry = call.site.gateway.control_read(key, fetch)
     if entry.kind is Kind.NOT_SUPPORTED:
         raise NotSupported(entry.verdict.reason)
     if entry.kind not in (Kind.DATA, Kind.ABSENT):
-        raise error_for(entry.verdict, app.gateway)
+        raise error_for(entry.verdict, call.site.gateway)
     return entry.verdict.value
 
 
@@ -185,52 +289,57 @@ def _need_enabled(app: App) -> None:
         raise HTTPError(403, DISABLED)
 
 
-# ---- the five commands ------------------------------------------------------
+# ---- the commands -------------------------------------------------------------
 
 def _command(app: App, call: Call, name: str, getter: Callable[[Any], Any]) -> dict[str, str] | Response:
-    """The validated form of a write, or the current setting (GET, or POST with no value)."""
+    """The validated fields of a write, or the current setting (GET, or POST with no value)."""
     if call.request.method == "POST":
-        form = _authorize(app, call)
-        if form.get("value"):
-            return form
+        fields = _authorize(app, call)
+        if fields.get("value"):
+            return fields
     else:
         _need_enabled(app)
-    return json_response(200, {name: _read(app, f"control:{name}", getter)})
+    return json_response(200, {name: _read(call, f"control:{name}", getter)})
 
 
 def control_reserve(app: App, call: Call) -> Response:
-    form = _command(app, call, "reserve", _get_reserve)
-    if isinstance(form, Response):
-        return form
-    level = _level(form["value"], "Value")
-    if form.get("mode"):
-        return _write_operation(app, call, level, _mode(form["mode"], "Mode"))
-    return _write(app, call, "reserve", lambda pw: pw.set_reserve(reserve_for_backend(pw, level)),
+    fields = _command(app, call, "reserve", _get_reserve)
+    if isinstance(fields, Response):
+        return fields
+    level = _level(fields["value"], "Value")
+    if fields.get("mode"):
+        return _write_operation(app, call, level, _mode(fields["mode"], "Mode"))
+    # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
+    return _write(app, call, "reserve",
+                  lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level),
                   f"reserve={level}")
 
 
 def control_mode(app: App, call: Call) -> Response:
-    form = _command(app, call, "mode", _get_mode)
-    if isinstance(form, Response):
-        return form
-    mode = _mode(form["value"], "Value")
-    if form.get("level"):
-        return _write_operation(app, call, _level(form["level"], "Level"), mode)
-    return _write(app, call, "mode", lambda pw: pw.set_mode(mode.value), f"mode={mode.value}")
+    fields = _command(app, call, "mode", _get_mode)
+    if isinstance(fields, Response):
+        return fields
+    mode = _mode(fields["value"], "Value")
+    if fields.get("level"):
+        return _write_operation(app, call, _level(fields["level"], "Level"), mode)
+    return _write(app, call, "mode", lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None),
+                  f"mode={mode.value}")
 
 
 def _write_operation(app: App, call: Call, level: int, mode: Mode) -> Response:
     # One set_operation call: one write and one audit line, not two racing commands.
-    return _write(app, call, "reserve+mode",
-                  lambda pw: pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value),
-                  f"reserve={level} mode={mode.value}")
+    def action(pw: Any) -> Any:
+        result = pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value)
+        return reserve_answer(pw, result, level)
+
+    return _write(app, call, "reserve+mode", action, f"reserve={level} mode={mode.value}")
 
 
 def control_grid_charging(app: App, call: Call) -> Response:
-    form = _command(app, call, "grid_charging", _get_grid_charging)
-    if isinstance(form, Response):
-        return form
-    value = form["value"].lower()
+    fields = _command(app, call, "grid_charging", _get_grid_charging)
+    if isinstance(fields, Response):
+        return fields
+    value = fields["value"].lower()
     if value not in ("true", "false"):
         raise HTTPError(400, "Control Command Value Invalid - use true or false")
     on = value == "true"
@@ -239,10 +348,10 @@ def control_grid_charging(app: App, call: Call) -> Response:
 
 
 def control_grid_export(app: App, call: Call) -> Response:
-    form = _command(app, call, "grid_export", _get_grid_export)
-    if isinstance(form, Response):
-        return form
-    value = form["value"].lower()
+    fields = _command(app, call, "grid_export", _get_grid_export)
+    if isinstance(fields, Response):
+        return fields
+    value = fields["value"].lower()
     try:
         rule = GridExport(value)
     except ValueError:
@@ -254,14 +363,16 @@ def control_grid_export(app: App, call: Call) -> Response:
 
 def control_max_backup(app: App, call: Call) -> Response:
     _need_enabled(app)
-    if app.gateway.info.tedapi_mode != "v1r":
+    if call.site.gateway.info.tedapi_mode != "v1r":
         raise NotSupported("max_backup requires v1r LAN transport")
     if call.request.method != "POST":
-        return _backup_events(app, cancel_expired=_token_ok(app, call, {"token": call.param("token")}))
-    form = _authorize(app, call)
-    value = form.get("value", "").lower()
+        # The reference cleared an expired event on GET ?token=…; a GET never writes here,
+        # so that tidy-up moved to POST with the token and no value.
+        return _backup_events(app, call, tidy=False)
+    fields = _authorize(app, call)
+    value = fields.get("value", "").lower()
     if not value:
-        return _backup_events(app, cancel_expired=False)
+        return _backup_events(app, call, tidy=True)
     if value == "cancel":
         _write(app, call, "max backup", lambda pw: pw.cancel_max_backup(), "max_backup=cancel")
         return json_response(200, {"max_backup": "Cancelled"})
@@ -273,15 +384,47 @@ def control_max_backup(app: App, call: Call) -> Response:
     return json_response(200, {"max_backup": f"Scheduled for {seconds} seconds"})
 
 
-def _backup_events(app: App, *, cancel_expired: bool) -> Response:
-    events = app.gateway.control(lambda pw: pw.get_backup_events())
+def _backup_events(app: App, call: Call, *, tidy: bool) -> Response:
+    """The backup events; with `tidy` (an authorized POST) an expired manual event is cancelled."""
+    events = call.site.gateway.control(lambda pw: pw.get_backup_events())
     if not isinstance(events, dict):
         raise HTTPError(502, "Failed to get backup events")
     manual = events.get("manual_backup")
-    if cancel_expired and isinstance(manual, dict) and not manual.get("active"):
-        app.gateway.control(lambda pw: pw.cancel_max_backup())
+    if tidy and isinstance(manual, dict) and not manual.get("active"):
+        call.site.gateway.control(lambda pw: pw.cancel_max_backup())
+        log.info("control: expired max_backup event cleared for %s", client_of(app, call))
         events = {**events, "manual_backup": None}
     return json_response(200, events)
+
+
+def control_status(app: App, call: Call) -> Response:
+    """GET /control/status: is control on, and the current reserve and mode.
+
+    No token: it shows nothing that GET /control/reserve and /control/mode do not
+    already show without one. A value the gateway cannot give right now is null.
+    """
+    enabled = bool(app.config.control_secret)
+    v1r = call.site.gateway.info.tedapi_mode == "v1r"
+    actions = [a for a in ACTIONS if v1r or a != "max_backup"]
+    status: dict[str, Any] = {
+        "enabled": enabled,
+        "ready": enabled and call.site.gateway.control_pw is not None,
+        "actions": actions if enabled else [],
+        "reserve": None,
+        "mode": None,
+    }
+    if enabled:
+        reserve = _maybe(call, "reserve", _get_reserve)
+        status["reserve"] = user_number(reserve) if isinstance(reserve, (int, float)) else None
+        status["mode"] = _maybe(call, "mode", _get_mode)
+    return json_response(200, status)
+
+
+def _maybe(call: Call, name: str, getter: Callable[[Any], Any]) -> Any:
+    try:
+        return _read(call, f"control:{name}", getter)
+    except ProxyError:
+        return None
 
 
 def control_unknown(app: App, call: Call) -> Response:
@@ -313,5 +456,6 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     Route("/control/grid_charging", control_grid_charging, methods=_BOTH),
     Route("/control/grid_export", control_grid_export, methods=_BOTH),
     Route("/control/max_backup", control_max_backup, methods=_BOTH),
+    Route("/control/status", control_status),
     Route("/control/*", control_unknown, methods=_BOTH),
 )

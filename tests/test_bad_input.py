@@ -275,7 +275,8 @@ CONTROL_CASES = [
     ("/control/reserve", b"value=50", FORM, {"Authorization": "Bearer"}, 401),
     ("/control/reserve", b"value=50", FORM, {"Authorization": "Basic czNjcmV0LXRva2VuOg=="}, 401),
     ("/control/reserve", b"value=50", FORM, {"Authorization": "Bearer wrong"}, 401),
-    ("/control/reserve", b'{"value": 50, "token": "s3cret-token"}', "application/json", None, 415),
+    ("/control/reserve", b'<value>50</value>', "application/xml", None, 415),
+    ("/control/reserve", b'{"value": 50, "token": "s3cret-token"', "application/json", None, 400),
     ("/control/reserve", b"value=50&token=s3cret-token", "text/plain", None, 415),
     ("/control/reserve", b"value=50&token=s3cret-token", "multipart/form-data; boundary=x", None, 415),
     ("/control/reserve", b'{"value": 50, "token": "s3cret-token"}', FORM, None, 400),  # not a form

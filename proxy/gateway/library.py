@@ -85,6 +85,36 @@ def reserve_for_backend(pw: Any, level: float) -> float:
     return float(level)
 
 
+def user_number(value: float) -> float | int:
+    """A percentage as a person writes it: 30, not 30.000000000000004; 12.5 stays 12.5."""
+    rounded = round(float(value), 2)
+    return int(rounded) if rounded.is_integer() else rounded
+
+
+def reserve_answer(pw: Any, result: Any, level: int | None) -> Any:
+    """The backend's reply to a write, its reserve on the user's (Tesla app) scale.
+
+    The local /api/operation echoes the gateway's raw scale, v1r echoes the raw
+    value it wrote, cloud and FleetAPI echo the app scale. When the write set a
+    reserve, the accepted level is the answer; a mode-only local write echoes the
+    current raw reserve, converted back as the library's scaled getter does.
+    """
+    if not isinstance(result, dict):
+        return result
+    answer = dict(result)
+    nested = answer.get("set_backup_reserve_percent")
+    if level is not None:
+        if "backup_reserve_percent" in answer:
+            answer["backup_reserve_percent"] = level
+        if isinstance(nested, dict) and "backup_reserve_percent" in nested:
+            answer["set_backup_reserve_percent"] = {**nested, "backup_reserve_percent": level}
+    elif is_local_client(pw):
+        raw = answer.get("backup_reserve_percent")
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            answer["backup_reserve_percent"] = user_number(max(0.0, raw / 0.95 - 5 / 0.95))
+    return answer
+
+
 def _objects(pw: Any) -> list[Any]:
     client = getattr(pw, "client", None)
     candidates = [pw, client, getattr(pw, "tedapi", None), getattr(client, "tedapi", None)]
