@@ -723,6 +723,8 @@ def test_stats(make_server: Callable[..., HTTPServer]) -> None:
         "busy_workers": 0,
         "workers": 3,
         "requests": 0,
+        "max_connections": 1024,
+        "evicted_connections": 0,
     }
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
     for _ in range(4):
