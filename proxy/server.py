@@ -661,12 +661,12 @@ class HTTPServer:
                     conn.sock.shutdown(socket.SHUT_RDWR)
         _close_quietly(self._listener)
         self._drop_spare()
+        self._sel.close()
 
     def _drop_spare(self) -> None:
         if self._spare is not None:
             _close_quietly(self._spare)
             self._spare = None
-        self._sel.close()
 
     # --- accepting ---
 
@@ -679,9 +679,11 @@ class HTTPServer:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _NO_DESCRIPTORS and self._make_room(exc):
+                if exc.errno not in _NO_DESCRIPTORS:
+                    self._pause_accept(now, exc)  # ENOBUFS & co.: back off instead of spinning
+                    return
+                if self._make_room(now, exc):
                     continue
-                self._pause_accept(now, exc)  # ENOBUFS & co.: back off instead of spinning
                 return
             self._admit(sock, addr, now)
 
@@ -710,28 +712,41 @@ class HTTPServer:
         tls = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return _Conn(tls, client, _HANDSHAKE, head_started=now)
 
-    def _evict(self, count: int) -> int:
+    def _evict(self, count: int, parked_before: float = float("inf")) -> int:
         """Close up to ``count`` connections, the longest parked first; how many went."""
         closed = 0
         while closed < count and self._parked:
-            self._close(next(iter(self._parked)))
+            victim = next(iter(self._parked))
+            if victim.parked_at >= parked_before:
+                break
+            self._close(victim)
             closed += 1
         self._evicted += closed
         return closed
 
-    def _make_room(self, exc: OSError) -> bool:
-        """accept() found no free descriptor: free some; False if nothing could be done."""
+    def _make_room(self, now: float, exc: OSError) -> bool:
+        """accept() found no free descriptor: free some. True: go on accepting.
+
+        Linux fails accept() on a full descriptor table even when nobody is waiting, so the
+        connections accepted in this very pass (their requests not read yet) are spared.
+        """
         if exc.errno == errno.EMFILE:
             self._lower_cap()
-        if self._evict(_FD_EVICT):
-            what = "closed the longest-idle connections"
-        elif self._turn_away():
-            what = "turned a new client away (every connection is busy)"
-        else:
+        if self._evict(_FD_EVICT, parked_before=now):
+            self._warn_no_descriptors(exc, "closed the longest-idle connections")
+            return True
+        turned = self._turn_away()
+        if turned is None:
+            return False  # nobody waiting: nothing more to do in this pass
+        if not turned:
+            self._pause_accept(now, exc)  # not even the spare: the one way left not to spin
             return False
+        self._warn_no_descriptors(exc, "turned a new client away (every connection is busy)")
+        return True
+
+    def _warn_no_descriptors(self, exc: OSError, what: str) -> None:
         if self._accept_errors.allow():
             logger.warning("out of file descriptors (%s): %s", exc.strerror, what)
-        return True
 
     def _lower_cap(self) -> None:
         """The process ran out of descriptors with this many connections: that is too many."""
@@ -741,23 +756,23 @@ class HTTPServer:
                            len(self._conns), self._max_conns, cap)
             self._max_conns = cap
 
-    def _turn_away(self) -> bool:
+    def _turn_away(self) -> bool | None:
         """Give up the spare descriptor to accept one waiting client and close it at once.
 
-        Otherwise the client would wait in the backlog and keep the listener readable, and the
-        loop would wake for it again and again with nothing to do.
+        Otherwise the client would wait in the backlog, keeping the listener readable and the
+        loop awake with nothing to do. None: nobody was waiting; False: not possible.
         """
         if self._spare is None:
             self._spare = _open_spare()
             if self._spare is None:
                 return False
         self._drop_spare()
-        turned = True
+        turned: bool | None = True
         try:
             sock, _ = self._listener.accept()
             _close_quietly(sock)
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            pass  # nobody waiting after all
+            turned = None
         except OSError:
             turned = False
         self._spare = _open_spare()
