@@ -21,6 +21,7 @@ from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.http_types import Request, Response
+from proxy.hub import Hub
 from proxy.passthrough import Passthrough
 from proxy.site import Rendered, Site, Sites
 from proxy.stats import Stats
@@ -109,13 +110,14 @@ class App:
     """Everything a request handler may use, built once by main()."""
 
     def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
-                 routes: Iterable[Route], stats: Stats | None = None) -> None:
+                 routes: Iterable[Route], stats: Stats | None = None, hub: Hub | None = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
         self.web = web
         self.passthrough = passthrough
         self.stats = stats or Stats()
+        self.hub = hub  # live push topics; None: no streams (their routes answer 404)
         self.router = Router.build(routes)
         self.started = time.time()
         self.server_stats: Callable[[], dict[str, int]] = dict

@@ -123,6 +123,7 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
+    max_streams: int = 1000  # live push listeners (SSE + WebSocket) at once; 503 past it
     simulate: bool = False
     # Several gateways (a config file or PW_GATEWAYS); empty: the PW_* variables are one gateway.
     gateways: tuple[GatewayConfig, ...] = ()
@@ -184,6 +185,7 @@ class Config:
             "PW_TEDAPI_API_VERSION": self.tedapi_api_version,
             "PROXY_BASE_URL": self.base_url,
             "PW_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
+            "PW_MAX_STREAMS": self.max_streams,
         }
 
     def secrets(self) -> list[str]:
@@ -321,6 +323,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_TLS_KEY": ("tls_key", _text),
     "PW_DEFAULT_GATEWAY": ("default_gateway", _text),
     "PW_TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "PW_MAX_STREAMS": ("max_streams", _int_parser(0, 100_000)),
 }
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.stream import Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +23,16 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """Status, headers and a fully encoded body; the server adds framing headers."""
+    """Status, headers and a fully encoded body; the server adds framing headers.
+
+    With a `stream`, the body is ignored: the server writes the head and then keeps the
+    connection open as a server-sent event stream or WebSocket (`proxy.stream`).
+    """
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    stream: Stream | None = None
 
 
 App = Callable[[Request], Response]

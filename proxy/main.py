@@ -20,6 +20,7 @@ from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
 from proxy.fdlimit import connection_cap, open_file_limit, raise_open_file_limit
 from proxy.gateway import Gateway
 from proxy.gateway.registry import Gateways
+from proxy.hub import Hub
 from proxy.passthrough import Passthrough
 from proxy.site import Shaping, Site, Sites
 from proxy.web import WebFiles, style_tags
@@ -52,6 +53,7 @@ class Running:
     gateways: Gateways
     app: App
     server: Any
+    hub: Hub
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     stopped: threading.Event = field(default_factory=threading.Event)
@@ -75,7 +77,8 @@ class Running:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        self.server.stop()
+        self.server.stop()  # ends every stream cleanly first
+        self.hub.stop()
         self.gateways.stop()
         for simulator in self.simulators:
             simulator.stop()
@@ -213,6 +216,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     """
+    from proxy.live import build_hub
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
 
@@ -237,13 +241,15 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     # The gateway web UI passed through is the default gateway's.
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
-    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES)
+    hub = build_hub(sites)
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES, hub=hub)
     if max_connections is None:
         max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
-                        access_log=config.debug, workers=workers, max_connections=max_connections)
+                        access_log=config.debug, workers=workers, max_connections=max_connections,
+                        max_streams=config.max_streams)
     app.server_stats = server.stats
-    running = Running(config, gateways, app, server, simulators, tmp)
+    running = Running(config, gateways, app, server, hub, simulators, tmp)
     server.start()
     gateways.start()
     if wait_connected:

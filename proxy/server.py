@@ -24,6 +24,17 @@ name) with the connection's scheme, and is a 400 otherwise: this is no forwardin
 
 TLS handshakes are non-blocking and driven step by step by the loop (never a blocking
 handshake in the accept path), under the same deadline as a request head.
+
+Streams (server-sent events and WebSocket, `proxy.stream`): when the app answers with a
+`Response` carrying a stream, the worker writes the head (for WebSocket the 101 that `wsproto`
+builds from the raw request) and hands the connection back to the loop in a streaming state.
+There it holds an out-buffer that producers fill from any thread; the loop flushes it when the
+socket is writable, sends a heartbeat (an SSE comment or a WebSocket ping) after
+``stream_heartbeat`` seconds of silence, reads the client's frames, and closes the stream when
+its buffer would grow past ``stream_buffer`` bytes (a listener that cannot keep up is dropped,
+never waited for). At most ``max_streams`` are open at once; past that a stream request is a
+503. An idle listener costs its buffer, not a thread. stop() ends every stream cleanly first:
+a WebSocket gets close code 1001, an event stream its end of file.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from http import HTTPStatus
@@ -52,6 +63,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import BinaryIO, NamedTuple, cast
 
 from proxy.http_types import App, Request, Response
+from proxy.stream import GOING_AWAY, SSE_HEARTBEAT, WEBSOCKET, Push, Rejection, Stream, WebSocket, handshake
 
 __all__ = ["METHODS", "HTTPServer"]
 
@@ -72,8 +84,10 @@ _LINGER_SECONDS = 2.0  # drain after an error so the client reads our answer, no
 _LINGER_BYTES = 256 * 1024
 _LOG_INTERVAL = 5.0  # at most one traceback/warning of a kind per interval
 
-_HANDSHAKE, _READING, _LINGER = 0, 1, 2  # what a parked connection is waiting for
-_KEEP, _CLOSE, _DROP = 0, 1, 2  # how a worker hands a connection back
+_HANDSHAKE, _READING, _LINGER, _STREAMING = 0, 1, 2, 3  # what a connection in the loop waits for
+_KEEP, _CLOSE, _DROP, _STREAM = 0, 1, 2, 3  # how a worker hands a connection back
+_CLOSE_WAIT = 2.0  # how long a WebSocket we closed may take to answer with its close frame
+_STREAM_INPUT = 64 * 1024  # what an event-stream client may send before it is cut off
 
 # Framing headers belong to the server; an app's copy would contradict ours.
 _OWNED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "date", "server"})
@@ -101,6 +115,7 @@ class _Outcome(NamedTuple):
     close: bool
     status: int
     line: str  # request line, for the access log
+    stream: _Streaming | None = None  # becomes a stream once `data` (the head) is out
 
 
 @dataclass(eq=False, slots=True)
@@ -120,6 +135,116 @@ class _Conn:
     expect_continue: bool = False
     continue_sent: bool = False
     lingered: int = 0
+    stream: _Streaming | None = None
+
+
+class _Streaming:
+    """A connection's life as a stream: an out-buffer any thread fills (the `Sink` given to
+    `Stream.open`) and the loop drains, bounded by `limit` bytes not yet taken by the kernel."""
+
+    def __init__(self, conn: _Conn, spec: Stream, limit: int, notify: Callable[[_Conn], None],
+                 ws: WebSocket | None = None) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.protocol = spec.protocol
+        self.limit = limit
+        self.notify = notify
+        self.ws = ws
+        self.lock = threading.Lock()
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.scheduled = False  # in the loop's list of streams to flush
+        self.ending = False  # close once what is queued is out
+        self.dropped = False  # overflowed: close at once, unsent data discarded
+        self.closed = False
+        self.close_code = 1000  # WebSocket: the code we close with
+        # Loop thread only:
+        self.sending: memoryview | None = None
+        self.last_write = 0.0
+        self.close_by = 0.0  # WebSocket: give up waiting for the client's close frame then
+        self.input = 0  # event stream: bytes the client sent (it should send none)
+        self.unsubscribe: Callable[[], None] | None = None
+
+    # --- the Sink side (any thread) ---
+
+    def offer(self, push: Push) -> bool:
+        data = push.encoded(self.protocol)
+        with self.lock:
+            if self.ending or self.dropped or self.closed:
+                return False
+            if self.queued + len(data) > self.limit:
+                self.dropped = True
+                self.chunks.clear()
+                self.queued = 0
+            else:
+                self.chunks.append(data)
+                self.queued += len(data)
+            wake = not self.scheduled
+            self.scheduled = True
+            accepted = not self.dropped
+        if wake:
+            self.notify(self.conn)
+        return accepted
+
+    def end(self, push: Push | None = None) -> None:
+        with self.lock:
+            if self.ending or self.dropped or self.closed:
+                return
+            if push is not None:
+                data = push.encoded(self.protocol)
+                self.chunks.append(data)
+                self.queued += len(data)
+            self.ending = True
+            wake = not self.scheduled
+            self.scheduled = True
+        if wake:
+            self.notify(self.conn)
+
+    # --- loop side ---
+
+    def put(self, data: bytes) -> None:
+        """Bytes of the loop's own (pongs, pings, close frames, heartbeats): never refused."""
+        if data:
+            with self.lock:
+                self.chunks.append(data)
+                self.queued += len(data)
+
+    def next_chunk(self) -> memoryview | None:
+        if self.sending is None:
+            with self.lock:
+                if not self.chunks:
+                    return None
+                chunk = self.chunks.popleft()
+                self.queued -= len(chunk)
+            self.sending = memoryview(chunk)
+        return self.sending
+
+    def pending(self) -> bool:
+        return self.sending is not None or bool(self.chunks)
+
+
+class _Slots:
+    """A counting limit owned by its lock (streams are opened by workers, closed by the loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._used = max(0, self._used - 1)
+
+    @property
+    def used(self) -> int:
+        return self._used
 
 
 _Job = tuple[_Conn, bytes | _Err]
@@ -385,6 +510,20 @@ def _render_error(err: _Err, close: bool = True, head_only: bool = False) -> byt
     return _assemble(err.status, block, _error_body(err.text), head_only, close, False)
 
 
+def _render_rejection(rejection: Rejection) -> bytes:
+    """A refused WebSocket handshake: its status and headers, a JSON error, then close."""
+    block = "Content-Type: application/json\r\n" + "".join(f"{n}: {v}\r\n" for n, v in rejection.headers)
+    return _assemble(rejection.status, block, _error_body(rejection.reason), False, True, False)
+
+
+def _stream_head(response: Response) -> bytes:
+    """The head of an event stream: no length, the stream ends when the connection does."""
+    block, _ = _header_block(response.headers, True)
+    status_line = _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} \r\n"
+    head = f"{status_line}{_DATE.line()}Server: pwproxy\r\n{block}Connection: close\r\n\r\n"
+    return head.encode("latin-1")
+
+
 def _render(response: Response, head_only: bool, close: bool, keep_10: bool) -> tuple[bytes, bool]:
     """The response bytes and whether to close; raises ValueError on an unsendable response."""
     if not 200 <= response.status <= 599:
@@ -492,11 +631,18 @@ class HTTPServer:
         head_timeout: float = 10.0,
         max_head: int = 16384,
         max_body: int = 4096,
+        max_streams: int = 1000,
+        stream_buffer: int = 256 * 1024,
+        stream_heartbeat: float = 15.0,
     ) -> None:
         if min(workers, max_connections, max_head) < 1 or max_body < 0:
             raise ValueError("workers, max_connections and max_head must be positive")
-        if min(idle_timeout, head_timeout) <= 0:
+        if min(idle_timeout, head_timeout, stream_heartbeat) <= 0:
             raise ValueError("timeouts must be positive")
+        if max_streams < 0 or stream_buffer < 1:
+            raise ValueError("max_streams must not be negative, stream_buffer must be positive")
+        self._stream_buffer = stream_buffer
+        self._heartbeat = stream_heartbeat
         self._app = app
         self._ssl = ssl_context
         self._access_log = access_log
@@ -505,7 +651,8 @@ class HTTPServer:
         self._head_timeout = head_timeout
         self._max_head = max_head
         self._max_body = max_body
-        self._sweep_interval = max(0.01, min(0.5, head_timeout / 4, idle_timeout / 4))
+        self._sweep_interval = max(0.01, min(0.5, head_timeout / 4, idle_timeout / 4, stream_heartbeat / 4))
+        self._stream_slots = _Slots(max_streams)
         self._names = _machine_names()
         self._listener = _listen(host, port)
         self._listener.setblocking(False)
@@ -525,6 +672,11 @@ class HTTPServer:
         self._accept_paused_until = 0.0
         self._spare = _open_spare()
         self._evicted = 0
+        self._streams: dict[_Conn, None] = {}  # open streams; loop thread only
+        self._dropped_streams = 0  # listeners dropped for not keeping up
+        self._draining = threading.Event()  # stop(): end every stream, accept no new ones
+        self._streams_gone = threading.Event()
+        self._drain_started = False
         self._next_sweep = 0.0
         self._loop_errors = _Throttle()
         self._accept_errors = _Throttle()
@@ -534,6 +686,7 @@ class HTTPServer:
         self._workers = workers
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._returns: collections.deque[tuple[_Conn, int]] = collections.deque()
+        self._flushes: collections.deque[_Conn] = collections.deque()  # streams with news
         self._wake_pending = False
         self._busy = [0] * workers  # one slot per worker: counted without a lock
         self._served = [0] * workers
@@ -575,6 +728,7 @@ class HTTPServer:
                 return
             self._stop_called = True
         deadline = time.monotonic() + timeout
+        self._end_streams(min(1.0, timeout / 2))
         self._stopping.set()
         self._wake()
         for _ in range(self._workers):
@@ -585,6 +739,15 @@ class HTTPServer:
         self._close_leftovers()
         self._done.set()
 
+    def _end_streams(self, grace: float) -> None:
+        """Close every stream cleanly (WebSocket 1001, event stream EOF); wait up to `grace`."""
+        self._draining.set()
+        if not self._threads or not self._streams:
+            return
+        self._streams_gone.clear()
+        self._wake()
+        self._streams_gone.wait(grace)
+
     def stats(self) -> dict[str, int]:
         """Counters for /health and tests."""
         return {
@@ -594,6 +757,9 @@ class HTTPServer:
             "requests": sum(self._served),
             "max_connections": self._max_conns,
             "evicted_connections": self._evicted,
+            "streams": len(self._streams),
+            "max_streams": self._stream_slots.limit,
+            "dropped_streams": self._dropped_streams,
         }
 
     def _close_leftovers(self) -> None:
@@ -625,22 +791,26 @@ class HTTPServer:
     def _loop_once(self) -> None:
         events = self._sel.select(self._sweep_interval)
         now = time.monotonic()
-        for key, _mask in events:
+        for key, mask in events:
             tag = key.data
             if tag is _LISTEN:
                 self._accept(now)
             elif tag is _WAKE:
                 self._take_returns(now)
             else:
-                self._guarded(tag, now)
+                self._guarded(tag, now, mask)
+        if self._draining.is_set():
+            self._drain_streams(now)
         if now >= self._next_sweep:
             self._sweep(now)
             self._next_sweep = now + self._sweep_interval
 
-    def _guarded(self, conn: _Conn, now: float) -> None:
+    def _guarded(self, conn: _Conn, now: float, mask: int = selectors.EVENT_READ) -> None:
         """One connection's bad luck must never take the loop down."""
         try:
-            if conn.state == _READING:
+            if conn.state == _STREAMING:
+                self._stream_event(conn, now, mask)
+            elif conn.state == _READING:
                 self._read(conn, now)
             elif conn.state == _HANDSHAKE:
                 self._handshake(conn, now)
@@ -653,7 +823,7 @@ class HTTPServer:
 
     def _close_all(self) -> None:
         for conn in list(self._conns):
-            if conn in self._parked:
+            if conn in self._parked or conn in self._streams:
                 self._close(conn)
             else:
                 # A worker owns it: shutdown wakes a blocked sendall; closing stays theirs.
@@ -815,6 +985,8 @@ class HTTPServer:
             conn.events = events
 
     def _close(self, conn: _Conn) -> None:
+        if conn.stream is not None:
+            self._detach_stream(conn)
         if conn in self._parked:
             self._parked.pop(conn)
             with contextlib.suppress(KeyError, ValueError):
@@ -906,6 +1078,178 @@ class HTTPServer:
         if not data or conn.lingered > _LINGER_BYTES:
             self._close(conn)
 
+    # --- streams (loop side) ---
+
+    def _start_stream(self, conn: _Conn, now: float) -> None:
+        """A worker wrote a stream's head: watch the socket, subscribe, send what is queued."""
+        st = conn.stream
+        assert st is not None
+        try:
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+        except (OSError, ValueError):
+            conn.stream = None
+            self._stream_slots.release()
+            self._close(conn)
+            return
+        conn.state = _STREAMING
+        conn.events = selectors.EVENT_READ
+        self._streams[conn] = None
+        st.last_write = now
+        if self._draining.is_set():
+            st.close_code = GOING_AWAY
+            st.end()
+        else:
+            try:
+                st.unsubscribe = st.spec.open(st)
+            except Exception:
+                if self._loop_errors.allow():
+                    logger.exception("a stream for %s failed to open", conn.client)
+                self._close(conn)
+                return
+        early, conn.buf = bytes(conn.buf), bytearray()
+        if early:  # frames the client sent right behind its handshake
+            self._stream_input(conn, early, now)
+        if conn.stream is not None:
+            self._pump(conn, now)
+
+    def _stream_event(self, conn: _Conn, now: float, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._pump(conn, now)
+        if mask & selectors.EVENT_READ and conn.stream is not None:
+            chunk = self._recv(conn)
+            if chunk is None:
+                self._stream_interest(conn)  # a TLS read may have changed what we wait for
+                return
+            if not chunk:
+                self._close(conn)  # the listener went away
+                return
+            self._stream_input(conn, chunk, now)
+            if conn.stream is not None:
+                self._pump(conn, now)
+
+    def _stream_input(self, conn: _Conn, data: bytes, now: float) -> None:
+        st = conn.stream
+        assert st is not None
+        if st.ws is None:
+            st.input += len(data)  # an event-stream client has nothing to say
+            if st.input > _STREAM_INPUT:
+                self._close(conn)
+            return
+        st.put(st.ws.received(data))
+        if st.ws.finished:
+            with st.lock:
+                st.ending = True
+
+    def _pump(self, conn: _Conn, now: float) -> None:
+        """Send what the stream has queued; end or drop it when that is due."""
+        st = conn.stream
+        if st is None:
+            return
+        with st.lock:
+            st.scheduled = False
+            dropped, ending = st.dropped, st.ending
+        if dropped:
+            self._dropped_streams += 1
+            if self._loop_errors.allow():
+                logger.info("dropped a stream listener at %s: it is not reading fast enough", conn.client)
+            self._close(conn)
+            return
+        if ending and st.ws is not None and not st.ws.closing and not st.ws.finished:
+            st.put(st.ws.close(st.close_code))
+            st.close_by = now + _CLOSE_WAIT
+        if not self._send_queued(conn, st, now):
+            return
+        if st.pending():
+            self._stream_interest(conn)
+            return
+        self._stream_interest(conn)
+        if ending and (st.ws is None or st.ws.finished):
+            self._end_stream(conn)
+
+    def _send_queued(self, conn: _Conn, st: _Streaming, now: float) -> bool:
+        """Write until the queue is empty or the socket is full; False if the stream closed."""
+        while (chunk := st.next_chunk()) is not None:
+            try:
+                sent = conn.sock.send(chunk)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return True
+            except OSError:
+                self._close(conn)
+                return False
+            st.last_write = now
+            if sent < len(chunk):
+                st.sending = chunk[sent:]
+                return True
+            st.sending = None
+        return True
+
+    def _stream_interest(self, conn: _Conn) -> None:
+        st = conn.stream
+        if st is not None:
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if st.pending() else 0)
+            self._want(conn, wanted)
+
+    def _end_stream(self, conn: _Conn) -> None:
+        """A clean end: FIN after the last byte, then the usual lingering close."""
+        self._detach_stream(conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.state = _LINGER
+        conn.buf.clear()
+        self._park(conn, time.monotonic())
+
+    def _detach_stream(self, conn: _Conn) -> None:
+        """Forget a stream: unsubscribe it, free its slot, stop watching its socket."""
+        st = conn.stream
+        if st is None:
+            return
+        conn.stream = None
+        with st.lock:
+            st.closed = True
+            st.chunks.clear()
+        if conn in self._streams:
+            del self._streams[conn]
+            self._stream_slots.release()
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+            conn.events = 0
+        unsubscribe, st.unsubscribe = st.unsubscribe, None
+        if unsubscribe is not None:
+            try:
+                unsubscribe()
+            except Exception:
+                if self._loop_errors.allow():
+                    logger.exception("unsubscribing a stream of %s failed", conn.client)
+        if self._draining.is_set() and not self._streams:
+            self._streams_gone.set()
+
+    def _stream_timers(self, conn: _Conn, now: float) -> None:
+        st = conn.stream
+        if st is None:
+            return
+        if st.close_by and now > st.close_by:  # our close frame went unanswered
+            self._end_stream(conn)
+            return
+        if now - st.last_write >= self._heartbeat and not st.pending():
+            st.put(st.ws.ping() if st.ws is not None else SSE_HEARTBEAT)
+            st.last_write = now  # even if the socket is full: one heartbeat per period
+            self._pump(conn, now)
+
+    def _drain_streams(self, now: float) -> None:
+        """stop() was called: end every stream once (WebSocket close 1001, event stream EOF)."""
+        if not self._drain_started:
+            self._drain_started = True
+            for conn in list(self._streams):
+                st = conn.stream
+                if st is not None:
+                    st.close_code = GOING_AWAY
+                    st.end()
+        if not self._streams:
+            self._streams_gone.set()
+
     # --- timers ---
 
     def _sweep(self, now: float) -> None:
@@ -918,6 +1262,8 @@ class HTTPServer:
                     self._time_out(conn)
             elif now - conn.parked_at > self._idle_timeout:
                 self._close(conn)
+        for conn in list(self._streams):
+            self._stream_timers(conn, now)
         self._resume_accept(now)
 
     def _time_out(self, conn: _Conn) -> None:
@@ -954,10 +1300,17 @@ class HTTPServer:
         while self._returns:
             conn, how = self._returns.popleft()
             self._reinstate(conn, how, now)
+        while self._flushes:
+            conn = self._flushes.popleft()
+            if conn in self._streams:  # else not handed over yet (that pumps it) or closed
+                self._guarded(conn, now, selectors.EVENT_WRITE)
 
     def _reinstate(self, conn: _Conn, how: int, now: float) -> None:
         if how == _DROP:
             self._close(conn)
+            return
+        if how == _STREAM:
+            self._start_stream(conn, now)
             return
         if how == _CLOSE:
             conn.state = _LINGER
@@ -991,12 +1344,17 @@ class HTTPServer:
         else:
             outcome = self._respond(conn, payload)
         if not _send(conn.sock, outcome.data):
+            if outcome.stream is not None:
+                self._stream_slots.release()
             self._give_back(conn, _DROP)
             return
         self._served[slot] += 1
         if self._access_log:
             self._log_access(conn, outcome, started)
-        if outcome.close:
+        if outcome.stream is not None:
+            conn.stream = outcome.stream
+            self._give_back(conn, _STREAM)
+        elif outcome.close:
             self._close_gently(conn)
         else:
             self._next_request(conn)
@@ -1020,7 +1378,7 @@ class HTTPServer:
         if err is not None:
             line = getattr(handler, "requestline", "") or "-"
             return _Outcome(_render_error(err), True, err.status, line)
-        return self._call_app(_to_request(handler, target, conn.client), handler)
+        return self._call_app(conn, _to_request(handler, target, conn.client), handler, data)
 
     def _origin_form(self, conn: _Conn, target: str) -> str | _Err:
         """The path of an absolute-form target that names this server; a 400 for any other."""
@@ -1040,18 +1398,51 @@ class HTTPServer:
             return _Err(400, "Bad Request: the target names another server; requests are not forwarded")
         return parts.path
 
-    def _call_app(self, request: Request, handler: _Handler) -> _Outcome:
+    def _call_app(self, conn: _Conn, request: Request, handler: _Handler, raw: bytes) -> _Outcome:
         head_only = request.method == "HEAD"
         close = handler.close_connection
         keep_10 = not close and handler.request_version == "HTTP/1.0"
         try:
             response = self._app(request)
+            spec = response.stream
+            # HEAD of an event stream is its head alone; of a WebSocket, the handshake refuses it.
+            if spec is not None and 200 <= response.status < 300 and (
+                    not head_only or spec.protocol == WEBSOCKET):
+                return self._open_stream(conn, response, spec, raw, handler.requestline)
             data, close = _render(response, head_only, close, keep_10)
             status = response.status
         except Exception:
             self._log_app_error(request)
             data, status = _render_error(_Err(500, "Internal Server Error"), close, head_only), 500
         return _Outcome(data, close, status, handler.requestline)
+
+    def _open_stream(self, conn: _Conn, response: Response, spec: Stream, raw: bytes,
+                     line: str) -> _Outcome:
+        """The head of a stream and its state, or the refusal (503 past max_streams, a bad
+        WebSocket handshake)."""
+        ws: WebSocket | None = None
+        if spec.protocol == WEBSOCKET:
+            shaken = handshake(raw)
+            if isinstance(shaken, Rejection):
+                return _Outcome(_render_rejection(shaken), True, shaken.status, line)
+            head, connection = shaken
+            ws = WebSocket(connection)
+        else:
+            head = _stream_head(response) + f"retry: {int(spec.retry_ms)}\n\n".encode()
+        if self._draining.is_set() or not self._stream_slots.acquire():
+            busy = _Err(503, "Too many streams: the proxy's stream limit (PW_MAX_STREAMS) is reached")
+            data = _assemble(503, "Content-Type: application/json\r\nRetry-After: 10\r\n",
+                             _error_body(busy.text), False, True, False)
+            return _Outcome(data, True, 503, line)
+        streaming = _Streaming(conn, spec, self._stream_buffer, self._stream_news, ws)
+        return _Outcome(head, False, 101 if ws is not None else response.status, line, streaming)
+
+    def _stream_news(self, conn: _Conn) -> None:
+        """Any thread: a stream has something to send (or must end); the loop will flush it."""
+        self._flushes.append(conn)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()
 
     def _log_app_error(self, request: Request) -> None:
         if self._app_errors.allow():

@@ -107,6 +107,14 @@ class Site:
     def age(self, at: float) -> float:
         return self.gateway.cache.age(at)
 
+    def next_window_in(self) -> float:
+        """Seconds until the next cache window starts (1 s when caching is off)."""
+        cache = self.gateway.cache
+        period = cache.period
+        if period <= 0:
+            return 1.0
+        return period - cache.now() % period
+
     def read(self, source: Source, wait: float | None = None) -> Reading:
         """Data, absent, the last good copy (stale) within PW_CACHE_TTL, or the error."""
         entry = self.gateway.read(source, wait)

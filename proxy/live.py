@@ -1,0 +1,127 @@
+"""Live push routes and the feeds behind them.
+
+`GET /ws/aggregate` and `GET /ws/gateway/{id}` (WebSocket, pypowerwall-server's paths and
+payloads) and `GET /events` / `GET /events?gw=ID` (server-sent events) push the objects of
+`/api/aggregate` and `/api/gateways/{id}` whenever a cache window brings new data. The feeds
+read through the same window caches as those routes, so listening costs the gateway nothing.
+Outages are pushed as they are: `stale: true` while the last good copy is served, then `null`
+values with `online: false`, never zeros.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Sequence
+
+from proxy import fleet
+from proxy.app import CORS, App, Call, Route
+from proxy.errors import HTTPError
+from proxy.http_types import Response
+from proxy.hub import AGGREGATE, Hub, Topic, Update, gateway_topic
+from proxy.site import Reading, Site, Sites, State
+from proxy.stream import SSE, WEBSOCKET, Push, Sink, Stream
+
+GATEWAY_NOT_FOUND = Push(b'{"error": "Gateway not found"}')
+SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no"), CORS]  # no buffering in an nginx in front
+WS_PREFIX = "/ws/gateway/"
+
+
+# ---- feeds: what a topic reads once per window --------------------------------------------
+
+def _mark(reading: Reading | None) -> Hashable:
+    """What identifies a reading's data: its time for data, its state otherwise."""
+    if reading is None:
+        return None
+    if reading.state is State.DATA:
+        return (reading.at, reading.stale)
+    return str(reading.state.value)
+
+
+def _news(site: Site, snap: fleet.Snapshot, readings: Sequence[Reading | None]) -> Hashable:
+    return (site.id, snap.status, snap.error, tuple(_mark(r) for r in readings))
+
+
+def aggregate_feed(sites: Sites) -> Callable[[], Update]:
+    def read() -> Update:
+        readings = fleet.read_sites(sites, fleet.SNAPSHOT_SOURCES)
+        snaps = [fleet.snapshot(site, readings[site.id]) for site in sites]
+        news = tuple(_news(site, snap, readings[site.id]) for site, snap in zip(sites, snaps, strict=True))
+        return Update(fleet.aggregate(snaps, time.time()), news)
+    return read
+
+
+def gateway_feed(site: Site, default: bool) -> Callable[[], Update]:
+    one = Sites([site])
+
+    def read() -> Update:
+        readings = fleet.read_sites(one, fleet.SNAPSHOT_SOURCES)[site.id]
+        snap = fleet.snapshot(site, readings)
+        body = fleet.gateway_detail(site, snap)
+        body["default"] = default
+        return Update(body, _news(site, snap, readings))
+    return read
+
+
+def build_hub(sites: Sites) -> Hub:
+    """A topic for the aggregate and one per gateway."""
+    listed = list(sites)
+
+    def aggregate_schedule() -> float:
+        return min(site.next_window_in() for site in listed)
+
+    default = sites.default()
+    topics = [Topic(AGGREGATE, aggregate_feed(sites), aggregate_schedule)]
+    topics += [Topic(gateway_topic(site.id), gateway_feed(site, site is default), site.next_window_in)
+               for site in listed]
+    return Hub(topics)
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+def _hub(app: App) -> Hub:
+    if app.hub is None:
+        raise HTTPError(404, "Not Found")
+    return app.hub
+
+
+def _subscriber(topic: Topic, last_event_id: str = "") -> Callable[[Sink], Callable[[], None]]:
+    def open_stream(sink: Sink) -> Callable[[], None]:
+        return topic.subscribe(sink, last_event_id)
+    return open_stream
+
+
+def _not_found(sink: Sink) -> Callable[[], None]:
+    sink.end(GATEWAY_NOT_FOUND)  # as pypowerwall-server: the error, then a normal close
+    return lambda: None
+
+
+def ws_aggregate(app: App, call: Call) -> Response:
+    topic = _hub(app).topic(AGGREGATE)
+    assert topic is not None
+    return Response(200, [], stream=Stream(WEBSOCKET, _subscriber(topic)))
+
+
+def ws_gateway(app: App, call: Call) -> Response:
+    topic = _hub(app).topic(gateway_topic(call.path[len(WS_PREFIX):]))
+    opener = _not_found if topic is None else _subscriber(topic)
+    return Response(200, [], stream=Stream(WEBSOCKET, opener))
+
+
+def events(app: App, call: Call) -> Response:
+    """`text/event-stream` of the aggregate, or of one gateway with `?gw=ID`."""
+    hub = _hub(app)
+    gateway_id = call.param("gw")
+    key = gateway_topic(gateway_id) if "gw" in call.query else AGGREGATE
+    topic = hub.topic(key)
+    if topic is None:
+        raise HTTPError(404, "Gateway not found")
+    last = (call.request.headers.get("Last-Event-ID") or "").strip()
+    return Response(200, list(SSE_HEADERS), stream=Stream(SSE, _subscriber(topic, last)))
+
+
+LIVE_ROUTES: tuple[Route, ...] = (
+    Route("/ws/aggregate", ws_aggregate, root_only=True),
+    Route(WS_PREFIX + "*", ws_gateway, root_only=True),
+    Route("/events", events, root_only=True),
+)
