@@ -39,8 +39,10 @@ TYPES = {
 def style_tags(config: Config) -> bytes:
     base = html.escape(config.base_url, quote=True)
     style = html.escape(config.style, quote=True)
+    gateway = html.escape(config.default_id(), quote=True)  # whose live stream a page follows
     return (f'<meta name="pw-base-url" content="{base}">'
             f'<meta name="pw-style" content="{style}">'
+            f'<meta name="pw-gateway" content="{gateway}">'
             f'<link rel="stylesheet" id="pw-style" href="{base}styles/{style}.css">').encode()
 
 

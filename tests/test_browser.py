@@ -36,6 +36,8 @@ STYLES = {  # style -> computed background of <body>
     "solar": "rgba(0, 0, 0, 0)",
 }
 FAST = "?interval=0.5"
+POLL = FAST + "&stream=off"  # the polling the page falls back to, on its own
+SOURCE = "document.getElementById('flow').getAttribute('data-source')"
 
 READ_FLOW = """(() => {
   const svg = document.getElementById('flow');
@@ -146,8 +148,9 @@ def test_page_shows_the_simulators_values(proxy_factory: Any, open_page: Any) ->
     # A long cache window, so the page and this test read the very same cached values.
     proxy = proxy_factory({"PW_CACHE_EXPIRE": "30", "PW_CACHE_TTL": "60"})
     page = open_page(800, 480)
-    page.goto(proxy.base + FAST)
+    page.goto(proxy.base + POLL)
     wait_state(page, "fresh")
+    assert page.evaluate(SOURCE) == "poll"
     for _attempt in range(3):
         agg = get_json(proxy, "aggregates")
         app_soe = get_json(proxy, "api/system_status/soe")["percentage"]
@@ -182,6 +185,41 @@ def test_page_shows_the_simulators_values(proxy_factory: Any, open_page: Any) ->
     assert page.evaluate(NO_SCROLLBARS)
     shoot(page, "flow-values")
     assert_clean(page, proxy.base)
+
+
+def test_page_follows_the_stream(proxy_factory: Any, open_page: Any) -> None:
+    # One window of a minute: the pushed snapshot is what the detail route answers now.
+    proxy = proxy_factory({"PW_CACHE_EXPIRE": "60", "PW_CACHE_TTL": "120"})
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    page.wait_for(f"{SOURCE} === 'stream'", timeout=10)
+    data = get_json(proxy, "api/gateways/default")["data"]
+    shown = read_flow(page)
+    for field, key in (("solar", "solar_power"), ("home", "load_power"), ("grid_value", "site_power"),
+                       ("battery", "battery_power")):
+        assert abs(kw(shown[field]) - abs(data[key]) / 1000) <= 0.051, (field, data[key], shown[field])
+    app_soe = data["battery_percent"] / 0.95 - 5 / 0.95
+    assert abs(percent(shown["soc"]) - min(100, max(0, app_soe))) <= 0.5
+    raw_reserve = get_json(proxy, "api/operation")["backup_reserve_percent"]
+    page.wait_for("document.getElementById('reserve-value').textContent.trim() !== 'reserve —'")
+    assert abs(percent(read_flow(page)["reserve"]) - max(0, raw_reserve / 0.95 - 5 / 0.95)) <= 0.5
+    assert any("/events?gw=default" in url for url in page.requests)
+    assert not any("/aggregates" in url for url in page.requests), "no polling while streaming"
+    assert proxy.running.hub.stats()["topics"]["gateway:default"]["listeners"] == 1
+    shoot(page, "flow-stream")
+    assert_clean(page, proxy.base)
+
+
+def test_page_polls_when_streams_are_refused(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PW_MAX_STREAMS": "0"})
+    page = open_page(800, 480)
+    page.goto(proxy.base + FAST)
+    wait_state(page, "fresh")
+    assert page.evaluate(SOURCE) == "poll"
+    next_updates(page, 2)
+    assert any("/aggregates" in url for url in page.requests)
+    assert_inside_proxy(page, proxy.base)
 
 
 def test_flows_move_with_the_power(proxy_factory: Any, open_page: Any) -> None:
@@ -320,8 +358,15 @@ def test_base_url_prefixes_every_request(proxy_factory: Any, open_page: Any) -> 
     page.goto(proxy.base + FAST)
     wait_state(page, "fresh")
     next_updates(page, 1)
-    assert any(url.startswith(proxy.base + "aggregates") for url in page.requests)
+    assert any(url.startswith(proxy.base + "events?gw=default") for url in page.requests)
     assert_clean(page, proxy.base)
+
+    polling = open_page(800, 480)
+    polling.goto(proxy.base + POLL)
+    wait_state(polling, "fresh")
+    next_updates(polling, 1)
+    assert any(url.startswith(proxy.base + "aggregates") for url in polling.requests)
+    assert_clean(polling, proxy.base)
 
     console = open_page(1024, 768)
     console.goto(proxy.base + "console")
@@ -439,7 +484,7 @@ def _shown_matches(shown: dict[str, Any], load: float, solar: float) -> bool:
 def test_flow_page_shows_one_gateway_or_all(fleet_proxy: Any, open_page: Any) -> None:
     proxy = fleet_proxy
     page = open_page(800, 480)
-    page.goto(proxy.base + FAST + "&gw=sim2")
+    page.goto(proxy.base + POLL + "&gw=sim2")
     wait_state(page, "fresh")
     next_updates(page, 1)
     agg = get_json(proxy, "api/gateways/sim2/aggregates")
@@ -448,7 +493,7 @@ def test_flow_page_shows_one_gateway_or_all(fleet_proxy: Any, open_page: Any) ->
     assert_clean(page, proxy.base)
 
     page = open_page(800, 480)
-    page.goto(proxy.base + FAST + "&gw=all")
+    page.goto(proxy.base + POLL + "&gw=all")
     wait_state(page, "fresh")
     next_updates(page, 1)
     total = get_json(proxy, "api/aggregate")
@@ -473,5 +518,7 @@ def test_console_lists_every_gateway(fleet_proxy: Any, open_page: Any) -> None:
     links = page.evaluate("[...document.querySelectorAll('#gateway-table a')]"
                           ".map(a => a.getAttribute('href'))")
     assert "/?gw=sim2" in links and "/?gw=all" in links and "/api/gateways/sim3/health" in links
+    page.wait_for("document.getElementById('live').getAttribute('data-source') === 'stream'")
+    page.wait_for("document.getElementById('live-facts').textContent.includes('3 of 3')")
     shoot(page, "console-gateways")
     assert_clean(page, proxy.base)

@@ -96,12 +96,45 @@
     });
   }
 
+  /* Live updates from the proxy's event stream (BASE+path, text/event-stream).
+     onData(body) gets each pushed snapshot (parsed JSON); onMode("stream" | "poll") says how
+     the page should get its data: "poll" whenever the stream is not open - refused (404, 503:
+     streams off or at their limit), or the connection lost while EventSource reconnects by
+     itself - and "stream" again once it is open. A refused stream is tried again every
+     `retryMs`. Without EventSource, or with ?stream=off, onMode("poll") once and nothing else. */
+  function live(path, onData, onMode, retryMs) {
+    if (!window.EventSource || param("stream") === "off") {
+      onMode("poll");
+      return;
+    }
+    var source = null;
+    function open() {
+      source = new EventSource(base + path);
+      source.onopen = function () { onMode("stream"); };
+      source.onmessage = function (event) {
+        var body;
+        try { body = JSON.parse(event.data); } catch (e) { return; }
+        onData(body);
+      };
+      source.onerror = function () {
+        onMode("poll");
+        if (source.readyState === EventSource.CLOSED) {
+          source.close();
+          setTimeout(open, retryMs || 30000);
+        }
+      };
+    }
+    open();
+  }
+
   window.PW = {
     STYLES: STYLES,
     base: base,
+    gateway: meta("pw-gateway"),
     param: param,
     seconds: seconds,
     style: applyStyle(),
-    getJSON: getJSON
+    getJSON: getJSON,
+    live: live
   };
 })();

@@ -2,7 +2,9 @@
    and a link to every route. Reads only the proxy's in-process routes (health,
    stats), so refreshing it never costs the gateway a request. Field names follow
    the reference's /health and /stats; anything may be absent, so every read is
-   defensive. All text goes in via textContent. */
+   defensive. All text goes in via textContent. The "Live" card follows the aggregate's
+   event stream (falling back to polling api/aggregate when streams are unavailable); it
+   reads through the same cache windows as every poller. */
 (function () {
   "use strict";
 
@@ -293,6 +295,54 @@
       setTimeout(refresh, interval * 1000);
     });
   }
+
+  // ---- live: the aggregate as pushed ----
+
+  function kw(watts) { return typeof watts === "number" ? (watts / 1000).toFixed(2) + " kW" : "—"; }
+
+  function renderLive(a, source) {
+    var dl = $("live-facts");
+    dl.textContent = "";
+    $("live-source").textContent = source === "stream" ? "· streaming" : "· polling every " + interval + " s";
+    $("live").setAttribute("data-source", source);
+    if (!a || typeof a !== "object" || typeof a.error === "string") {
+      fact(dl, "Data", a && a.error ? a.error : "none yet", "bad");
+      return;
+    }
+    fact(dl, "Solar", kw(a.total_solar_power));
+    fact(dl, "Home", kw(a.total_load_power));
+    fact(dl, "Grid", kw(a.total_grid_power));
+    fact(dl, "Battery", kw(a.total_battery_power));
+    fact(dl, "Charge", typeof a.total_battery_percent === "number" ? a.total_battery_percent.toFixed(1) + " %" : "—");
+    fact(dl, "Online", show(a.num_online) + " of " + show(a.num_gateways),
+      a.num_online === a.num_gateways ? "good" : "bad");
+    fact(dl, "Stale", show(a.stale), a.stale ? "bad" : "good");
+    fact(dl, "Pushed", new Date().toLocaleTimeString());
+  }
+
+  var liveMode = "poll";
+  var livePolling = false;
+  var lastLive = null;
+
+  function pollLive() {
+    if (liveMode !== "poll") { livePolling = false; return; }
+    livePolling = true;
+    PW.getJSON("api/aggregate").then(function (res) {
+      if (liveMode === "poll") renderLive(res.body || { error: res.error }, "poll");
+    }).finally(function () {
+      if (liveMode === "poll") setTimeout(pollLive, interval * 1000);
+      else livePolling = false;
+    });
+  }
+
+  PW.live("events", function (body) {
+    lastLive = body;
+    renderLive(body, "stream");
+  }, function (next) {
+    liveMode = next;
+    if (next === "poll" && !livePolling) pollLive();
+    if (next === "stream" && lastLive) renderLive(lastLive, "stream");
+  });
 
   renderRoutes();
   refresh();

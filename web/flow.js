@@ -1,4 +1,8 @@
-/* Power-flow animation: polls the proxy's JSON routes and draws them.
+/* Power-flow animation: follows the proxy's live stream (server-sent events: the gateway's
+   /api/gateways/{id} object, or the /api/aggregate object with ?gw=all) and draws it. When the
+   stream is not available (refused, or lost while it reconnects) it polls the JSON routes
+   every ?interval= seconds instead; ?stream=off always polls. data-source on the <svg> says
+   which ("stream" or "poll").
 
    State shown (data-state on the <svg>):
      loading      before the first answer
@@ -108,7 +112,8 @@
     var proxyDown = agg.status === 0;
     setText("banner-text", proxyDown ? "PROXY UNREACHABLE" : "GATEWAY UNAVAILABLE");
     var reason = (agg.error || "no data").slice(0, 60);
-    setText("detail", reason + " — retrying every " + interval + " s");
+    setText("detail", reason + (mode === "stream" ? " — waiting for the gateway"
+      : " — retrying every " + interval + " s"));
   }
 
   function gridState(res) {
@@ -149,7 +154,9 @@
     if (state === "stale") {
       var age = Math.max.apply(null, stale.map(function (r) { return r.age || 0; }));
       banner = banner ? banner + " · STALE DATA" : "DATA STALE";
-      detail = "gateway not answering — showing data " + Math.round(age) + " s old";
+      var known = stale.some(function (r) { return typeof r.age === "number"; });
+      detail = known ? "gateway not answering — showing data " + Math.round(age) + " s old"
+        : "gateway not answering — showing the last good data";
     }
     setText("banner-text", banner);
     setText("detail", detail);
@@ -199,14 +206,88 @@
     ]);
   }
 
+  // A pushed /api/aggregate or /api/gateways/{id} object in the shapes render() reads.
+  function unavailable(error) { return { ok: false, status: 503, error: error || "gateway unavailable" }; }
+
+  function fromPushedAggregate(a) {
+    if (a.total_load_power === null && a.total_solar_power === null && a.total_site_power === null) {
+      var down = unavailable("no gateway has data");
+      return [down, down, down, { ok: false }];
+    }
+    return fromAggregate({ ok: true, status: 200, stale: !!a.stale, age: null, body: a });
+  }
+
+  function fromPushedGateway(g) {
+    var d = g && typeof g.data === "object" && g.data ? g.data : null;
+    if (!d || (d.load_power === null && d.site_power === null && d.solar_power === null)) {
+      var down = unavailable((d && d.error) || (g && g.error));
+      return [down, down, down];
+    }
+    var age = typeof g.last_updated === "number" ? Math.max(0, Date.now() / 1000 - g.last_updated) : null;
+    var part = function (body) { return { ok: true, status: 200, stale: !!d.stale, age: age, body: body }; };
+    var soc = typeof d.battery_percent === "number" ? appScale(d.battery_percent) : null;
+    return [part({ site: { instant_power: d.site_power }, solar: { instant_power: d.solar_power },
+                   load: { instant_power: d.load_power }, battery: { instant_power: d.battery_power } }),
+            part({ percentage: soc }), part({ grid_status: AGG_GRID[d.grid_status] })];
+  }
+
+  var mode = "poll"; // "stream": pushes draw the page; "poll": the timer does
+  var polling = false;
+  var pushed = null; // the last pushed object
+  var reserve = { ok: false }; // api/operation, read now and then while streaming
+
+  function drawPushed() {
+    if (pushed === null) return;
+    var r = gw === "all" ? fromPushedAggregate(pushed) : fromPushedGateway(pushed);
+    render(r[0], r[1], r[2], gw === "all" ? { ok: false } : reserve);
+  }
+
+  function onPush(body) {
+    pushed = body;
+    drawPushed();
+    svg.setAttribute("data-updated", String(Date.now()));
+  }
+
   function poll() {
+    if (mode !== "poll") { polling = false; return; }
+    polling = true;
     var timeout = Math.max(4000, Math.min(interval * 1000, 15000));
     fetchAll(timeout).then(function (r) {
+      if (mode !== "poll") return; // the stream came back meanwhile: it is as fresh
       render(r[0], r[1], r[2], r[3]);
       svg.setAttribute("data-updated", String(Date.now()));
     }).finally(function () {
-      setTimeout(poll, interval * 1000);
+      if (mode === "poll") setTimeout(poll, interval * 1000);
+      else polling = false;
     });
+  }
+
+  function setMode(next) {
+    mode = next;
+    svg.setAttribute("data-source", next);
+    if (next === "poll" && !polling) poll();
+  }
+
+  // The reserve is not in the stream: it changes only when someone sets it.
+  function readReserve() {
+    if (mode === "stream" && gw !== "all") {
+      get(prefix + "api/operation", 8000).then(function (res) { reserve = res; drawPushed(); });
+    }
+  }
+
+  function follow() {
+    var id = gw && gw !== "all" ? gw : PW.gateway;
+    if (gw !== "all" && !id) { setMode("poll"); return; }
+    PW.live(gw === "all" ? "events" : "events?gw=" + encodeURIComponent(id), onPush, function (next) {
+      var was = mode;
+      setMode(next);
+      if (next === "stream" && was !== "stream") readReserve();
+    });
+    setInterval(readReserve, 60000);
+    // A stale copy's age keeps growing while nothing new is pushed.
+    setInterval(function () {
+      if (mode === "stream" && svg.getAttribute("data-state") === "stale") drawPushed();
+    }, 1000);
   }
 
   // Moving dots: shift each spoke's dash pattern by its speed. Only while the
@@ -232,7 +313,7 @@
     $("detail").setAttribute("y", "334");
   }
   setText("banner-text", "CONNECTING…");
-  poll();
+  follow();
   if (!window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
     window.requestAnimationFrame(animate);
   }
