@@ -203,9 +203,15 @@ class _Streaming:
     # --- loop side ---
 
     def put(self, data: bytes) -> None:
-        """Bytes of the loop's own (pongs, pings, close frames, heartbeats): never refused."""
+        """Bytes of the loop's own (pongs, pings, close frames, heartbeats). A client that keeps
+        pinging without reading overflows like a slow listener."""
         if data:
             with self.lock:
+                if self.queued + len(data) > self.limit:
+                    self.dropped = True
+                    self.chunks.clear()
+                    self.queued = 0
+                    return
                 self.chunks.append(data)
                 self.queued += len(data)
 
