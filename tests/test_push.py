@@ -618,3 +618,25 @@ def test_heartbeats_on_quiet_streams() -> None:
         sock.close()
     finally:
         server.stop()
+
+
+def test_a_ping_flood_without_reading_is_dropped() -> None:
+    server = HTTPServer(Fanout(), stream_buffer=4096).start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode())
+        ping = frame(0x9, b"p" * 125)
+        with contextlib.suppress(OSError):  # the server may cut us off mid-flood
+            for _ in range(20000):
+                sock.sendall(ping)
+                if server.stats()["dropped_streams"]:
+                    break
+        wait_for(lambda: server.stats()["dropped_streams"] == 1, "the flooder to be dropped")
+        assert server.stats()["streams"] == 0
+        sock.close()
+    finally:
+        server.stop()
