@@ -204,6 +204,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     """
+    from proxy import openc2
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
 
@@ -228,7 +229,8 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     # The gateway web UI passed through is the default gateway's.
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
-    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES)
+    routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()))
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes)
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
                         access_log=config.debug, workers=workers)
     app.server_stats = server.stats
