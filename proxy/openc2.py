@@ -506,14 +506,20 @@ def site_for(app: App, asset_id: Any) -> Site:
     site = app.sites.get(asset_id)
     if site is not None:
         return site
-    for candidate in app.sites:
-        try:
-            reading = candidate.read(DIN)
-        except ProxyError:
-            continue
-        if isinstance(reading.value, str) and reading.value.lower() == asset_id.lower():
-            return candidate
-    raise HTTPError(404, f"unknown asset_id: {asset_id[:64]}")
+    matches = [candidate for candidate in app.sites if _din(candidate) == asset_id.lower()]
+    if len(matches) > 1:
+        raise HTTPError(400, f"asset_id {asset_id[:64]} is the DIN of several gateways: use a gateway id")
+    if not matches:
+        raise HTTPError(404, f"unknown asset_id: {asset_id[:64]}")
+    return matches[0]
+
+
+def _din(site: Site) -> str | None:
+    try:
+        value = site.read(DIN).value
+    except ProxyError:
+        return None
+    return value.lower() if isinstance(value, str) else None
 
 
 def on_site(app: App, call: Call, site: Site) -> Call:
@@ -638,7 +644,8 @@ def seed_command(app: App, message: dict[str, Any], ex: Exchange) -> Outcome:
     if prop is None:
         raise HTTPError(404, f"unknown property: {name[:40]}")
     values, headers = read_properties(site, [prop])
-    return Outcome(200, {prop.seed_answer or prop.name: values[prop.name]}, headers=tuple(headers))
+    answer = prop.seed_answer or prop.seed or prop.name  # answered under the name it had there
+    return Outcome(200, {answer: values[prop.name]}, headers=tuple(headers))
 
 
 def _seed_asset(actuator: Any) -> Any:
@@ -692,6 +699,7 @@ def outcome_of(exc: ProxyError) -> Outcome:
 def render(ex: Exchange, outcome: Outcome) -> Response:
     headers = [("Cache-Control", "no-cache"), *outcome.headers]
     echo = ex.header_id or ex.request_id
+    rid = ex.request_id or ex.header_id  # transfer 1.1 3.3.3: from X-Request-ID when the body had none
     if echo is not None:
         headers.append(("X-Request-ID", echo))
     if outcome.silent and outcome.status == 200:
@@ -703,8 +711,8 @@ def render(ex: Exchange, outcome: Outcome) -> Response:
         response["results"] = outcome.results
     if ex.flavor is Flavor.ENVELOPE:
         head: dict[str, Any] = {"created": int(time.time() * 1000)}
-        if ex.request_id is not None:
-            head["request_id"] = ex.request_id
+        if rid is not None:
+            head["request_id"] = rid
         if ex.sender:
             head["to"] = [ex.sender]
         body: Any = {"headers": head, "body": {"openc2": {"response": response}}}
@@ -720,11 +728,11 @@ def render(ex: Exchange, outcome: Outcome) -> Response:
 
 
 def _serve(app: App, call: Call, limit: CommandLimit, ex: Exchange) -> Outcome:
-    if call.request.method != "POST":
-        raise HTTPError(405, "Method Not Allowed")
     given = call.request.headers.get("X-Request-ID")
     if given is not None:
         ex.header_id = request_id(given, "X-Request-ID")
+    if call.request.method != "POST":
+        raise HTTPError(405, "Method Not Allowed")
     role = authenticate(app, call, ex.flavor)
     wait = limit.take()
     if wait > 0:
@@ -755,7 +763,7 @@ def render_error(app: App, exc: ProxyError, call: Call) -> Response:
     ex = Exchange(_flavor(call))
     given = call.request.headers.get("X-Request-ID")
     if given is not None and _ID.fullmatch(given):
-        ex.header_id = ex.request_id = given
+        ex.header_id = given
     return render(ex, outcome_of(exc))
 
 
