@@ -68,10 +68,11 @@ class ProxyHandle:
 
 
 def settled(handle: ProxyHandle) -> ProxyHandle:
-    """Let the connect thread finish its follow-up call (the site name), so that gateway
+    """Let the connect threads finish their follow-up call (the site name), so that gateway
     request counts taken from now on are the test's own."""
+    names = {f"{gateway.id}-connect" for gateway in handle.running.gateways}  # the adapter's names
     for thread in threading.enumerate():
-        if thread.name == f"{handle.gateway.name}-connect" and thread.is_alive():
+        if thread.name in names and thread.is_alive():
             thread.join(5)
     return handle
 
