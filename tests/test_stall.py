@@ -157,3 +157,23 @@ def test_oversized_answer_is_cut_off_and_memory_stays_flat(proxy_factory: Factor
     assert h.get("/soe").status == 200
 
 
+
+
+def test_login_accepted_again_ends_the_backoff(proxy_factory: Factory, sim: Simulator) -> None:
+    from proxy.gateway.health import AuthBackoff
+
+    h = local(proxy_factory, sim)
+    h.gateway.auth = AuthBackoff(start=1.0, cap=2.0)  # seconds instead of minutes
+    assert h.get("/aggregates").status == 200
+    sim.set_fault("login_401")
+    sim.set_fault("expire_session")
+    next_window(h)
+    poll_together(h, ["/aggregates", "/soe"], POLLER_BOUND)
+    assert h.get("/health").json()["gateway"]["login_backoff_steps"] >= 1
+    sim.clear_faults()  # the owner fixed the password
+    for _ in range(40):
+        threading.Event().wait(0.25)
+        if h.get("/aggregates").status == 200 and h.get("/health").status == 200:
+            break
+    health = h.get("/health").json()
+    assert health["status"] == "ok" and health["gateway"]["login_backoff_steps"] == 0, health["gateway"]
