@@ -111,6 +111,15 @@ def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
         handle.stop()
 
 
+def local_mode(factory: Factory, sim: Any, env: dict[str, str]) -> ProxyHandle:
+    """A proxy in local mode (the customer login against the simulator's /api/*)."""
+    from proxy.simulator import DEFAULT_PASSWORD
+
+    handle = factory({**env, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD}, simulate=False)
+    handle.sim = sim
+    return handle
+
+
 @pytest.fixture
 def simulator() -> Iterator[Any]:
     """A bare gateway simulator (pw3 model) for tests that configure the proxy themselves."""

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from proxy.simulator import DEFAULT_PASSWORD, Simulator
-from tests.conftest import Factory, ProxyHandle, Reply
+from proxy.simulator import Simulator
+from tests.conftest import Factory, ProxyHandle, Reply, local_mode
 
 TIMEOUT = 2  # PW_TIMEOUT in these tests
 SLACK = 3.0  # a loaded CI machine; a stalled proxy misses this by tens of seconds
@@ -36,10 +36,7 @@ def sim() -> Iterator[Simulator]:
 
 
 def local(proxy_factory: Factory, sim: Simulator, **extra: str) -> ProxyHandle:
-    handle = proxy_factory({**ENV, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD, **extra},
-                           simulate=False)
-    handle.sim = sim
-    return handle
+    return local_mode(proxy_factory, sim, {**ENV, **extra})
 
 
 def next_window(h: ProxyHandle) -> None:
