@@ -92,7 +92,8 @@ _FLEET = (("default", 2), ("pw2-legacy", 1), ("pw3", 3), ("http10", 1), ("defaul
 def _fleet_member(i: int, profile: str) -> dict[str, Any]:
     """The simulator arguments of the i-th simulated gateway; a chosen --profile for all."""
     member_profile, units = _FLEET[i % len(_FLEET)]
-    return {"profile": member_profile if profile == "default" else profile, "units": units}
+    return {"profile": member_profile if profile == "default" else profile, "units": units,
+            "site": i + 1}
 
 
 def _credentials(simulator: Any) -> tuple[Secret, Secret]:
