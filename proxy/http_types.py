@@ -33,6 +33,7 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     stream: Stream | None = None
+    interim: int | None = None  # a 1xx status sent (without content) ahead of this one, e.g. 102
 
 
 App = Callable[[Request], Response]

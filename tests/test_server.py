@@ -812,6 +812,9 @@ def test_stats(make_server: Callable[..., HTTPServer]) -> None:
         "requests": 0,
         "max_connections": 1024,
         "evicted_connections": 0,
+        "streams": 0,
+        "max_streams": 1000,
+        "dropped_streams": 0,
     }
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
     for _ in range(4):
