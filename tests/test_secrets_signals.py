@@ -60,11 +60,24 @@ def http_fetch(port: int) -> Fetch:
         try:
             conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
-            data = r.read()
+            streaming = (r.getheader("Content-Type") or "").startswith("text/event-stream")
+            data = first_event(r) if streaming else r.read()
+            r.close()
         finally:
             conn.close()
         return r.status, f"HTTP/1.1 {r.status} {r.reason}\n{r.headers}\n{data.decode('latin-1')}"
     return fetch
+
+
+def first_event(response: http.client.HTTPResponse) -> bytes:
+    """A live stream never ends: what a client sees is its start and its first event."""
+    seen = b""
+    while b"data: " not in seen or not seen.endswith(b"\n\n"):
+        line = response.fp.readline()
+        if not line:
+            break
+        seen += line
+    return seen
 
 
 def sweep_paths() -> list[str]:
