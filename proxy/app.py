@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
+from proxy.apidoc import Doc
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
@@ -74,6 +75,7 @@ class Route:
     cached: bool = False  # render once per cache window, serve the bytes to everyone
     vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
     root_only: bool = False  # proxy-wide (gateway list, aggregates): not under /api/gateways/{id}/
+    doc: Doc | None = None  # what /openapi.json says about it (proxy.apidoc)
 
 
 @dataclass
@@ -116,7 +118,8 @@ class App:
         self.web = web
         self.passthrough = passthrough
         self.stats = stats or Stats()
-        self.router = Router.build(routes)
+        self.routes = tuple(routes)  # in table order, for /openapi.json
+        self.router = Router.build(self.routes)
         self.started = time.time()
         self.server_stats: Callable[[], dict[str, int]] = dict
         self.control_guard: Any = None  # set by proxy.control (bad-token throttling)

@@ -28,6 +28,25 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs
 
+from proxy.apidoc import (
+    ASCII,
+    CONTROL_OFF,
+    LEVEL,
+    MODE,
+    NAME,
+    NOT_IN_MODE,
+    OBJECT,
+    UNAVAILABLE,
+    WRITE_ANSWERS,
+    Answer,
+    Doc,
+    Param,
+    Schema,
+    Write,
+    control_body,
+    keyed,
+    ref,
+)
 from proxy.app import App, Call, Route, json_response
 from proxy.errors import HTTPError, NotSupported, ProxyError
 from proxy.forwarded import client_address, throttle_key
@@ -450,12 +469,41 @@ def _get_grid_export(pw: Any) -> Any:
 
 
 _BOTH = ("GET", "POST")
+_READ_ANSWERS = (CONTROL_OFF, NOT_IN_MODE, UNAVAILABLE)
+
+
+def _doc(action: str, reads: Schema, value: Schema, what: str, **more: Schema) -> Doc:
+    """GET reads the setting (no token); POST with the token writes `value`."""
+    return Doc(f"Read the {what}", keyed(action, reads), tag="control", answers=_READ_ANSWERS,
+               write=Write(control_body(value, **more), answers=WRITE_ANSWERS,
+                           summary=f"Set the {what} (an empty value reads it)"))
+
+
+_BOOLEAN: Schema = {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}
+_EXPORT: Schema = {"type": "string", "enum": [g.value for g in GridExport]}
+_SECONDS: Schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999999},
+                              {"type": "string", "pattern": "^([0-9]{1,6}|cancel)$"}]}
 CONTROL_ROUTES: tuple[Route, ...] = (
-    Route("/control/reserve", control_reserve, methods=_BOTH),
-    Route("/control/mode", control_mode, methods=_BOTH),
-    Route("/control/grid_charging", control_grid_charging, methods=_BOTH),
-    Route("/control/grid_export", control_grid_export, methods=_BOTH),
-    Route("/control/max_backup", control_max_backup, methods=_BOTH),
-    Route("/control/status", control_status),
-    Route("/control/*", control_unknown, methods=_BOTH),
+    Route("/control/reserve", control_reserve, methods=_BOTH,
+          doc=_doc("reserve", {"type": ["number", "null"]}, LEVEL, "backup reserve (%)", mode=MODE)),
+    Route("/control/mode", control_mode, methods=_BOTH,
+          doc=_doc("mode", {"type": ["string", "null"]}, MODE, "operation mode", level=LEVEL)),
+    Route("/control/grid_charging", control_grid_charging, methods=_BOTH,
+          doc=_doc("grid_charging", {"type": "boolean"}, _BOOLEAN, "grid charging")),
+    Route("/control/grid_export", control_grid_export, methods=_BOTH,
+          doc=_doc("grid_export", {"type": ["string", "null"]}, _EXPORT, "grid export rule")),
+    Route("/control/max_backup", control_max_backup, methods=_BOTH,
+          doc=Doc("Backup events (v1r LAN transport only)", OBJECT, tag="control",
+                  answers=_READ_ANSWERS,
+                  write=Write(control_body(_SECONDS), answers=WRITE_ANSWERS,
+                              summary="Schedule a manual backup for some seconds, or cancel it"))),
+    Route("/control/status", control_status,
+          doc=Doc("Is control on; current reserve and mode (no token)", ref("ControlStatus"),
+                  tag="control", answers=(UNAVAILABLE,))),
+    Route("/control/*", control_unknown, methods=_BOTH,
+          doc=Doc("Unknown control action: 404 (a POST checks the token first)", tag="control",
+                  wildcard=Param("action", "Any other action", NAME, ("unknown",)),
+                  answers=(Answer(404, '{"error": "Invalid Command Action"}'), *_READ_ANSWERS),
+                  write=Write(control_body(ASCII), answers=WRITE_ANSWERS,
+                              summary="Unknown control action: 404 once the token is right"))),
 )
