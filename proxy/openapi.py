@@ -101,7 +101,7 @@ def document(routes: Iterable[Route], *, base_url: str = "/", gateway_ids: Seque
             "version": __version__,
             "description": "A caching proxy for Tesla Powerwall gateways. Every route also answers "
                            "HEAD and OPTIONS (CORS preflight); errors are JSON "
-                           '`{"error": "…"}`. Routes that are not proxy-wide are served for the '
+                           '{"error": "…"}. Routes that are not proxy-wide are served for the '
                            "default gateway at the root and for each gateway under "
                            "/api/gateways/{id}/.",
         },

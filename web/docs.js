@@ -25,6 +25,15 @@
     return parent;
   }
 
+  /* A response or header given as {"$ref": "#/components/..."}: the object it names. */
+  function deref(obj) {
+    var ref = obj && obj.$ref;
+    if (typeof ref !== "string" || ref.indexOf("#/") !== 0 || ref.indexOf("#/components/schemas/") === 0) {
+      return obj;
+    }
+    return ref.slice(2).split("/").reduce(function (node, key) { return node ? node[key] : null; }, spec) || obj;
+  }
+
   function refName(schema) {
     var ref = schema && schema.$ref;
     return typeof ref === "string" ? ref.split("/").pop() : null;
@@ -98,13 +107,16 @@
     var table = el("table", null, "responses");
     add(table, add(el("tr"), el("th", "status"), el("th", "meaning"), el("th", "body")));
     Object.keys(responses).forEach(function (status) {
-      var r = responses[status];
+      var r = deref(responses[status]);
       var body = el("td");
       var content = r.content || {};
       Object.keys(content).forEach(function (media, i) {
         add(body, i ? el("br") : null, el("span", media + " ", "muted"), typeNode(content[media].schema));
       });
-      var headers = Object.keys(r.headers || {});
+      var headers = Object.keys(r.headers || {}).map(function (name) {
+        var h = deref(r.headers[name]);
+        return name + (h.required ? " (always)" : "");
+      });
       if (headers.length) add(body, el("div", "headers: " + headers.join(", "), "muted"));
       add(table, add(el("tr"), el("td", status, "status s" + status.charAt(0)), el("td", r.description || ""), body));
     });
@@ -209,11 +221,15 @@
   function applyFilter() {
     var words = $("filter").value.trim().toLowerCase();
     var showMounted = $("mounted").checked;
+    var showImplicit = $("implicit").checked;
     var shown = 0;
     var boxes = document.querySelectorAll("details.op");
     Array.prototype.forEach.call(boxes, function (box) {
       var path = box.getAttribute("data-path").toLowerCase();
-      var visible = (showMounted || !box.hasAttribute("data-mounted")) && (!words || path.indexOf(words) >= 0);
+      var method = box.getAttribute("data-method");
+      var visible = (showMounted || !box.hasAttribute("data-mounted")) &&
+        (showImplicit || (method !== "head" && method !== "options")) &&
+        (!words || path.indexOf(words) >= 0);
       box.hidden = !visible;
       if (visible) shown++;
     });
@@ -237,6 +253,7 @@
   });
   $("filter").addEventListener("input", applyFilter);
   $("mounted").addEventListener("change", applyFilter);
+  $("implicit").addEventListener("change", applyFilter);
   $("raw").href = PW.base + "openapi.json";
 
   PW.getJSON("openapi.json", 15000).then(function (res) {
