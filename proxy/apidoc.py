@@ -253,6 +253,20 @@ FORM_FIELDS = 10  # a form with more fields is refused (400)
 _EMPTY: Schema = {"type": "string", "maxLength": 0}
 
 
+FIELDS = ("value", "token", "mode", "level")  # the JSON fields a control body may carry ...
+_FIELD: Schema = {"anyOf": [ASCII, {"type": "integer"}, {"type": "boolean"}]}  # ... and their types
+
+
+def _form(properties: Mapping[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    return {"type": "object", "required": list(required), "properties": dict(properties),
+            "maxProperties": FORM_FIELDS, "additionalProperties": ASCII}
+
+
+def _json(properties: Mapping[str, Schema], required: tuple[str, ...] = ()) -> Schema:
+    return {"type": "object", "required": list(required),
+            "properties": {**{name: _FIELD for name in FIELDS}, **properties}}
+
+
 def control_body(value: Schema, **more: Schema) -> dict[str, Schema]:
     """A control POST body by media type. Without a value (or an empty one) it reads the current
     setting and ignores the other fields; with a value it writes it, with the `more` fields
@@ -261,10 +275,10 @@ def control_body(value: Schema, **more: Schema) -> dict[str, Schema]:
     read = {"value": _EMPTY, "token": TOKEN}
     write = {"value": value, **{name: {"anyOf": [schema, _EMPTY]} for name, schema in more.items()},
              "token": TOKEN}
-    form = {"type": "object", "maxProperties": FORM_FIELDS, "additionalProperties": ASCII}
-    return {
-        FORM: {"anyOf": [{**form, "properties": read},
-                         {**form, "required": ["value"], "properties": write}]},
-        JSON: {"anyOf": [{"type": "object", "properties": read},
-                         {"type": "object", "required": ["value"], "properties": write}]},
-    }
+    return {FORM: {"anyOf": [_form(read), _form(write, ("value",))]},
+            JSON: {"anyOf": [_json(read), _json(write, ("value",))]}}
+
+
+def token_body() -> dict[str, Schema]:
+    """A POST body that carries only the token (other fields are ignored)."""
+    return {FORM: _form({"token": TOKEN}), JSON: _json({"token": TOKEN})}
