@@ -56,22 +56,29 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A status a route can answer besides 200, and what it carries."""
+    """A status a route can answer, and what it carries."""
 
     status: int
     description: str
-    body: Schema = field(default_factory=lambda: ref("Error"))
-    retry_after: bool = False  # a Retry-After header comes with it
+    body: Schema | None = field(default_factory=lambda: ref("Error"))  # None: no body
+    retry_after: bool = False  # a Retry-After header always comes with it ...
+    retry_sometimes: bool = False  # ... or may come with it
+    media: str = JSON
+    echo: tuple[str, ...] = ()  # headers that may come back (e.g. X-Request-ID)
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """A POST: its body by media type (a form or a JSON object) and the security that guards it."""
+    """A POST: its body by media type, the security that guards it, and its answers (a 200
+    that is not listed is the control routes' "done, with the gateway's reply")."""
 
     body: Mapping[str, Schema]
     security: tuple[str, ...] = ("controlSecret",)
     answers: tuple[Answer, ...] = ()
     summary: str = ""
+    description: str = ""
+    headers: tuple[Param, ...] = ()  # request header parameters
+    required: bool = False  # a body must be sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,10 @@ class Doc:
     query: tuple[Param, ...] = ()
     wildcard: Param | None = None  # what "*" of a prefix row stands for, e.g. /pw/{name}
     write: Write | None = None  # documentation of POST when the row serves it
+    # A row whose other methods (OPTIONS included: no preflight) get something else than the
+    # usual 405, e.g. OpenC2's 400: what they get. Its OPTIONS is then no operation of its own.
+    other_methods: str = ""
+    shapes: Mapping[str, Schema] = field(default_factory=dict)  # named shapes the row brings
 
 
 # ---- answers that many routes share ----------------------------------------------------
@@ -102,7 +113,6 @@ WRITE_ANSWERS = (
     Answer(401, "Missing or wrong control token"),
     CONTROL_OFF,
     Answer(404, "Not available for this gateway's transport, or unknown action"),
-    Answer(413, "Body larger than 4 KiB"),
     Answer(415, "Body neither application/x-www-form-urlencoded nor application/json"),
     Answer(429, "Too many wrong tokens from this client: wait as Retry-After says", retry_after=True),
     Answer(502, "The gateway refused or failed the write"),

@@ -540,8 +540,9 @@ def _doc(action: str, reads: Schema, value: Schema, what: str, **more: Schema) -
                            summary=f"Set the {what} (an empty value reads it)"))
 
 
-_BOOLEAN: Schema = {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}
-_EXPORT: Schema = {"type": "string", "enum": [g.value for g in GridExport]}
+GRID_CHARGING_VALUE: Schema = {"anyOf": [{"type": "boolean"},
+                                          {"type": "string", "enum": ["true", "false"]}]}
+GRID_EXPORT_VALUE: Schema = {"type": "string", "enum": [g.value for g in GridExport]}
 _SECONDS: Schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999999},
                               {"type": "string", "pattern": "^([0-9]{1,6}|cancel)$"}]}
 CONTROL_ROUTES: tuple[Route, ...] = (
@@ -555,9 +556,9 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     Route("/control/mode", control_mode, methods=_BOTH,
           doc=_doc("mode", {"type": ["string", "null"]}, MODE, "operation mode", level=LEVEL)),
     Route("/control/grid_charging", control_grid_charging, methods=_BOTH,
-          doc=_doc("grid_charging", {"type": "boolean"}, _BOOLEAN, "grid charging")),
+          doc=_doc("grid_charging", {"type": "boolean"}, GRID_CHARGING_VALUE, "grid charging")),
     Route("/control/grid_export", control_grid_export, methods=_BOTH,
-          doc=_doc("grid_export", {"type": ["string", "null"]}, _EXPORT, "grid export rule")),
+          doc=_doc("grid_export", {"type": ["string", "null"]}, GRID_EXPORT_VALUE, "grid export rule")),
     Route("/control/max_backup", control_max_backup, methods=_BOTH,
           doc=Doc("Backup events (v1r LAN transport only)", OBJECT, tag="control",
                   answers=_READ_ANSWERS,

@@ -57,13 +57,19 @@ SECURITY_SCHEMES: Obj = {
     },
     "openc2Token": {
         "type": "http", "scheme": "bearer",
-        "description": "PW_OPENC2_TOKEN, as `Authorization: Bearer …` on OpenC2 commands.",
+        "description": "PW_OPENC2_TOKEN, as `Authorization: Bearer …` on OpenC2 commands (query "
+                       "only; the control secret may also set). The 2018 connector's routes also "
+                       "take either token in an apikey or oc2-api-key header.",
     },
 }
 
 BAD_TARGET = Answer(400, "Malformed request target: not ASCII or UTF-8, control characters, "
                          "more than 50 query fields")
 UNKNOWN_GATEWAY = Answer(404, "No gateway with this id")
+BODY_FRAMING = (Answer(411, "A chunked body: send it with Content-Length"),
+                Answer(413, "Body larger than 4 KiB"))
+DONE = Answer(200, "Done, with the gateway's reply (an empty value: the current setting)",
+              {"type": "object"})
 MOUNT_ID = Param("id", "A configured gateway id", {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"})
 _DEFAULT_WILDCARD = Param("rest", "The rest of the path", NAME)
 ANY_SEGMENT: Obj = {"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f]+$"}
@@ -72,6 +78,10 @@ _OPERATION_ID = re.compile(r"[^A-Za-z0-9]+")
 HEADERS: Obj = {
     "RetryAfter": {"description": "Seconds to wait before asking again", "required": True,
                    "schema": {"type": "integer", "minimum": 1}},
+    "RetryAfterMaybe": {"description": "Seconds to wait before asking again (when it is known)",
+                        "schema": {"type": "integer", "minimum": 1}},
+    "XRequestID": {"description": "The request's X-Request-ID (or the envelope's request_id), "
+                                  "echoed", "schema": {"type": "string"}},
     "Age": {"description": "Seconds since the gateway data was fetched",
             "schema": {"type": "integer", "minimum": 0}},
     "XCache": {"description": "HIT, or STALE: the last good copy during an outage",
@@ -103,13 +113,14 @@ def document(routes: Iterable[Route], *, base_url: str = "/", gateway_ids: Seque
                            "HEAD and OPTIONS (CORS preflight); errors are JSON "
                            '{"error": "…"}. Routes that are not proxy-wide are served for the '
                            "default gateway at the root and for each gateway under "
-                           "/api/gateways/{id}/.",
+                           "/api/gateways/{id}/. Integers in request bodies are written as "
+                           "integers (30, not 30.0).",
         },
         "servers": [{"url": base_url.rstrip("/") or "/",
                      "description": "This proxy (PROXY_BASE_URL)"}],
         "tags": [{"name": name, "description": text} for name, text in TAGS],
         "paths": build.paths,
-        "components": {"schemas": SCHEMAS, "responses": build.responses,
+        "components": {"schemas": {**SCHEMAS, **build.shapes}, "responses": build.responses,
                        "securitySchemes": SECURITY_SCHEMES, "headers": HEADERS},
     }
 
@@ -138,7 +149,7 @@ def _param(param: Param, where: str, examples: tuple[str, ...] = ()) -> Obj:
                 "schema": dict(param.schema)}
     if where == "path":
         out["required"] = True
-    else:
+    elif where == "query":
         out["allowEmptyValue"] = True
     values = examples or param.examples
     if values:
@@ -152,20 +163,23 @@ class _Builder:
     def __init__(self) -> None:
         self.paths: Obj = {}
         self.responses: Obj = {}
+        self.shapes: Obj = {}
         self._names: dict[str, str] = {}
         self._ids: set[str] = set()
 
     def path(self, template: str, route: Route, doc: Doc, mount: list[Obj], wild: list[Obj],
              extra: tuple[Answer, ...]) -> None:
         """The path item of one row at one place: its operations, as the app serves them."""
+        self.shapes.update(doc.shapes)
         item: Obj = {}
         if mount or wild:
             item["parameters"] = [*mount, *wild]
         key = self._key(template)
         if "GET" in route.methods:
-            answers = (*doc.answers, *extra)
+            ok = Answer(200, doc.summary, dict(doc.body), media=doc.media)
+            answers = (ok, BAD_TARGET, *doc.answers, *extra)
             get: Obj = {"tags": [doc.tag], "summary": doc.summary, "operationId": f"get_{key}",
-                        "responses": self._ok(doc, route.cached, answers, body=True)}
+                        "responses": self._answers(answers, body=True, cached=route.cached)}
             if doc.description:
                 get["description"] = doc.description
             if doc.query:
@@ -173,16 +187,18 @@ class _Builder:
             item["get"] = get
             item["head"] = {**get, "summary": doc.summary + " (headers only)",
                             "operationId": f"head_{key}",
-                            "responses": self._ok(doc, route.cached, answers, body=False)}
+                            "responses": self._answers(answers, body=False, cached=route.cached)}
         if "POST" in route.methods:
             item["post"] = self._post(doc, key, extra)
-        item["options"] = {
-            "tags": [doc.tag], "summary": "CORS preflight", "operationId": f"options_{key}",
-            **_preflight(wild),
-            "responses": {"204": {"description": "The methods and headers allowed",
-                                  "headers": {"Allow": {"$ref": "#/components/headers/Allow"}}},
-                          **self._errors((BAD_TARGET, *extra), body=True)},
-        }
+        if doc.other_methods:
+            item["description"] = doc.other_methods
+        else:
+            item["options"] = {
+                "tags": [doc.tag], "summary": "CORS preflight", "operationId": f"options_{key}",
+                **_preflight(wild),
+                "responses": {"204": {"description": "The methods and headers allowed",
+                                      "headers": {"Allow": {"$ref": "#/components/headers/Allow"}}},
+                              **self._answers((BAD_TARGET, *extra), body=True)}}
         self.paths[template] = item
 
     def _key(self, template: str) -> str:
@@ -195,56 +211,73 @@ class _Builder:
         self._ids.add(key)
         return key
 
-    def _ok(self, doc: Doc, cached: bool, answers: tuple[Answer, ...], *, body: bool) -> Obj:
-        ok: Obj = {"description": doc.summary}
-        if body:
-            ok["content"] = {doc.media.split(";")[0]: {"schema": dict(doc.body)}}
-        if cached:
-            ok["headers"] = {"Age": {"$ref": "#/components/headers/Age"},
-                             "X-Cache": {"$ref": "#/components/headers/XCache"}}
-        return {"200": ok, **self._errors((BAD_TARGET, *answers), body=body)}
-
     def _post(self, doc: Doc, key: str, extra: tuple[Answer, ...]) -> Obj:
         write = doc.write or Write({JSON: ANY})
-        return {
+        answers = write.answers
+        if not any(a.status == 200 for a in answers):
+            answers = (DONE, *answers)
+        post: Obj = {
             "tags": [doc.tag], "summary": write.summary or doc.summary, "operationId": f"post_{key}",
-            "requestBody": {"required": False, "content": {
+            "requestBody": {"required": write.required, "content": {
                 media: {"schema": dict(schema)} for media, schema in write.body.items()}},
             "security": [{name: []} for name in write.security],
-            "responses": {"200": {"description": "Done, with the gateway's reply (an empty value: "
-                                                 "the current setting)",
-                                  "content": {JSON: {"schema": {"type": "object"}}}},
-                          **self._errors((BAD_TARGET, *write.answers, *extra), body=True)},
+            "responses": self._answers((*answers, BAD_TARGET, *BODY_FRAMING, *extra), body=True),
         }
+        if write.description:
+            post["description"] = write.description
+        if write.headers:
+            post["parameters"] = [_param(p, "header") for p in write.headers]
+        return post
 
-    def _errors(self, answers: Iterable[Answer], *, body: bool) -> Obj:
-        """Responses by status, as references; answers sharing a status are joined into one."""
+    def _answers(self, answers: Iterable[Answer], *, body: bool, cached: bool = False) -> Obj:
+        """Responses by status. A 200 is written out (with Age and X-Cache on a cached route);
+        the others are references to named responses. Answers sharing a status are one
+        response: descriptions joined, bodies by media type (several: any of them)."""
         by_status: dict[int, list[Answer]] = {}
         for answer in answers:
             by_status.setdefault(answer.status, []).append(answer)
-        return {str(status): {"$ref": "#/components/responses/" + self._response(group, body)}
-                for status, group in by_status.items()}
+        out: Obj = {}
+        for status, group in by_status.items():
+            response = _response(group, body)
+            if status == 200:
+                if cached:
+                    response.setdefault("headers", {}).update({
+                        "Age": {"$ref": "#/components/headers/Age"},
+                        "X-Cache": {"$ref": "#/components/headers/XCache"}})
+                out["200"] = response
+                continue
+            name_key = json.dumps(response, sort_keys=True)
+            name = self._names.get(name_key)
+            if name is None:
+                name = f"{'' if body else 'Head'}{status}_{len(self.responses) + 1}"
+                self._names[name_key] = name
+                self.responses[name] = response
+            out[str(status)] = {"$ref": "#/components/responses/" + name}
+        return out
 
-    def _response(self, group: list[Answer], body: bool) -> str:
-        first = group[0]
-        joined = Answer(first.status, "; or: ".join(dict.fromkeys(a.description for a in group)),
-                        first.body, any(a.retry_after for a in group))
-        if len(group) > 1 and any(a.body != first.body for a in group):
-            joined = Answer(first.status, joined.description, {"anyOf": [dict(a.body) for a in group]},
-                            joined.retry_after)
-        key = json.dumps([joined.status, joined.description, joined.body, joined.retry_after, body],
-                         sort_keys=True)
-        name = self._names.get(key)
-        if name is None:
-            name = f"{'' if body else 'Head'}{first.status}_{len(self.responses) + 1}"
-            response: Obj = {"description": joined.description}
-            if body:
-                response["content"] = {JSON: {"schema": dict(joined.body)}}
-            if joined.retry_after:
-                response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
-            self._names[key] = name
-            self.responses[name] = response
-        return name
+
+def _response(group: list[Answer], body: bool) -> Obj:
+    response: Obj = {"description": "; or: ".join(dict.fromkeys(a.description for a in group))}
+    content: Obj = {}
+    for answer in group:
+        if answer.body is not None and body:
+            content.setdefault(answer.media.split(";")[0], []).append(dict(answer.body))
+    if content:
+        response["content"] = {media: {"schema": bodies[0] if len(bodies) == 1 else
+                                        {"anyOf": list({json.dumps(b, sort_keys=True): b
+                                                        for b in bodies}.values())}}
+                               for media, bodies in content.items()}
+    headers: Obj = {}
+    if any(a.retry_after for a in group):
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    elif any(a.retry_sometimes for a in group):
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfterMaybe"}
+    for answer in group:
+        for name in answer.echo:
+            headers[name] = {"$ref": f"#/components/headers/{name.replace('-', '')}"}
+    if headers:
+        response["headers"] = headers
+    return response
 
 
 # ---- the routes ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
+from proxy import openc2
 from proxy.apidoc import Doc
 from proxy.app import Route
 from proxy.config import load_config
@@ -25,6 +26,9 @@ from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-token"
+OPENC2_TOKEN = "openc2-query-token"
+LIVE_ENV = {"PW_CONTROL_SECRET": SECRET, "PW_OPENC2_TOKEN": OPENC2_TOKEN,
+            "PW_TRUSTED_PROXIES": "127.0.0.1"}
 MAX_EXAMPLES = "3"  # per operation and phase: ~600 operations, well under a minute
 
 
@@ -51,7 +55,9 @@ def gaps(routes: Iterable[Route], doc: dict[str, Any]) -> list[str]:
                 problems.append(f"{place}{route.path}: not in the document")
                 continue
             item = doc["paths"][found[0]]
-            served = {m.lower() for m in route.methods} | {"options"}
+            served = {m.lower() for m in route.methods if m != "OPTIONS"}
+            if not route.doc.other_methods:
+                served.add("options")  # the CORS preflight
             if "GET" in route.methods:
                 served.add("head")
             missing = served - set(item)
@@ -61,14 +67,18 @@ def gaps(routes: Iterable[Route], doc: dict[str, Any]) -> list[str]:
 
 
 def _operations(doc: dict[str, Any]) -> int:
-    return sum(len([m for m in item if m != "parameters"]) for item in doc["paths"].values())
+    return sum(len([m for m in item if m not in ("parameters", "description")])
+               for item in doc["paths"].values())
 
 
 # ---- the document, without a network ------------------------------------------------------
 
+ALL_ROUTES = (*ROUTES, *openc2.routes(openc2.CommandLimit()))  # as proxy.main serves them
+
+
 def test_every_route_of_the_table_is_documented() -> None:
-    doc = document(ROUTES, gateway_ids=["default"])
-    assert gaps(ROUTES, doc) == []
+    doc = document(ALL_ROUTES, gateway_ids=["default"])
+    assert gaps(ALL_ROUTES, doc) == []
     validate(doc)
     assert {"/aggregates", "/csv", "/api/aggregate", "/api/gateways", "/api/gateways/{id}",
             "/control/reserve", "/pw/{name}", "/openapi.json", "/docs",
@@ -93,7 +103,7 @@ def test_a_route_without_its_doc_is_caught() -> None:
 
 
 def test_shapes_statuses_and_security() -> None:
-    doc = document(ROUTES, base_url="/pw-proxy/", gateway_ids=["home", "cabin"])
+    doc = document(ALL_ROUTES, base_url="/pw-proxy/", gateway_ids=["home", "cabin"])
     paths = doc["paths"]
     assert doc["openapi"] == "3.1.0" and doc["servers"] == [
         {"url": "/pw-proxy", "description": "This proxy (PROXY_BASE_URL)"}]
@@ -131,7 +141,17 @@ def test_shapes_statuses_and_security() -> None:
     assert set(paths["/api/aggregate"]) == {"get", "head", "options"}
     assert paths["/api/gateways"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] \
         == {"$ref": "#/components/schemas/Gateways"}
-    ids = [op["operationId"] for item in paths.values() for m, op in item.items() if m != "parameters"]
+    for path in openc2.PATHS:  # POST only: any other method answers 400, so no preflight either
+        assert set(paths[path]) == {"post", "description"}, path
+        post = paths[path]["post"]
+        assert post["security"] == [{"openc2Token": []}, {"controlSecret": []}]
+        assert post["requestBody"]["required"] is True
+        assert {"200", "400", "401", "403", "404", "501", "503"} <= set(post["responses"])
+    assert set(paths["/openc2"]["post"]["responses"]["200"]["content"]) == {
+        "application/openc2+json", "application/openc2-rsp+json"}
+    assert {"OpenC2Command", "OpenC2Envelope", "OpenC2Response"} <= set(doc["components"]["schemas"])
+    ids = [op["operationId"] for item in paths.values() for m, op in item.items()
+           if m not in ("parameters", "description")]
     assert len(ids) == len(set(ids)) == _operations(doc)
 
 
@@ -142,6 +162,7 @@ def test_served_document_is_valid_and_root_only(proxy: ProxyHandle) -> None:
     assert reply.status == 200 and reply.header("Content-Type") == "application/json"
     doc = reply.json()
     validate(doc)
+    assert gaps(proxy.app.routes, doc) == []
     assert doc == json.loads(json.dumps(document(proxy.app.routes, gateway_ids=["default"])))
     assert proxy.request("HEAD", "/openapi.json").status == 200
     assert proxy.request("OPTIONS", "/docs").status == 204
@@ -165,8 +186,7 @@ def test_base_url_reaches_document_and_page(proxy_factory: Factory) -> None:
 
 @pytest.fixture
 def fleet_of_two(tmp_path: Path) -> Iterator[ProxyHandle]:
-    env = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_CONTROL_SECRET": SECRET,
-           "PW_TRUSTED_PROXIES": "127.0.0.1"}
+    env = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), **LIVE_ENV}
     handle = ProxyHandle(start(load_config(env, simulate=True), simulate=2, wait_connected=CONNECT_WAIT))
     yield handle
     handle.stop()
@@ -182,7 +202,7 @@ def test_mount_examples_are_the_configured_gateways(fleet_of_two: ProxyHandle) -
 
 def schemathesis(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     """One bounded schemathesis run (fixed seed: the same cases every time)."""
-    env = {**os.environ, "PW_TEST_CONTROL_SECRET": SECRET,
+    env = {**os.environ, "PW_TEST_CONTROL_SECRET": SECRET, "PW_TEST_OPENC2_TOKEN": OPENC2_TOKEN,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "schemathesis.cli", "--no-color",
                "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run", url,
@@ -198,7 +218,7 @@ def _report(run: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.slow
 def test_schemathesis_finds_nothing(proxy_factory: Factory) -> None:
-    proxy = proxy_factory({"PW_CONTROL_SECRET": SECRET, "PW_TRUSTED_PROXIES": "127.0.0.1"})
+    proxy = proxy_factory(LIVE_ENV)
     run = schemathesis(proxy.url + "openapi.json")
     assert run.returncode == 0, _report(run)
     assert " passed" in run.stdout and "Operations:" in run.stdout

@@ -123,7 +123,7 @@
     return table;
   }
 
-  function operation(path, method, op, pathParams, perGateway) {
+  function operation(path, method, op, pathParams, perGateway, about) {
     var box = el("details", null, "op");
     box.setAttribute("data-path", path);
     box.setAttribute("data-method", method);
@@ -136,6 +136,7 @@
     add(box, summary);
     var body = el("div");
     if (op.description) add(body, el("p", op.description));
+    if (about) add(body, el("p", about, "muted"));
     var params = (pathParams || []).concat(op.parameters || []);
     if (params.length) add(body, parameterTable(params));
     if (op.requestBody) {
@@ -164,7 +165,8 @@
         if (!op) return;
         var tag = (op.tags && op.tags[0]) || "other";
         if (order.indexOf(tag) < 0) order.push(tag);
-        (byTag[tag] = byTag[tag] || []).push({ path: path, method: method, op: op, params: item.parameters });
+        (byTag[tag] = byTag[tag] || []).push({ path: path, method: method, op: op, params: item.parameters,
+          about: item.description });
       });
     });
     var list = $("operations");
@@ -178,7 +180,8 @@
       add(section, add(el("h3", tag), about ? el("span", " — " + about.description, "muted") : null));
       ops.forEach(function (o) {
         var mounted = o.path.indexOf(MOUNT + "/") === 0;
-        var box = operation(o.path, o.method, o.op, o.params, !mounted && paths[MOUNT + o.path] !== undefined);
+        var box = operation(o.path, o.method, o.op, o.params, !mounted && paths[MOUNT + o.path] !== undefined,
+          o.about);
         if (mounted) box.setAttribute("data-mounted", "1");
         add(section, box);
       });
