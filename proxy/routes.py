@@ -41,6 +41,7 @@ from proxy.gateway.sources import (
     Source,
     poll,
 )
+from proxy.metrics import METRICS_ROUTES
 from proxy.site import Rendered, Site, State
 
 Values = Sequence[Any]
@@ -260,4 +261,5 @@ ROUTES: tuple[Route, ...] = (
     Route("/pw/*", get_pw_unknown),
     *CONTROL_ROUTES,
     *FLEET_ROUTES,
+    *METRICS_ROUTES,
 )
