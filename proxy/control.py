@@ -33,6 +33,7 @@ from proxy.errors import HTTPError, NotSupported, ProxyError
 from proxy.forwarded import client_address, throttle_key
 from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend, user_number
 from proxy.http_types import Response
+from proxy.site import Site
 
 log = logging.getLogger("proxy.control")
 
@@ -261,15 +262,26 @@ def _mode(raw: str, what: str) -> Mode:
         raise HTTPError(400, f"Control Command {what} Invalid - use one of {names}") from None
 
 
-def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Response:
-    result = call.site.gateway.control(action)
+def apply(site: Site, what: str, action: Callable[[Any], Any], summary: str, origin: str,
+          named: bool = True) -> Any:
+    """Run one write through the site's control backend and log it (naming the gateway when
+    `named`); 502 when it failed. Shared by POST /control/<name> and MQTT commands."""
+    result = site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
-    where = f" on {call.site.gateway.name}" if call.mount else ""
-    log.info("control: %s %s%s from %s", summary, outcome, where, client_of(app, call))
+    where = f" on {site.gateway.name}" if named else ""
+    log.info("control: %s %s%s from %s", summary, outcome, where, origin)
     if failed:
-        app.stats.count_error()
         raise HTTPError(502, f"Failed to set {what}")
+    return result
+
+
+def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Response:
+    try:
+        result = apply(call.site, what, action, summary, client_of(app, call), bool(call.mount))
+    except HTTPError:
+        app.stats.count_error()
+        raise
     app.stats.count_post()
     call.site.stats.count_post()  # the gateway's own /stats counts its writes too
     return json_response(200, result)
@@ -309,10 +321,7 @@ def control_reserve(app: App, call: Call) -> Response:
     level = _level(fields["value"], "Value")
     if fields.get("mode"):
         return _write_operation(app, call, level, _mode(fields["mode"], "Mode"))
-    # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
-    return _write(app, call, "reserve",
-                  lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level),
-                  f"reserve={level}")
+    return _write(app, call, "reserve", reserve_action(level), f"reserve={level}")
 
 
 def control_mode(app: App, call: Call) -> Response:
@@ -322,8 +331,16 @@ def control_mode(app: App, call: Call) -> Response:
     mode = _mode(fields["value"], "Value")
     if fields.get("level"):
         return _write_operation(app, call, _level(fields["level"], "Level"), mode)
-    return _write(app, call, "mode", lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None),
-                  f"mode={mode.value}")
+    return _write(app, call, "mode", mode_action(mode), f"mode={mode.value}")
+
+
+def reserve_action(level: int) -> Callable[[Any], Any]:
+    # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
+    return lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level)
+
+
+def mode_action(mode: Mode) -> Callable[[Any], Any]:
+    return lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None)
 
 
 def _write_operation(app: App, call: Call, level: int, mode: Mode) -> Response:
@@ -447,6 +464,31 @@ def _get_grid_charging(pw: Any) -> Any:
 
 def _get_grid_export(pw: Any) -> Any:
     return pw.get_grid_export() or "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A write that other surfaces (MQTT) offer: parse the value, then the same action and
+    audit line as POST /control/<name>."""
+
+    name: str
+    parse: Callable[[str], Any]  # HTTPError(400) for a value it cannot use
+    action: Callable[[Any], Callable[[Any], Any]]
+    summary: Callable[[Any], str]
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("reserve", lambda raw: _level(raw.strip(), "Value"), reserve_action,
+            lambda level: f"reserve={level}"),
+    Command("mode", lambda raw: _mode(raw.strip(), "Value"), mode_action,
+            lambda mode: f"mode={mode.value}"),
+)
+
+
+def run_command(site: Site, command: Command, raw: str, origin: str) -> Any:
+    """Carry out a command on a site; ProxyError (HTTPError 400/502, gateway errors) when not."""
+    value = command.parse(raw)
+    return apply(site, command.name, command.action(value), command.summary(value), origin)
 
 
 _BOTH = ("GET", "POST")
