@@ -270,6 +270,13 @@ def aggregate_messages(settings: Settings, body: dict[str, Any],
     return configs, states
 
 
+def online_message(settings: Settings, frame: Frame) -> Message:
+    """The gateway_online state, which is the proxy's to tell even when the gateway is silent."""
+    point = next(p for p in POINTS if p.kind is Kind.FLAG)
+    return Message(state_topic(settings, frame.id, point), payload_of(frame.online),
+                   retain=settings.retain)
+
+
 def _firmware(frame: Frame) -> str | None:
     point = next(p for p in POINTS if p.key == "firmware_version")
     found = values(point, frame)
@@ -442,8 +449,9 @@ class Publisher:
         if not self.settings.control:
             return
         parts = topic[len(self.settings.prefix) + 1:].split("/")
-        if message.retain or len(parts) != 4:
-            self._ignored(topic, "a retained command" if message.retain else "not a command topic")
+        if message.retain or len(parts) != 4 or not message.payload:
+            # retained: it would replay on every connect; empty: someone clearing a retained one
+            self._ignored(topic, "a retained command" if message.retain else "an empty command")
             return
         try:
             payload = message.payload.decode("ascii")
@@ -509,7 +517,10 @@ class Publisher:
             self._windows[site.id] = site.window()
             self._set_availability(frame.id, ONLINE if frame.fresh else OFFLINE)
             if not frame.fresh or frame.at is None or frame.at == self._published_at.get(frame.id):
-                continue  # no new data this window: nothing to say (expire_after will)
+                # No new data this window: only the proxy's own view of the gateway is news
+                # (the measurements expire in Home Assistant by themselves).
+                self._send([online_message(self.settings, frame)])
+                continue
             control = self.settings.control and site.gateway.control_pw is not None
             configs, states = gateway_messages(self.settings, frame, _firmware(frame), interval,
                                                self._announced, control)
