@@ -3,6 +3,7 @@ checked against the API, within one cache window."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +56,29 @@ def same_window(h: ProxyHandle, gateway: str, read: Callable[[], Any], tries: in
         if site.window() == window:
             return ours, theirs
     raise AssertionError("never got both readings within one cache window")
+
+
+def requests_per_window(h: ProxyHandle, scrapes: int, spans: int = 3) -> list[int]:
+    """Gateway requests the simulator counted from the middle of one window to the middle of
+    the next, with `scrapes` /metrics scrapes at the start of the span and (when more than
+    one) again just after the window boundary inside it."""
+    cache = h.gateway.cache
+
+    def next_boundary() -> None:
+        window = cache.window()
+        while cache.window() == window:
+            time.sleep(0.002)
+
+    next_boundary()
+    time.sleep(cache.period / 2)
+    counts: list[int] = []
+    for _ in range(spans + 1):  # the first span only settles what came before
+        before = h.sim.stats()["total"]
+        for _ in range(scrapes):
+            assert h.get("/metrics").status == 200
+        next_boundary()
+        for _ in range(scrapes if scrapes > 1 else 0):
+            assert h.get("/metrics").status == 200
+        time.sleep(cache.period / 2)
+        counts.append(h.sim.stats()["total"] - before)
+    return counts[1:]

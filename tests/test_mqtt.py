@@ -21,95 +21,14 @@ from proxy.main import start
 from proxy.points import POINTS, slug
 from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, Received, free_port, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
-from tests.expected import same_window
+from tests.expected import requests_per_window, same_window
+from tests.ha_rules import DISCOVERY, PREFIX, check_config, check_state
 
 pytestmark = pytest.mark.skipif(
     MOSQUITTO is None or MOSQUITTO_PASSWD is None,
     reason="mosquitto not found; install Debian's mosquitto (tests/run.sh does as root)")
 
-PREFIX, DISCOVERY = "pypowerwall", "homeassistant"
 FILTERS = (f"{DISCOVERY}/#", f"{PREFIX}/#")
-
-# ---- Home Assistant's rules, as its sensor integration states them ----------------------
-ENERGY_UNITS = {"J", "kJ", "MJ", "GJ", "mWh", "Wh", "kWh", "MWh", "GWh", "TWh", "cal", "kcal",
-                "Mcal", "Gcal"}
-DEVICE_CLASS_UNITS: dict[str, set[str | None]] = {
-    "power": {"W", "kW", "MW", "GW", "TW"},
-    "battery": {"%"},
-    "energy": set(ENERGY_UNITS),
-    "energy_storage": set(ENERGY_UNITS),
-    "duration": {"d", "h", "min", "s", "ms"},
-    "temperature": {"°C", "°F", "K"},
-    "enum": {None},
-}
-DEVICE_CLASS_STATE_CLASSES: dict[str, set[str | None]] = {
-    "power": {"measurement", None},
-    "battery": {"measurement", None},
-    "energy": {"total", "total_increasing", None},
-    "energy_storage": {"measurement", None},
-    "duration": {"measurement", "total", "total_increasing", None},
-    "temperature": {"measurement", None},
-    "enum": {None},
-}
-STATE_CLASSES = {"measurement", "total", "total_increasing"}
-BINARY_SENSOR_CLASSES = {"connectivity", "problem", "power", "running", "battery_charging"}
-TOPIC = re.compile(rf"^{DISCOVERY}/(sensor|binary_sensor|number|select)/(?:[a-zA-Z0-9_-]+/)?"
-                   r"[a-zA-Z0-9_-]+/config$")
-
-
-def check_config(topic: str, config: dict[str, Any]) -> str:
-    """Fail unless the config is one Home Assistant accepts; returns the component."""
-    match = TOPIC.match(topic)
-    assert match, f"discovery topic not of HA's form: {topic}"
-    component = match.group(1)
-    assert isinstance(config.get("unique_id"), str) and config["unique_id"], topic
-    assert isinstance(config.get("name"), str) and config["name"], topic
-    device, origin = config.get("device"), config.get("origin")
-    assert isinstance(device, dict) and device.get("identifiers") and device.get("name"), topic
-    assert isinstance(origin, dict) and origin.get("name"), topic
-    availability = config.get("availability")
-    assert isinstance(availability, list) and availability, topic
-    assert all(set(a) == {"topic"} and a["topic"].startswith(PREFIX + "/") for a in availability)
-    assert config.get("availability_mode") in ("all", "any", "latest"), topic
-    assert config.get("entity_category") in (None, "config", "diagnostic"), topic
-    if component in ("sensor", "binary_sensor"):
-        expire = config.get("expire_after")
-        assert isinstance(expire, int) and expire > 0, topic
-        assert isinstance(config.get("state_topic"), str), topic
-    device_class, unit = config.get("device_class"), config.get("unit_of_measurement")
-    state_class = config.get("state_class")
-    if component == "sensor":
-        assert state_class in STATE_CLASSES | {None}, topic
-        if device_class is not None:
-            assert device_class in DEVICE_CLASS_UNITS, f"{topic}: unknown device class {device_class}"
-            assert unit in DEVICE_CLASS_UNITS[device_class], f"{topic}: {unit} not for {device_class}"
-            assert state_class in DEVICE_CLASS_STATE_CLASSES[device_class], topic
-        if "options" in config:
-            assert device_class == "enum" and config["options"], topic
-            assert state_class is None and unit is None, topic
-        if device_class == "enum":
-            assert config.get("options"), topic
-    if component == "binary_sensor":
-        assert device_class in BINARY_SENSOR_CLASSES | {None}, topic
-        assert unit is None and state_class is None, topic
-    if component == "number":
-        assert config["min"] < config["max"] and config["step"] > 0, topic
-        assert config.get("mode") in ("auto", "box", "slider"), topic
-        assert config["command_topic"].startswith(PREFIX + "/"), topic
-    if component == "select":
-        assert config["options"] and config["command_topic"].startswith(PREFIX + "/"), topic
-    return component
-
-
-def check_state(component: str, config: dict[str, Any], payload: str) -> None:
-    """A state Home Assistant can take for that entity."""
-    if component == "binary_sensor":
-        assert payload in ("ON", "OFF"), (config["unique_id"], payload)
-    elif config.get("unit_of_measurement") or config.get("state_class"):
-        float(payload)  # numeric sensors need a number ("None" only for a missing value)
-    elif config.get("options"):
-        assert payload in config["options"], (config["unique_id"], payload)
-
 
 # ---- fixtures -----------------------------------------------------------------------------
 
@@ -411,32 +330,6 @@ def test_mqtt_adds_no_gateway_requests(proxy_factory: Factory, broker: Mosquitto
     # Never more than one poller's requests in any window, however many read.
     assert max(alone) <= max(baseline) and max(busy) <= max(baseline), (baseline, alone, busy)
     assert sum(busy) <= sum(baseline), (baseline, busy)
-
-
-def requests_per_window(h: ProxyHandle, scrapes: int, spans: int = 3) -> list[int]:
-    """Gateway requests the simulator counted from the middle of one window to the middle of
-    the next, with `scrapes` /metrics scrapes at the start of the span and (when more than
-    one) again just after the window boundary inside it."""
-    cache = h.gateway.cache
-
-    def next_boundary() -> None:
-        window = cache.window()
-        while cache.window() == window:
-            time.sleep(0.002)
-
-    next_boundary()
-    time.sleep(cache.period / 2)
-    counts: list[int] = []
-    for _ in range(spans + 1):  # the first span only settles what came before
-        before = h.sim.stats()["total"]
-        for _ in range(scrapes):
-            assert h.get("/metrics").status == 200
-        next_boundary()
-        for _ in range(scrapes if scrapes > 1 else 0):
-            assert h.get("/metrics").status == 200
-        time.sleep(cache.period / 2)
-        counts.append(h.sim.stats()["total"] - before)
-    return counts[1:]
 
 
 @pytest.mark.parametrize(("env", "message"), [
