@@ -1,7 +1,7 @@
 """Docker HEALTHCHECK: GET /health on our own port and scheme; exit 0 only on HTTP 200.
 
-Reads PW_PORT and PW_HTTPS like the proxy, so the check follows the configuration.
-Kept free of heavy imports: it runs every 30 s.
+Reads PW_PORT and PW_HTTPS like the proxy (and the `server:` block of a PW_CONFIG file),
+so the check follows the configuration. Kept free of heavy imports: it runs every 30 s.
 """
 
 from __future__ import annotations
@@ -13,9 +13,22 @@ import urllib.error
 import urllib.request
 
 
-def main() -> int:
+def _listening() -> tuple[str, bool]:
+    """(port, https) as the proxy will have them."""
+    if os.environ.get("PW_CONFIG", "").strip():
+        from proxy.config import load_config  # the file may move the port
+
+        config = load_config(os.environ)
+        return str(config.port), config.https == "yes"
     port = os.environ.get("PW_PORT", "8675").strip() or "8675"
-    https = os.environ.get("PW_HTTPS", "no").strip().lower() == "yes"
+    return port, os.environ.get("PW_HTTPS", "no").strip().lower() == "yes"
+
+
+def main() -> int:
+    try:
+        port, https = _listening()
+    except ValueError:  # a bad config file: the proxy did not start either
+        return 1
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}/health"
     context = ssl._create_unverified_context() if https else None  # our own self-signed cert
     try:

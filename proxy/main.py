@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.app import App
 from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
+from proxy.fdlimit import connection_cap, open_file_limit, raise_open_file_limit
 from proxy.gateway import Gateway
 from proxy.gateway.registry import Gateways
 from proxy.passthrough import Passthrough
@@ -203,12 +204,25 @@ def worker_plan(gateways: int) -> tuple[int, int]:
     return max(SERVER_WORKERS, RESERVED_WORKERS + waiters * gateways), waiters
 
 
+MQTT_FDS = 4  # the broker connection and the MQTT client's wake-up socket pair
+
+
+def _gateway_fds(config: Config) -> int:
+    """Descriptors the gateway side may hold: per gateway two pooled sessions (local API and
+    TEDAPI), and with built-in simulators their end of each of those connections too; plus
+    the MQTT client's."""
+    pooled = sum(2 * g.pool_maxsize for g in config.fleet())
+    mqtt = MQTT_FDS if config.mqtt_host else 0
+    return pooled * (2 if config.simulate else 1) + mqtt
+
+
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
-          simulate: int = 0) -> Running:
+          simulate: int = 0, max_connections: int | None = None) -> Running:
     """Build and start everything; the HTTP server answers before the gateways connect.
 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
+    `max_connections` defaults to what the current open-file limit leaves room for.
     """
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
@@ -238,8 +252,10 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     reports = {"mqtt": mqtt.status} if mqtt is not None else {}
     app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES,
               reports=reports)
+    if max_connections is None:
+        max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
-                        access_log=config.debug, workers=workers)
+                        access_log=config.debug, workers=workers, max_connections=max_connections)
     app.server_stats = server.stats
     running = Running(config, gateways, app, server, simulators, tmp, mqtt=mqtt)
     server.start()
@@ -375,6 +391,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     _setup_logging(config)
     _tame_malloc()
+    raise_open_file_limit()  # before the server sizes its connection cap from it
     try:
         running = start(config, simulate=args.simulate)
     except OSError as exc:
@@ -385,8 +402,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if running.config.simulate:
         profile = running.config.simulate_profile
         simulated = ", simulated" if profile == "default" else f", simulated, profile {profile}"
-    log.info("listening on %s (%s%s)", running.url.replace("127.0.0.1", config.bind_address
-             or "0.0.0.0"), _describe_gateways(running.config), simulated)
+    log.info("listening on %s (%s%s; at most %d client connections)",
+             running.url.replace("127.0.0.1", config.bind_address or "0.0.0.0"),
+             _describe_gateways(running.config), simulated, running.server.stats()["max_connections"])
     # The main thread has nothing else to do: once a minute, return freed heap
     # pages (start-up scratch, replaced cache entries) so RSS stays flat for months.
     while not running.stopped.wait(TRIM_INTERVAL):

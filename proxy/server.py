@@ -10,7 +10,17 @@ therefore cost a small buffer, never a thread.
 At ``max_connections`` a new connection evicts the connection that has been parked in the
 loop the longest (idle keep-alive, slow head, TLS handshake or lingering close); connections
 whose request is queued or being answered are never evicted. If every connection is busy the
-new one is closed at once.
+new one is closed at once. Running out of file descriptors is handled the same way: when
+accept() fails with EMFILE/ENFILE the longest-parked connections are closed and accepting goes
+on (EMFILE also lowers the cap below the connections then open, so the gateway and files keep
+their descriptors); with nothing to close, a spare descriptor is given up for a moment to
+accept a waiting client and close it, so the listener never sits readable with nothing done.
+
+Framing follows RFC 9112: a header line with whitespace before its colon, obsolete line folding
+or no colon at all is a 400 (a header that one parser sees and another doesn't is how requests
+are smuggled). An absolute-form target (``GET http://host:port/path``) is served as its path
+when it names this server (the address and port the connection came in on, or this machine's
+name) with the connection's scheme, and is a 400 otherwise: this is no forwarding proxy.
 
 TLS handshakes are non-blocking and driven step by step by the loop (never a blocking
 handshake in the accept path), under the same deadline as a request head.
@@ -21,10 +31,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
+import errno
 import io
+import ipaddress
 import json
 import logging
+import os
 import queue
+import re
 import selectors
 import socket
 import ssl
@@ -35,7 +49,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import NamedTuple, cast
+from typing import BinaryIO, NamedTuple, cast
 
 from proxy.http_types import App, Request, Response
 
@@ -50,7 +64,9 @@ _ALLOW = "GET, HEAD, POST, OPTIONS"  # what the app's routes take, for a 405 ans
 _BACKLOG = 1024  # absorbs a burst of pollers reconnecting at once
 _READ_SIZE = 16384  # per recv; bounds a parked connection's buffer to head + body + one read
 _ACCEPT_BATCH = 64  # accepts per wake-up, so a connect flood can't starve parked clients
-_ACCEPT_PAUSE = 0.25  # after EMFILE & co. the listener stays readable; don't spin on it
+_ACCEPT_PAUSE = 0.25  # after ENOBUFS & co. the listener stays readable; don't spin on it
+_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+_FD_EVICT = 8  # connections closed per accept() that found no free descriptor
 _WRITE_TIMEOUT = 10.0  # a client that doesn't read can't hold a worker longer than this
 _LINGER_SECONDS = 2.0  # drain after an error so the client reads our answer, not a RST
 _LINGER_BYTES = 256 * 1024
@@ -65,6 +81,12 @@ _NO_BODY = frozenset({204, 304})  # RFC 9110: no body, and (204) no Content-Leng
 _STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n" for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LISTEN, _WAKE = object(), object()  # selector tags that aren't connections
+
+# RFC 9112 5.1: a field line is a name (visible ASCII, no colon) right before its colon. After
+# every line feed of a head comes such a name, the final empty line, or the end of the head.
+_FIELD_LINE_BREAK = re.compile(rb"\n(?![!-9;-~]+:|\r?\n|\Z)")
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # RFC 3986 scheme, then an authority
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class _Err(NamedTuple):
@@ -200,6 +222,9 @@ def _too_long(buf: bytearray, max_head: int) -> _Err:
 
 def _read_framing(conn: _Conn, head: bytes, max_body: int) -> _Err | None:
     """Pick Content-Length/Transfer-Encoding/Expect out of the lower-cased head."""
+    bad_line = _bad_field_line(head)
+    if bad_line is not None:
+        return bad_line
     if b"\ntransfer-encoding:" in head:
         return _Err(411, "Length Required")  # no chunked bodies: they are never needed here
     length = _content_length(head, max_body)
@@ -209,6 +234,23 @@ def _read_framing(conn: _Conn, head: bytes, max_body: int) -> _Err | None:
     conn.body_len = length
     conn.expect_continue = b"\nexpect:" in head and b"100-continue" in head
     return None
+
+
+def _bad_field_line(head: bytes) -> _Err | None:
+    """A 400 for the first header line that is not ``name:value`` (RFC 9112 5.1, 5.2)."""
+    found = _FIELD_LINE_BREAK.search(head)
+    if found is None:
+        return None
+    start = found.end()
+    line = head[start : head.find(b"\n", start)].rstrip(b"\r")
+    name, colon, _ = line.partition(b":")
+    if line.startswith((b" ", b"\t")):
+        return _Err(400, "Bad Request: obsolete line folding in the header")
+    if not colon:
+        return _Err(400, "Bad Request: a header line without a colon")
+    if name.endswith((b" ", b"\t")):
+        return _Err(400, "Bad Request: whitespace between a header field name and its colon")
+    return _Err(400, "Bad Request: malformed header field name")
 
 
 def _content_length(head: bytes, max_body: int) -> int | _Err:
@@ -267,14 +309,68 @@ def _refusal(handler: _Handler, parsed: bool) -> _Err | None:
     return None
 
 
-def _to_request(handler: _Handler, client: str) -> Request:
+def _to_request(handler: _Handler, target: str, client: str) -> Request:
     return Request(
         method=handler.command,
-        target=handler.requestline.split()[1],  # raw: parse_request rewrites a leading "//"
+        target=target,
         headers=cast(Mapping[str, str], handler.headers),
         body=handler.rfile.read(),
         client=client,
     )
+
+
+class _Absolute(NamedTuple):
+    scheme: str  # lower case
+    host: str  # lower case, no brackets, no trailing dot
+    port: int
+    path: str  # the origin form: path and query
+
+
+def _split_absolute(target: str) -> _Absolute | None:
+    """The parts of an absolute-form http(s) target; None if it is not one or is malformed."""
+    scheme, _, rest = target.partition("://")
+    scheme = scheme.lower()
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is None:
+        return None
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if "@" in authority:  # userinfo: RFC 9110 4.2.4 says to treat it as an error
+        return None
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return None
+        port_text = after[1:]
+    else:
+        host, _, port_text = authority.partition(":")
+    if not host:
+        return None
+    if not port_text:
+        port = default_port
+    elif port_text.isascii() and port_text.isdigit() and len(port_text) <= 5:
+        port = int(port_text)
+    else:
+        return None
+    return _Absolute(scheme, host.lower().rstrip("."), port, path if path.startswith("/") else "/" + path)
+
+
+def _is_own_host(host: str, local_ip: str, names: frozenset[str]) -> bool:
+    """Does ``host`` (from a target) name the address a connection came in on, or this machine?"""
+    try:
+        local = ipaddress.ip_address(local_ip)
+    except ValueError:
+        return False
+    try:
+        return ipaddress.ip_address(host) == local
+    except ValueError:
+        pass
+    return host in names or (host == "localhost" and local.is_loopback)
+
+
+def _machine_names() -> frozenset[str]:
+    name = socket.gethostname().lower().rstrip(".")
+    return frozenset(n for n in (name, name.split(".", 1)[0]) if n)
 
 
 @lru_cache(maxsize=64)  # error texts are a small fixed set
@@ -363,9 +459,17 @@ def _client_ip(addr: object) -> str:
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
-def _close_quietly(sock: socket.socket) -> None:
+def _close_quietly(sock: socket.socket | BinaryIO) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _open_spare() -> BinaryIO | None:
+    """A descriptor held in reserve, given up when accept() finds none free."""
+    try:
+        return open(os.devnull, "rb", buffering=0)  # noqa: SIM115 - held open on purpose
+    except OSError:
+        return None
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -402,6 +506,7 @@ class HTTPServer:
         self._max_head = max_head
         self._max_body = max_body
         self._sweep_interval = max(0.01, min(0.5, head_timeout / 4, idle_timeout / 4))
+        self._names = _machine_names()
         self._listener = _listen(host, port)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
@@ -418,9 +523,12 @@ class HTTPServer:
         self._conns: set[_Conn] = set()  # every open connection; loop thread only
         self._parked: dict[_Conn, None] = {}  # the loop's; insertion order = time parked
         self._accept_paused_until = 0.0
+        self._spare = _open_spare()
+        self._evicted = 0
         self._next_sweep = 0.0
         self._loop_errors = _Throttle()
         self._accept_errors = _Throttle()
+        self._cap_warnings = _Throttle()
 
     def _init_worker_state(self, workers: int) -> None:
         self._workers = workers
@@ -484,6 +592,8 @@ class HTTPServer:
             "busy_workers": sum(self._busy),
             "workers": self._workers,
             "requests": sum(self._served),
+            "max_connections": self._max_conns,
+            "evicted_connections": self._evicted,
         }
 
     def _close_leftovers(self) -> None:
@@ -494,8 +604,9 @@ class HTTPServer:
         self._returns.clear()
         for sock in (self._listener, self._wake_r, self._wake_w):
             _close_quietly(sock)
-        if not self._threads:  # otherwise the loop closes it on its way out
+        if not self._threads:  # otherwise the loop closes them on its way out
             self._sel.close()
+            self._drop_spare()
 
     # --- event loop (one thread owns the selector, _conns and _parked) ---
 
@@ -549,7 +660,13 @@ class HTTPServer:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
         _close_quietly(self._listener)
+        self._drop_spare()
         self._sel.close()
+
+    def _drop_spare(self) -> None:
+        if self._spare is not None:
+            _close_quietly(self._spare)
+            self._spare = None
 
     # --- accepting ---
 
@@ -561,15 +678,23 @@ class HTTPServer:
                 return
             except ConnectionAbortedError:
                 continue
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: back off instead of spinning
-                self._pause_accept(now, exc)
+            except OSError as exc:
+                if exc.errno not in _NO_DESCRIPTORS:
+                    self._pause_accept(now, exc)  # ENOBUFS & co.: back off instead of spinning
+                    return
+                if self._make_room(now, exc):
+                    continue
                 return
             self._admit(sock, addr, now)
 
     def _admit(self, sock: socket.socket, addr: object, now: float) -> None:
-        if len(self._conns) >= self._max_conns and not self._evict_oldest():
-            _close_quietly(sock)  # every connection is busy: refuse this one
-            return
+        if len(self._conns) >= self._max_conns:
+            if not self._evict(1):
+                _close_quietly(sock)  # every connection is busy: refuse this one
+                return
+            if self._cap_warnings.allow():
+                logger.warning("connection cap (%d) reached: closing the longest-idle connections",
+                               self._max_conns)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -587,12 +712,71 @@ class HTTPServer:
         tls = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return _Conn(tls, client, _HANDSHAKE, head_started=now)
 
-    def _evict_oldest(self) -> bool:
-        victim = next(iter(self._parked), None)
-        if victim is None:
+    def _evict(self, count: int, parked_before: float = float("inf")) -> int:
+        """Close up to ``count`` connections, the longest parked first; how many went."""
+        closed = 0
+        while closed < count and self._parked:
+            victim = next(iter(self._parked))
+            if victim.parked_at >= parked_before:
+                break
+            self._close(victim)
+            closed += 1
+        self._evicted += closed
+        return closed
+
+    def _make_room(self, now: float, exc: OSError) -> bool:
+        """accept() found no free descriptor: free some. True: go on accepting.
+
+        Linux fails accept() on a full descriptor table even when nobody is waiting, so the
+        connections accepted in this very pass (their requests not read yet) are spared.
+        """
+        if exc.errno == errno.EMFILE:
+            self._lower_cap()
+        if self._evict(_FD_EVICT, parked_before=now):
+            self._warn_no_descriptors(exc, "closed the longest-idle connections")
+            return True
+        turned = self._turn_away()
+        if turned is None:
+            return False  # nobody waiting: nothing more to do in this pass
+        if not turned:
+            self._pause_accept(now, exc)  # not even the spare: the one way left not to spin
             return False
-        self._close(victim)
+        self._warn_no_descriptors(exc, "turned a new client away (every connection is busy)")
         return True
+
+    def _warn_no_descriptors(self, exc: OSError, what: str) -> None:
+        if self._accept_errors.allow():
+            logger.warning("out of file descriptors (%s): %s", exc.strerror, what)
+
+    def _lower_cap(self) -> None:
+        """The process ran out of descriptors with this many connections: that is too many."""
+        cap = max(_FD_EVICT, len(self._conns) - _FD_EVICT)
+        if cap < self._max_conns:
+            logger.warning("out of file descriptors with %d connections open: connection cap %d -> %d",
+                           len(self._conns), self._max_conns, cap)
+            self._max_conns = cap
+
+    def _turn_away(self) -> bool | None:
+        """Give up the spare descriptor to accept one waiting client and close it at once.
+
+        Otherwise the client would wait in the backlog, keeping the listener readable and the
+        loop awake with nothing to do. None: nobody was waiting; False: not possible.
+        """
+        if self._spare is None:
+            self._spare = _open_spare()
+            if self._spare is None:
+                return False
+        self._drop_spare()
+        turned: bool | None = True
+        try:
+            sock, _ = self._listener.accept()
+            _close_quietly(sock)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            turned = None
+        except OSError:
+            turned = False
+        self._spare = _open_spare()
+        return turned
 
     def _pause_accept(self, now: float, exc: OSError) -> None:
         if self._accept_errors.allow():
@@ -825,10 +1009,36 @@ class HTTPServer:
             logger.debug("unparsable request from %s", conn.client, exc_info=True)
             parsed = False
         err = _refusal(handler, parsed)
+        if err is None:
+            target = handler.requestline.split()[1]  # raw: parse_request rewrites a leading "//"
+            if _ABSOLUTE_FORM.match(target):
+                target_or_err = self._origin_form(conn, target)
+                if isinstance(target_or_err, _Err):
+                    err = target_or_err
+                else:
+                    target = target_or_err
         if err is not None:
             line = getattr(handler, "requestline", "") or "-"
             return _Outcome(_render_error(err), True, err.status, line)
-        return self._call_app(_to_request(handler, conn.client), handler)
+        return self._call_app(_to_request(handler, target, conn.client), handler)
+
+    def _origin_form(self, conn: _Conn, target: str) -> str | _Err:
+        """The path of an absolute-form target that names this server; a 400 for any other."""
+        parts = _split_absolute(target)
+        if parts is None:
+            return _Err(400, "Bad Request: malformed absolute-form target")
+        try:
+            local = conn.sock.getsockname()
+        except OSError:
+            local = ("", -1)
+        ours = (
+            (parts.scheme == "https") == (self._ssl is not None)
+            and parts.port == local[1]
+            and _is_own_host(parts.host, _client_ip(local), self._names)
+        )
+        if not ours:
+            return _Err(400, "Bad Request: the target names another server; requests are not forwarded")
+        return parts.path
 
     def _call_app(self, request: Request, handler: _Handler) -> _Outcome:
         head_only = request.method == "HEAD"

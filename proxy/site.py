@@ -9,7 +9,7 @@ or the typed error.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from proxy.config import GatewayConfig
 from proxy.errors import GatewayError, NotSupported
 from proxy.gateway import Gateway, Kind, error_for
+from proxy.gateway.registry import Registry
 from proxy.gateway.sources import Source
 from proxy.stats import Stats
 
@@ -129,22 +130,5 @@ class Site:
         return [self.read(s, max(0.0, deadline - self.gateway.cache.now())) for s in sources]
 
 
-class Sites:
+class Sites(Registry[Site]):
     """Every site by gateway id, the default one first; fixed once built."""
-
-    def __init__(self, sites: Sequence[Site]) -> None:
-        if not sites:
-            raise ValueError("at least one site")
-        self._by_id = {s.id: s for s in sites}
-
-    def default(self) -> Site:
-        return next(iter(self._by_id.values()))
-
-    def get(self, gateway_id: str) -> Site | None:
-        return self._by_id.get(gateway_id)
-
-    def __iter__(self) -> Iterator[Site]:
-        return iter(self._by_id.values())
-
-    def __len__(self) -> int:
-        return len(self._by_id)

@@ -68,10 +68,11 @@ class ProxyHandle:
 
 
 def settled(handle: ProxyHandle) -> ProxyHandle:
-    """Let the connect thread finish its follow-up call (the site name), so that gateway
+    """Let the connect threads finish their follow-up call (the site name), so that gateway
     request counts taken from now on are the test's own."""
+    names = {f"{gateway.id}-connect" for gateway in handle.running.gateways}  # the adapter's names
     for thread in threading.enumerate():
-        if thread.name == f"{handle.gateway.name}-connect" and thread.is_alive():
+        if thread.name in names and thread.is_alive():
             thread.join(5)
     return handle
 
@@ -108,6 +109,15 @@ def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
     yield factory
     for handle in handles:
         handle.stop()
+
+
+def local_mode(factory: Factory, sim: Any, env: dict[str, str]) -> ProxyHandle:
+    """A proxy in local mode (the customer login against the simulator's /api/*)."""
+    from proxy.simulator import DEFAULT_PASSWORD
+
+    handle = factory({**env, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD}, simulate=False)
+    handle.sim = sim
+    return handle
 
 
 @pytest.fixture

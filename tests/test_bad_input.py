@@ -142,6 +142,43 @@ def test_oversized_headers_431(proxy: ProxyHandle, headers: bytes) -> None:
     assert_json_error(r, 431)
 
 
+@pytest.mark.parametrize("length_header", [b"Content-Length : %d", b"Content-Length\t: %d",
+                                           b"X-Pad: 1\r\n Content-Length: %d"])
+def test_smuggled_request_behind_a_malformed_length_is_never_run(proxy: ProxyHandle,
+                                                                  length_header: bytes) -> None:
+    """Whitespace before the colon (or a folded line) hides a length from one parser but not from
+    another: the request it frames would run as a second one. A 400 and a closed connection."""
+    proxy.sim.reset()
+    before = state(proxy)
+    smuggled = request("POST", "/control/reserve", f"value=42&token={TOKEN}".encode())
+    front = b"GET /aggregates HTTP/1.1\r\nHost: proxy\r\n" + length_header % len(smuggled) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(front + smuggled)
+        output = b""
+        while chunk := sock.recv(65536):  # the proxy closes: no half-close needed
+            output += chunk
+    r = parse(output)
+    assert "header" in assert_json_error(r, 400)
+    assert r.headers.get("connection") == "close"
+    assert output.count(b"HTTP/1.1 ") == 1  # one answer: nothing after it was read as a request
+    assert state(proxy) == before and proxy.sim.stats()["total"] == 0
+
+
+def test_absolute_form_naming_the_proxy_is_served(proxy: ProxyHandle) -> None:
+    r = send(proxy, request("GET", f"http://127.0.0.1:{proxy.port}/stats?x=1"))
+    assert r.status == 200 and "server" in r.json()
+
+
+@pytest.mark.parametrize("target", ["http://{sim}/api/status", "https://{sim}/api/config",
+                                    "http://example.com/aggregates", "http://127.0.0.1:{other}/stats"])
+def test_absolute_form_naming_another_host_is_400_and_never_forwarded(proxy: ProxyHandle,
+                                                                       target: str) -> None:
+    proxy.sim.reset()
+    r = send(proxy, request("GET", target.format(sim=proxy.sim.host, other=proxy.port + 1)))
+    assert_json_error(r, 400)
+    assert proxy.sim.stats()["total"] == 0
+
+
 def test_oversized_control_body_refused_before_it_is_read(proxy: ProxyHandle) -> None:
     before = state(proxy)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from proxy.gateway.health import Cooldown
-from proxy.simulator import DEFAULT_PASSWORD, Simulator
-from tests.conftest import Factory, ProxyHandle, Reply
+from proxy.simulator import Simulator
+from tests.conftest import Factory, ProxyHandle, Reply, local_mode
 
 PERIOD = 1.0  # PW_CACHE_EXPIRE
 TTL = 3  # PW_CACHE_TTL
@@ -222,11 +222,7 @@ def bare_sim() -> Iterator[Simulator]:
 
 
 def local_proxy(proxy_factory: Factory, sim: Simulator, **extra: str) -> ProxyHandle:
-    """Local mode: the customer login against the simulator's /api/*."""
-    handle = proxy_factory({**ENV, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD, **extra},
-                           simulate=False)
-    handle.sim = sim
-    return handle
+    return local_mode(proxy_factory, sim, {**ENV, **extra})
 
 
 # ---- outages: down, slow, 500, malformed ----------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +378,55 @@ def test_no_secret_in_any_new_route(fleet: Fleet) -> None:
         body = h.get(path).text
         for secret in (*SECRETS, "fleet-control", DEFAULT_GW_PWD):
             assert secret not in body, (path, secret)
+
+
+def test_a_refusing_gateway_cools_down_alone(fleet: Fleet) -> None:
+    h, sims = fleet
+    sims[0].set_fault("status", status=429, retry_after=30)
+    try:
+        window = h.running.gateways.default().cache.window()
+        while h.running.gateways.default().cache.window() == window:
+            threading.Event().wait(0.05)
+        assert h.get("/api/gateways/home/soe").status == 503
+        home = h.get("/api/gateways/home/health").json()
+        assert home["gateway"]["cooldown_remaining_seconds"] > 20
+        for gid in ("cabin", "barn"):
+            reply = h.get(f"/api/gateways/{gid}/soe")
+            assert reply.status == 200 and reply.header("X-Cache") == "HIT", gid
+            assert h.get(f"/api/gateways/{gid}/health").json()["gateway"]["cooldown_remaining_seconds"] == 0
+        refused = sims[0].stats()["total"]
+        for _ in range(5):
+            h.get("/soe")  # the default gateway's legacy route: answered, never asked
+        assert sims[0].stats()["total"] == refused
+    finally:
+        sims[0].clear_faults()
+
+
+def test_each_gateway_sees_one_request_per_resource_per_window(fleet: Fleet) -> None:
+    h, sims = fleet
+    paths = ["/aggregates", "/soe", "/api/status", "/csv"]
+    targets = [f"/api/gateways/{g}{p}" for g in ("home", "cabin", "barn") for p in paths]
+    targets += ["/api/aggregate", "/aggregates", "/soe"]
+    for sim in sims:
+        sim.reset()
+    clock = h.running.gateways.default().cache
+    first = clock.window()
+    with ThreadPoolExecutor(8) as pool:
+        while clock.window() < first + 3:
+            list(pool.map(h.get, targets))
+    windows = clock.window() - first + 1
+    for sim in sims:
+        counts = sim.stats()["paths"]
+        for path in ("/api/meters/aggregates", "/api/status"):
+            assert counts.get(path, 0) <= windows, (path, counts.get(path), windows)
+
+
+def test_no_secret_in_any_log_line(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    h, sims = fleet
+    caplog.set_level(logging.DEBUG)
+    sims[1].stop()
+    for path in ("/api/gateways", "/api/aggregate", "/api/gateways/cabin/aggregates", "/health"):
+        h.get(path)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (*SECRETS, "fleet-control"):
+        assert secret not in text, secret

@@ -201,3 +201,20 @@ def test_docker_healthcheck_follows_port_and_scheme(proxy_factory: Factory,
                                context=ssl._create_unverified_context())
     assert secure.gateway.status() == "degraded"
     assert healthcheck.main() == 1
+
+
+def test_docker_healthcheck_follows_a_config_files_port(proxy_factory: Factory, tmp_path: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import healthcheck
+
+    handle = proxy_factory()
+    deadline = time.monotonic() + 10
+    while handle.gateway.status() != "ok" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    path = tmp_path / "gateways.yaml"
+    path.write_text(f"server:\n  port: {handle.port}\ngateways:\n  - id: a\n    host: 10.0.0.9\n")
+    monkeypatch.setenv("PW_CONFIG", str(path))
+    monkeypatch.setenv("PW_PORT", "1")  # the file's server block wins, as in the proxy
+    assert healthcheck.main() == 0
+    path.write_text("gateways: [")  # a broken file: the proxy would not have started
+    assert healthcheck.main() == 1

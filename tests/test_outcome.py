@@ -63,6 +63,7 @@ HTML = ok(ctype="text/html; charset=utf-8", length=900)
     (None, json.JSONDecodeError("x", "doc", 0), [ok()], 0, OBJECT, Kind.NOT_DATA),
     (None, AttributeError("'str' has no get"), [], 0, NUMBER, Kind.NOT_DATA),  # cached garbage
     (None, None, [Exchange("GET", "/api/x", 200, error=TOO_LARGE)], 1, OBJECT, Kind.NOT_DATA),
+    (None, None, [], 1, OBJECT, Kind.NOT_DATA),  # the library gave up before asking (its lock)
     # the library cannot ask this in this mode
     ("TIMEOUT!", None, [], 0, OBJECT, Kind.NOT_SUPPORTED),
     ({"ERROR": "not available in cloud mode"}, None, [], 0, OBJECT, Kind.NOT_SUPPORTED),

@@ -419,6 +419,93 @@ def test_chunked_body_refused_411(server: HTTPServer) -> None:
     assert_json_error(response, 411)
 
 
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nX: 1\r\n\r\n"  # 32 bytes: a whole second request
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [(b"Content-Length : 32", "whitespace"), (b"Content-Length\t: 32", "whitespace"),
+     (b"Transfer-Encoding : chunked\r\nContent-Length: 32", "whitespace"),
+     (b"X-A: 1\r\n Content-Length: 32", "folding"), (b"X-A: 1\r\n\tX-B: 2", "folding"),
+     (b"Content-Length 32", "colon"), (b": 32", "name"), (b"X-\x01: 1", "name")],
+)  # fmt: skip
+def test_malformed_header_lines_400_and_close(make_server: Callable[..., HTTPServer],
+                                              header: bytes, reason: str) -> None:
+    """RFC 9112 5.1/5.2: a header one parser reads and another doesn't is how requests get smuggled."""
+    recorder = Recorder()
+    server = make_server(recorder)
+    assert len(SMUGGLED) == 32
+    data = b"POST /front HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n" + SMUGGLED
+    response, rest = exchange(server.port, data, half_close=False)
+    assert_json_error(response, 400)
+    assert reason in response.json()["error"]
+    assert response.headers["connection"] == "close"
+    assert rest == b""  # no second answer: the smuggled request was never read as one
+    assert recorder.requests == []
+
+
+def test_well_formed_header_lines_still_pass(server: HTTPServer) -> None:
+    data = b"POST /ok HTTP/1.1\r\nX-Test:  padded value\r\nX-Empty:\r\nContent-Length: 3\r\n\r\nabc"
+    response, _ = exchange(server.port, data)
+    assert response.status == 200
+    assert response.json() == {"method": "POST", "target": "/ok", "body": "abc", "x_test": "padded value",
+                               "client": "127.0.0.1"}
+
+
+def absolute(port: int, target: str) -> tuple[Raw, bytes]:
+    return exchange(port, f"GET {target} HTTP/1.1\r\nHost: whatever\r\n\r\n".encode(), half_close=False)
+
+
+@pytest.mark.parametrize(
+    ("target", "served_as"),
+    [("http://127.0.0.1:{port}/stats", "/stats"), ("HTTP://127.0.0.1:{port}/stats?x=1#f", "/stats?x=1#f"),
+     ("http://localhost:{port}/a//b", "/a//b"), ("http://LOCALHOST.:{port}", "/"),
+     ("http://127.0.0.1:{port}?q=1", "/?q=1"), ("http://{hostname}:{port}/by-name", "/by-name")],
+)  # fmt: skip
+def test_absolute_form_for_this_server_is_served_as_its_path(
+    make_server: Callable[..., HTTPServer], target: str, served_as: str
+) -> None:
+    recorder = Recorder()
+    server = make_server(recorder)
+    with connect(server.port) as sock, sock.makefile("rb") as stream:
+        sock.sendall(f"GET {target.format(port=server.port, hostname=socket.gethostname())} HTTP/1.1"
+                     "\r\n\r\n".encode())
+        response = read_response(stream)
+        assert response.status == 200 and response.json()["target"] == served_as
+        sock.sendall(b"GET /next HTTP/1.1\r\n\r\n")  # and the connection stays usable
+        assert read_response(stream).json()["target"] == "/next"
+    assert [r.target for r in recorder.requests] == [served_as, "/next"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://example.com/stats", "http://example.com:{port}/stats", "http://127.0.0.1:{other}/stats",
+     "http://127.0.0.1/stats", "https://127.0.0.1:{port}/stats", "http://10.1.2.3:{port}/stats",
+     "http://[::1]:{port}/stats", "http://gateway/api/config", "http://user@127.0.0.1:{port}/stats",
+     "http://127.0.0.1:{port}:1/stats", "http://:{port}/stats", "http://[::1/stats", "ftp://127.0.0.1:{port}/",
+     "http://127.0.0.1:99999999/stats"],
+)  # fmt: skip
+def test_absolute_form_for_another_server_is_400_and_not_served(
+    make_server: Callable[..., HTTPServer], target: str
+) -> None:
+    recorder = Recorder()
+    server = make_server(recorder)
+    response, rest = absolute(server.port, target.format(port=server.port, other=server.port + 1))
+    assert_json_error(response, 400)
+    assert response.headers["connection"] == "close" and rest == b""
+    assert recorder.requests == []
+
+
+def test_absolute_form_over_tls_needs_the_https_scheme(tls_server: HTTPServer) -> None:
+    conn = https(tls_server.port)
+    conn.request("GET", f"https://127.0.0.1:{tls_server.port}/secure")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["target"] == "/secure"
+    conn.request("GET", f"http://127.0.0.1:{tls_server.port}/plain")
+    response = conn.getresponse()
+    assert response.status == 400 and "error" in json.loads(response.read())
+
+
 def test_app_exception_500_without_traceback(server: HTTPServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="proxy.server")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
@@ -723,6 +810,8 @@ def test_stats(make_server: Callable[..., HTTPServer]) -> None:
         "busy_workers": 0,
         "workers": 3,
         "requests": 0,
+        "max_connections": 1024,
+        "evicted_connections": 0,
     }
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
     for _ in range(4):

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from proxy.simulator import DEFAULT_PASSWORD, Simulator
-from tests.conftest import Factory, ProxyHandle, Reply
+from proxy.simulator import Simulator
+from tests.conftest import Factory, ProxyHandle, Reply, local_mode
 
 TIMEOUT = 2  # PW_TIMEOUT in these tests
 SLACK = 3.0  # a loaded CI machine; a stalled proxy misses this by tens of seconds
@@ -36,10 +36,7 @@ def sim() -> Iterator[Simulator]:
 
 
 def local(proxy_factory: Factory, sim: Simulator, **extra: str) -> ProxyHandle:
-    handle = proxy_factory({**ENV, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD, **extra},
-                           simulate=False)
-    handle.sim = sim
-    return handle
+    return local_mode(proxy_factory, sim, {**ENV, **extra})
 
 
 def next_window(h: ProxyHandle) -> None:
@@ -157,3 +154,23 @@ def test_oversized_answer_is_cut_off_and_memory_stays_flat(proxy_factory: Factor
     assert h.get("/soe").status == 200
 
 
+
+
+def test_login_accepted_again_ends_the_backoff(proxy_factory: Factory, sim: Simulator) -> None:
+    from proxy.gateway.health import AuthBackoff
+
+    h = local(proxy_factory, sim)
+    h.gateway.auth = AuthBackoff(start=1.0, cap=2.0)  # seconds instead of minutes
+    assert h.get("/aggregates").status == 200
+    sim.set_fault("login_401")
+    sim.set_fault("expire_session")
+    next_window(h)
+    poll_together(h, ["/aggregates", "/soe"], POLLER_BOUND)
+    assert h.get("/health").json()["gateway"]["login_backoff_steps"] >= 1
+    sim.clear_faults()  # the owner fixed the password
+    for _ in range(40):
+        threading.Event().wait(0.25)
+        if h.get("/aggregates").status == 200 and h.get("/health").status == 200:
+            break
+    health = h.get("/health").json()
+    assert health["status"] == "ok" and health["gateway"]["login_backoff_steps"] == 0, health["gateway"]

@@ -327,7 +327,7 @@ class Gateway:
                         pieced=pieced)
         if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
             return verdict  # from the library's cache of this window: no news about the gateway
-        return self._account(source.key, verdict)
+        return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
     def _blocked(self, window: int) -> Verdict | None:
         """A verdict without asking the gateway: it is cooling down, refusing us, or unreachable."""
@@ -346,14 +346,18 @@ class Gateway:
                            retry_after=self.auth.remaining())
         return None
 
-    def _account(self, key: str, verdict: Verdict) -> Verdict:
-        """Let health, cooldowns and fail-fast hear about a real verdict."""
+    def _account(self, key: str, verdict: Verdict, logged_in: bool = True) -> Verdict:
+        """Let health, cooldowns and fail-fast hear about a real verdict; `logged_in`: the
+        call showed that the gateway accepts our credentials."""
         kind = verdict.kind
         self.endpoints.record(key, ok=kind in (Kind.DATA, Kind.ABSENT))
         if kind in (Kind.DATA, Kind.ABSENT):
             self.health.success()
             self.cooldown.reset()
-            self.auth.reset()
+            if logged_in:
+                self.auth.reset()
+            else:
+                self.auth.release()  # e.g. /api/status needs no login: it proves nothing
             with self._lock:
                 self._failed_window = None
         elif kind is Kind.BUSY:
@@ -499,6 +503,14 @@ def _answers(pw: Any) -> bool:
         return bool(pw.is_connected())
     except Exception:
         return False
+
+
+def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
+    """Whether a call proves our credentials work: a login or TEDAPI exchange that
+    succeeded (with no backoff running, any good answer will do)."""
+    if not backoff_steps:
+        return True
+    return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
 
 
 def _login_refused(exchanges: list[Exchange]) -> str | None:

@@ -76,9 +76,13 @@ class AuthBackoff:
     def trip(self, reason: str) -> float:
         """A login was refused: wait the next step (logged once per step); returns its length."""
         with self._lock:
+            now = self._clock()
+            if self._steps and now < self._until and not self._probing:
+                # Another call of the same step heard the same refusal: one step, one log line.
+                return self._until - now
             seconds = float(min(self._cap, self._start * 2 ** self._steps))
             self._steps += 1
-            self._until = self._clock() + seconds
+            self._until = now + seconds
             self._probing = False
         log.warning("%s: the gateway refused the login (%s); next attempt in %.0f s",
                     self._name, reason, seconds)

@@ -127,6 +127,10 @@ def judge(value: Any, raised: BaseException | None, exchanges: Sequence[Exchange
         # The library logged an error and handed back nothing: it could not read the answer.
         return Verdict(Kind.NOT_DATA, reason="the gateway sent no usable data")
     if _is_nothing(value, contract):
+        if library_errors and not exchanges:
+            # The library gave up before asking (its lock on a call stuck with a slow gateway,
+            # its own cooldown): nothing is known, which is not "the gateway had nothing".
+            return Verdict(Kind.NOT_DATA, reason="the gateway is busy with another call")
         return _nothing(exchanges)
     if not _fits(value, contract.shape):
         what = f"the gateway sent {_describe(value)}, not {contract.shape.value}"
