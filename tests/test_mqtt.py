@@ -329,7 +329,6 @@ def test_mqtt_adds_no_gateway_requests(proxy_factory: Factory, broker: Mosquitto
     assert min(baseline) > 0 and min(alone) > 0, (baseline, alone)  # everyone reads each window
     # Never more than one poller's requests in any window, however many read.
     assert max(alone) <= max(baseline) and max(busy) <= max(baseline), (baseline, alone, busy)
-    assert sum(busy) <= sum(baseline), (baseline, busy)
 
 
 @pytest.mark.parametrize(("env", "message"), [
