@@ -359,3 +359,27 @@ def test_mqtt_settings_defaults_and_secret() -> None:
         8883, "pypowerwall", "homeassistant", False)
     assert "pw-secret-1" in config.secrets() and "pw-secret-1" not in repr(config)
     assert Settings.from_config(load_config({"PW_MQTT_HOST": "b"})).port == 1883
+
+
+def test_last_will_marks_a_vanished_proxy_offline(broker: Mosquitto, tmp_path: Any) -> None:
+    """A proxy killed outright says nothing; the broker publishes its last will for it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    listener = Listener(broker, (f"{PREFIX}/status",))
+    env = {**os.environ, **DEFAULT_ENV, **broker.env(), "PW_AUTH_PATH": str(tmp_path)}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--simulate"], env=env, cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: listener.last(f"{PREFIX}/status") == "online", what="the proxy online")
+        proxy.send_signal(signal.SIGKILL)
+        proxy.wait(10)
+        wait_for(lambda: listener.last(f"{PREFIX}/status") == "offline", what="the last will")
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+            proxy.wait(10)
+        listener.close()
