@@ -477,8 +477,14 @@ class Command:
     summary: Callable[[Any], str]
 
 
+def _whole(raw: str) -> str:
+    """"37.0" as "37": Home Assistant's number entity may send an integral value that way."""
+    text = raw.strip()
+    return re.sub(r"\.0+$", "", text) if re.fullmatch(r"[0-9]{1,3}\.0+", text) else text
+
+
 COMMANDS: tuple[Command, ...] = (
-    Command("reserve", lambda raw: _level(raw.strip(), "Value"), reserve_action,
+    Command("reserve", lambda raw: _level(_whole(raw), "Value"), reserve_action,
             lambda level: f"reserve={level}"),
     Command("mode", lambda raw: _mode(raw.strip(), "Value"), mode_action,
             lambda mode: f"mode={mode.value}"),

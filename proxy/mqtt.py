@@ -42,7 +42,7 @@ from proxy.control import COMMANDS, Command, run_command
 from proxy.errors import ProxyError
 from proxy.fleet import Snapshot, aggregate
 from proxy.points import AGGREGATE_POINTS, MODES, POINTS, Frame, Kind, Point, read_frames, slug, values
-from proxy.site import Sites
+from proxy.site import Site, Sites
 
 log = logging.getLogger("proxy.mqtt")
 
@@ -283,6 +283,12 @@ def _firmware(frame: Frame) -> str | None:
     return str(found[""]) if found else None
 
 
+def _period(site: Site) -> float:
+    """How often a gateway's states are published: its cache window."""
+    period = site.gateway.cache.period
+    return max(MIN_INTERVAL, period) if period > 0 else DEFAULT_INTERVAL
+
+
 # ---- the publisher ------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -469,8 +475,8 @@ class Publisher:
     # ---- the publisher thread ------------------------------------------------------------
 
     def interval(self) -> float:
-        periods = [site.gateway.cache.period for site in self.sites if site.gateway.cache.period > 0]
-        return max(MIN_INTERVAL, min(periods)) if periods else DEFAULT_INTERVAL
+        """The publisher's tick: the shortest cache window of any gateway."""
+        return min(_period(site) for site in self.sites)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -507,7 +513,6 @@ class Publisher:
                if site.window() == -1 or self._windows.get(site.id) != site.window()]
         if not due:
             return
-        interval = self.interval()
         published = False
         snapshots: list[Snapshot] = []
         for site, (frame, snapshot) in zip(self.sites, read_frames(self.sites), strict=True):
@@ -522,15 +527,16 @@ class Publisher:
                 self._send([online_message(self.settings, frame)])
                 continue
             control = self.settings.control and site.gateway.control_pw is not None
-            configs, states = gateway_messages(self.settings, frame, _firmware(frame), interval,
-                                               self._announced, control)
+            configs, states = gateway_messages(self.settings, frame, _firmware(frame),
+                                               _period(site), self._announced, control)
             self._announce(configs)
             self._send(states)
             self._published_at[frame.id] = frame.at
             published = True
         if published and len(self.sites) > 1:
+            slowest = max(_period(site) for site in self.sites)
             configs, states = aggregate_messages(self.settings, aggregate(snapshots, time.time()),
-                                                 interval)
+                                                 slowest)
             self._announce(configs)
             self._send(states)
         if published:

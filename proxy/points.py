@@ -248,11 +248,21 @@ def frame(site: Site, sources: Sequence[Source], readings: Sequence[Reading | No
     data = [r for r in readings if r is not None and r.state is State.DATA]
     times = [r.at for r in data if r.at is not None]
     return Frame(
-        id=site.id, name=site.config.name or site.id, type=site.config.type,
+        id=site.id, name=display_name(site), type=site.config.type,
         status=site.gateway.status(), values=found,
         fresh=any(not r.stale for r in data), stale=any(r.stale for r in data),
         at=max(times) if times else None,
     )
+
+
+def display_name(site: Site) -> str:
+    """The configured name, else the site name the gateway reports, else "Powerwall <id>"."""
+    site_name = site.gateway.site_name
+    if site.config.name:
+        return site.config.name
+    if isinstance(site_name, str) and site_name.strip():
+        return site_name.strip()
+    return "Powerwall" if site.id == "default" else f"Powerwall {site.id}"
 
 
 def read_frames(sites: Sites | Sequence[Site],

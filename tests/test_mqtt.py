@@ -246,7 +246,7 @@ def test_control_over_mqtt_uses_the_control_actions(proxy_factory: Factory, brok
                  what="the retained command ignored")
         listener.publish(f"{base}/reserve/set", "", retain=True)  # clear it from the broker
         assert h.get("/control/reserve").json() != {"reserve": 55}
-        listener.publish(f"{base}/reserve/set", "37")
+        listener.publish(f"{base}/reserve/set", "37.0")  # as Home Assistant's number may send it
         result = json.loads(wait_for(lambda: listener.last(f"{base}/reserve/result"), what="result"))
         assert result["ok"] is True
         assert h.get("/control/reserve").json() == {"reserve": 37}
@@ -314,6 +314,16 @@ def test_a_broker_that_never_answers_leaves_the_proxy_serving(proxy_factory: Fac
     assert h.get("/aggregates").status == 200
     body = h.get("/metrics").text
     assert "powerwall_proxy_mqtt_connected 0.0" in body
+
+
+def test_a_wrong_broker_password_is_reported_not_fatal(proxy_factory: Factory,
+                                                      broker: Mosquitto) -> None:
+    h = proxy_factory(broker.env(PW_MQTT_PASSWORD="not-the-password"))
+    mqtt = wait_for(lambda: (m := h.get("/stats").json()["mqtt"])["last_error"] and m,
+                    what="the refusal in /stats")
+    assert mqtt["connected"] is False and "refused" in mqtt["last_error"]
+    assert "not-the-password" not in h.get("/stats").text
+    assert h.get("/soe").status == 200
 
 
 def test_mqtt_adds_no_gateway_requests(proxy_factory: Factory, broker: Mosquitto) -> None:
