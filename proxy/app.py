@@ -62,6 +62,7 @@ class Call:
 
 
 Handler = Callable[["App", Call], "Rendered | Response"]
+ErrorRenderer = Callable[["App", ProxyError, Call], Response]
 Report = Callable[[], dict[str, Any]]  # a part of the proxy describing itself (/stats, /metrics)
 UNMATCHED = "unmatched"  # the route label of a request refused before routing (bad path)
 
@@ -76,6 +77,9 @@ class Route:
     cached: bool = False  # render once per cache window, serve the bytes to everyone
     vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
     root_only: bool = False  # proxy-wide (gateway list, aggregates): not under /api/gateways/{id}/
+    # A route group with its own error body (OpenC2): its typed errors, a wrong method
+    # included, are rendered by this instead of `error_response`.
+    errors: ErrorRenderer | None = None
 
 
 @dataclass
@@ -156,7 +160,17 @@ class App:
             routed.append("fallback")
             return self.fallback(call, method)
         routed.append(GATEWAY_MOUNT + "{id}" + route.path if call.mount else route.path)
-        if request.method == "OPTIONS":
+        if route.errors is not None:
+            try:
+                return self._routed(route, call, path, method)
+            except ProxyError as exc:
+                self._count_error(exc)
+                return route.errors(self, exc, call)
+        return self._routed(route, call, path, method)
+
+    def _routed(self, route: Route, call: Call, path: str, method: str) -> Response:
+        request = call.request
+        if request.method == "OPTIONS" and "OPTIONS" not in route.methods:
             return Response(204, [*PREFLIGHT, ("Allow", allow(route))])
         if method not in route.methods:
             raise HTTPError(405, "Method Not Allowed", [("Allow", allow(route))])

@@ -109,6 +109,7 @@ class Config:
     auth_mode: str = "cookie"
     cache_file: str = ".powerwall"
     control_secret: Secret = Secret()
+    openc2_token: Secret = Secret()  # enables the OpenC2 endpoints; the bearer token for queries
     neg_solar: bool = True
     site_zero_threshold: int = 0
     base_url: str = "/"
@@ -177,6 +178,7 @@ class Config:
             "PW_AUTH_MODE": self.auth_mode,
             "PW_CACHE_FILE": self.cache_file,
             "PW_CONTROL_SECRET": self.control_secret.masked(),
+            "PW_OPENC2_TOKEN": self.openc2_token.masked(),
             "PW_GW_PWD": self.gw_pwd.masked(),
             "PW_RSA_KEY_PATH": self.rsa_key_path or None,
             "PW_WIFI_HOST": self.wifi_host or None,
@@ -198,7 +200,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value that is set (for leak checks in logs and tests)."""
         own = [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret,
-                                     self.mqtt_password) if f]
+                                    self.openc2_token, self.mqtt_password) if f]
         return own + [s for g in self.gateways for s in g.secrets()]
 
     def fleet(self) -> tuple[GatewayConfig, ...]:
@@ -329,6 +331,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_AUTH_MODE": ("auth_mode", _choice(*AUTH_MODES)),
     "PW_CACHE_FILE": ("cache_file", _text),
     "PW_CONTROL_SECRET": ("control_secret", _secret),
+    "PW_OPENC2_TOKEN": ("openc2_token", _secret),
     "PW_NEG_SOLAR": ("neg_solar", parse_bool),
     "PW_SITE_ZERO_THRESHOLD": ("site_zero_threshold", _int_parser(0)),
     "PROXY_BASE_URL": ("base_url", _base_url),
@@ -391,7 +394,8 @@ def _parse_variables(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 # Variables where an explicitly empty value is meaningful rather than "use the default".
-_EMPTY_MEANS_EMPTY = {"bind_address", "host", "password", "gw_pwd", "control_secret", "auth_path"}
+_EMPTY_MEANS_EMPTY = {"bind_address", "host", "password", "gw_pwd", "control_secret", "openc2_token",
+                      "auth_path"}
 
 
 def _default_cache_file(auth_path: str) -> str:

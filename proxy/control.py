@@ -29,11 +29,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from proxy.app import App, Call, Route, json_response
-from proxy.errors import HTTPError, NotSupported, ProxyError
+from proxy.errors import GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.forwarded import client_address, throttle_key
 from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend, user_number
+from proxy.gateway.sources import LEVEL_SCALED
 from proxy.http_types import Response
-from proxy.site import Site
+from proxy.site import Site, State
 
 log = logging.getLogger("proxy.control")
 
@@ -48,7 +49,8 @@ FORGET_AFTER = 900.0  # a client quiet this long starts again with a clean recor
 MAX_TRACKED_CLIENTS = 1024
 LOG_INTERVAL = 60.0  # refused tokens are logged once per interval, with a count
 FIELDS = ("value", "token", "mode", "level")  # what a control body may carry
-ACTIONS = ("reserve", "mode", "grid_charging", "grid_export", "max_backup")  # POST /control/<action>
+# POST /control/<action>
+ACTIONS = ("reserve", "reserve_hold", "mode", "grid_charging", "grid_export", "max_backup")
 _DIGITS = re.compile(r"[0-9]{1,3}")  # ASCII only: str.isdigit() also accepts "²"
 _THROTTLE_LOCK = threading.Lock()  # creating the app's one throttle
 
@@ -239,22 +241,29 @@ def _authorize(app: App, call: Call) -> dict[str, str]:
     fields = _fields(call)
     if _token_ok(app, call, fields):
         return fields
+    raise refused_token(app, call, TOKEN_INVALID)
+
+
+def refused_token(app: App, call: Call, message: str) -> HTTPError:
+    """Count a wrong or missing token from this client (shared by every interface that takes
+    one) and the error to answer: 401, or 429 with Retry-After for a client that keeps trying."""
     client = client_of(app, call)
     throttle = _throttle(app)
     wait = throttle.wrong(throttle_key(client))
     throttle.log_refused(client, wait)
     if wait > 0:
-        raise HTTPError(429, TOO_MANY, [("Retry-After", str(max(1, math.ceil(wait))))])
-    raise HTTPError(401, TOKEN_INVALID)
+        return HTTPError(429, TOO_MANY, [("Retry-After", str(max(1, math.ceil(wait))))])
+    return HTTPError(401, message)
 
 
-def _level(raw: str, what: str) -> int:
+def level_value(raw: str, what: str = "Value") -> int:
+    """A reserve level as the control routes accept it: an integer from 0 to 100."""
     if not _DIGITS.fullmatch(raw) or int(raw) > 100:
         raise HTTPError(400, f"Control Command {what} Invalid - use an integer from 0 to 100")
     return int(raw)
 
 
-def _mode(raw: str, what: str) -> Mode:
+def mode_value(raw: str, what: str = "Value") -> Mode:
     try:
         return Mode(raw)
     except ValueError:
@@ -262,10 +271,25 @@ def _mode(raw: str, what: str) -> Mode:
         raise HTTPError(400, f"Control Command {what} Invalid - use one of {names}") from None
 
 
+def grid_charging_value(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("true", "false"):
+        raise HTTPError(400, "Control Command Value Invalid - use true or false")
+    return value == "true"
+
+
+def grid_export_value(raw: str) -> GridExport:
+    try:
+        return GridExport(raw.lower())
+    except ValueError:
+        names = ", ".join(g.value for g in GridExport)
+        raise HTTPError(400, f"Control Command Value Invalid - use one of {names}") from None
+
+
 def apply(site: Site, what: str, action: Callable[[Any], Any], summary: str, origin: str,
           named: bool = True) -> Any:
-    """Run one write through the site's control backend and log it (naming the gateway when
-    `named`); 502 when it failed. Shared by POST /control/<name> and MQTT commands."""
+    """Run one write through the site's control backend and log it in one audit line (naming
+    the gateway when `named`); 502 when it failed. Every surface that writes ends here."""
     result = site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
@@ -276,7 +300,8 @@ def apply(site: Site, what: str, action: Callable[[Any], Any], summary: str, ori
     return result
 
 
-def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Response:
+def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Any:
+    """One write for an HTTP caller, counted in /stats."""
     try:
         result = apply(call.site, what, action, summary, client_of(app, call), bool(call.mount))
     except HTTPError:
@@ -284,7 +309,7 @@ def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summar
         raise
     app.stats.count_post()
     call.site.stats.count_post()  # the gateway's own /stats counts its writes too
-    return json_response(200, result)
+    return result
 
 
 def _read(call: Call, key: str, fetch: Callable[[Any], Any]) -> Any:
@@ -299,6 +324,60 @@ def _read(call: Call, key: str, fetch: Callable[[Any], Any]) -> Any:
 def _need_enabled(app: App) -> None:
     if not app.config.control_secret:
         raise HTTPError(403, DISABLED)
+
+
+# ---- the writes: validated values in, the backend's answer out -----------------
+# Every interface that changes the battery (/control/*, OpenC2 `set`) goes through these,
+# so validation, the backend call and the audit line are the same whichever asked.
+
+def reserve_action(level: int) -> Callable[[Any], Any]:
+    # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
+    return lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level)
+
+
+def mode_action(mode: Mode) -> Callable[[Any], Any]:
+    return lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None)
+
+
+def write_reserve(app: App, call: Call, level: int, summary: str = "") -> Any:
+    return _write(app, call, "reserve", reserve_action(level), summary or f"reserve={level}")
+
+
+def write_mode(app: App, call: Call, mode: Mode) -> Any:
+    return _write(app, call, "mode", mode_action(mode), f"mode={mode.value}")
+
+
+def write_operation(app: App, call: Call, level: int, mode: Mode) -> Any:
+    # One set_operation call: one write and one audit line, not two racing commands.
+    def action(pw: Any) -> Any:
+        result = pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value)
+        return reserve_answer(pw, result, level)
+
+    return _write(app, call, "reserve+mode", action, f"reserve={level} mode={mode.value}")
+
+
+def write_grid_charging(app: App, call: Call, on: bool) -> Any:
+    value = "true" if on else "false"
+    return _write(app, call, "grid_charging", lambda pw: pw.set_grid_charging(on), f"grid_charging={value}")
+
+
+def write_grid_export(app: App, call: Call, rule: GridExport) -> Any:
+    return _write(app, call, "grid_export", lambda pw: pw.set_grid_export(rule.value),
+                  f"grid_export={rule.value}")
+
+
+def current_level(site: Site) -> int:
+    """The state of charge now, on the Tesla app's scale, as a whole percent (for a hold).
+
+    Read through the window cache; a stale copy or no reading is no ground for a write."""
+    reading = site.read(LEVEL_SCALED)
+    if reading.state is State.UNAVAILABLE and reading.error is not None:
+        raise reading.error
+    value = reading.value
+    if reading.stale or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise GatewayUnavailable("no current state of charge to hold")
+    return max(0, min(100, round(value)))
 
 
 # ---- the commands -------------------------------------------------------------
@@ -318,49 +397,35 @@ def control_reserve(app: App, call: Call) -> Response:
     fields = _command(app, call, "reserve", _get_reserve)
     if isinstance(fields, Response):
         return fields
-    level = _level(fields["value"], "Value")
+    level = level_value(fields["value"])
     if fields.get("mode"):
-        return _write_operation(app, call, level, _mode(fields["mode"], "Mode"))
-    return _write(app, call, "reserve", reserve_action(level), f"reserve={level}")
+        return json_response(200, write_operation(app, call, level, mode_value(fields["mode"], "Mode")))
+    return json_response(200, write_reserve(app, call, level))
+
+
+def control_reserve_hold(app: App, call: Call) -> Response:
+    """POST /control/reserve_hold: the reserve set to the charge the battery has now, so it
+    holds that charge (no discharge below it) until the reserve is set again."""
+    _authorize(app, call)
+    level = current_level(call.site)
+    return json_response(200, write_reserve(app, call, level, f"reserve_hold reserve={level}"))
 
 
 def control_mode(app: App, call: Call) -> Response:
     fields = _command(app, call, "mode", _get_mode)
     if isinstance(fields, Response):
         return fields
-    mode = _mode(fields["value"], "Value")
+    mode = mode_value(fields["value"])
     if fields.get("level"):
-        return _write_operation(app, call, _level(fields["level"], "Level"), mode)
-    return _write(app, call, "mode", mode_action(mode), f"mode={mode.value}")
-
-
-def reserve_action(level: int) -> Callable[[Any], Any]:
-    # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
-    return lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level)
-
-
-def mode_action(mode: Mode) -> Callable[[Any], Any]:
-    return lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None)
-
-
-def _write_operation(app: App, call: Call, level: int, mode: Mode) -> Response:
-    # One set_operation call: one write and one audit line, not two racing commands.
-    def action(pw: Any) -> Any:
-        result = pw.set_operation(level=reserve_for_backend(pw, level), mode=mode.value)
-        return reserve_answer(pw, result, level)
-
-    return _write(app, call, "reserve+mode", action, f"reserve={level} mode={mode.value}")
+        return json_response(200, write_operation(app, call, level_value(fields["level"], "Level"), mode))
+    return json_response(200, write_mode(app, call, mode))
 
 
 def control_grid_charging(app: App, call: Call) -> Response:
     fields = _command(app, call, "grid_charging", _get_grid_charging)
     if isinstance(fields, Response):
         return fields
-    value = fields["value"].lower()
-    if value not in ("true", "false"):
-        raise HTTPError(400, "Control Command Value Invalid - use true or false")
-    on = value == "true"
-    _write(app, call, "grid_charging", lambda pw: pw.set_grid_charging(on), f"grid_charging={value}")
+    write_grid_charging(app, call, grid_charging_value(fields["value"]))
     return json_response(200, {"grid_charging": "Set Successfully"})
 
 
@@ -368,13 +433,7 @@ def control_grid_export(app: App, call: Call) -> Response:
     fields = _command(app, call, "grid_export", _get_grid_export)
     if isinstance(fields, Response):
         return fields
-    value = fields["value"].lower()
-    try:
-        rule = GridExport(value)
-    except ValueError:
-        names = ", ".join(g.value for g in GridExport)
-        raise HTTPError(400, f"Control Command Value Invalid - use one of {names}") from None
-    _write(app, call, "grid_export", lambda pw: pw.set_grid_export(rule.value), f"grid_export={value}")
+    write_grid_export(app, call, grid_export_value(fields["value"]))
     return json_response(200, {"grid_export": "Set Successfully"})
 
 
@@ -466,10 +525,12 @@ def _get_grid_export(pw: Any) -> Any:
     return pw.get_grid_export() or "unknown"
 
 
+# ---- the same writes for MQTT (no HTTP request, no app) ------------------------------
+
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A write that other surfaces (MQTT) offer: parse the value, then the same action and
-    audit line as POST /control/<name>."""
+    """A write that MQTT offers: parse the value, then the same action and audit line as
+    POST /control/<name>."""
 
     name: str
     parse: Callable[[str], Any]  # HTTPError(400) for a value it cannot use
@@ -484,9 +545,9 @@ def _whole(raw: str) -> str:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("reserve", lambda raw: _level(_whole(raw), "Value"), reserve_action,
+    Command("reserve", lambda raw: level_value(_whole(raw)), reserve_action,
             lambda level: f"reserve={level}"),
-    Command("mode", lambda raw: _mode(raw.strip(), "Value"), mode_action,
+    Command("mode", lambda raw: mode_value(raw.strip()), mode_action,
             lambda mode: f"mode={mode.value}"),
 )
 
@@ -500,6 +561,7 @@ def run_command(site: Site, command: Command, raw: str, origin: str) -> Any:
 _BOTH = ("GET", "POST")
 CONTROL_ROUTES: tuple[Route, ...] = (
     Route("/control/reserve", control_reserve, methods=_BOTH),
+    Route("/control/reserve_hold", control_reserve_hold, methods=("POST",)),
     Route("/control/mode", control_mode, methods=_BOTH),
     Route("/control/grid_charging", control_grid_charging, methods=_BOTH),
     Route("/control/grid_export", control_grid_export, methods=_BOTH),

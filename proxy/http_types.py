@@ -24,6 +24,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    interim: int | None = None  # a 1xx status sent (without content) ahead of this one, e.g. 102
 
 
 App = Callable[[Request], Response]

@@ -97,7 +97,8 @@ _FLEET = (("default", 2), ("pw2-legacy", 1), ("pw3", 3), ("http10", 1), ("defaul
 def _fleet_member(i: int, profile: str) -> dict[str, Any]:
     """The simulator arguments of the i-th simulated gateway; a chosen --profile for all."""
     member_profile, units = _FLEET[i % len(_FLEET)]
-    return {"profile": member_profile if profile == "default" else profile, "units": units}
+    return {"profile": member_profile if profile == "default" else profile, "units": units,
+            "site": i + 1}
 
 
 def _credentials(simulator: Any) -> tuple[Secret, Secret]:
@@ -224,6 +225,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     """
+    from proxy import openc2
     from proxy.routes import ROUTES
     from proxy.server import HTTPServer
 
@@ -250,7 +252,8 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
                               browser_cache=config.browser_cache)
     mqtt = _mqtt(config, sites)
     reports = {"mqtt": mqtt.status} if mqtt is not None else {}
-    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=ROUTES,
+    routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()))
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes,
               reports=reports)
     if max_connections is None:
         max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))

@@ -390,7 +390,20 @@ def _render(response: Response, head_only: bool, close: bool, keep_10: bool) -> 
     if not 200 <= response.status <= 599:
         raise ValueError(f"status {response.status!r} cannot be sent")
     block, close = _header_block(response.headers, close)
-    return _assemble(response.status, block, response.body, head_only, close, keep_10), close
+    head = b""
+    if response.interim is not None:
+        head, close = _interim(response.interim), True
+    return head + _assemble(response.status, block, response.body, head_only, close, keep_10), close
+
+
+def _interim(status: int) -> bytes:
+    """A 1xx response ahead of the final one (RFC 9110 15.2: no content). Its `Connection:
+    close` also tells a client that takes it for the final answer (http.client does, for
+    anything but 100) not to read another response from this connection."""
+    if not 102 <= status <= 199:
+        raise ValueError(f"interim status {status!r} cannot be sent")
+    line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"
+    return f"{line}Connection: close\r\n\r\n".encode("latin-1")
 
 
 def _header_block(headers: list[tuple[str, str]], close: bool) -> tuple[str, bool]:
@@ -1046,6 +1059,8 @@ class HTTPServer:
         keep_10 = not close and handler.request_version == "HTTP/1.0"
         try:
             response = self._app(request)
+            if handler.request_version == "HTTP/1.0":
+                response.interim = None  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
             data, close = _render(response, head_only, close, keep_10)
             status = response.status
         except Exception:

@@ -396,7 +396,7 @@ def test_control_status(proxy: ProxyHandle) -> None:
     r = proxy.get("/control/status")  # no token needed
     assert r.status == 200 and r.header("Content-Type") == "application/json"
     assert r.json() == {"enabled": True, "ready": True,
-                        "actions": ["reserve", "mode", "grid_charging", "grid_export"],
+                        "actions": ["reserve", "reserve_hold", "mode", "grid_charging", "grid_export"],
                         "reserve": target, "mode": "backup"}
     assert TOKEN not in r.text
     assert proxy.request("HEAD", "/control/status").status == 200

@@ -133,3 +133,19 @@ def with_units(layout: Layout, count: int) -> Layout:
 def _nth(serial: str, i: int) -> str:
     """A distinct serial for an added unit (same length, last digits changed)."""
     return f"{serial[:-4]}{i:02d}{serial[-2:]}"
+
+
+def renumbered(layout: Layout, site: int) -> Layout:
+    """The same hardware with serial numbers of its own, for one site among several."""
+    if site == 0:
+        return layout
+    tag = f"{site % 100:02d}"
+    units = tuple(replace(u, serial=_tagged(u.serial, tag), module_serial=_tagged(u.module_serial, tag))
+                  for u in layout.units)
+    pvac = layout.pvac and replace(layout.pvac, serial=_tagged(layout.pvac.serial, tag))
+    return replace(layout, units=units, pvac=pvac, gateway_serial=_tagged(layout.gateway_serial, tag),
+                   sync_serial=_tagged(layout.sync_serial, tag))
+
+
+def _tagged(serial: str, tag: str) -> str:
+    return f"{serial[:5]}{tag}{serial[7:]}"

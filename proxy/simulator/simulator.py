@@ -11,7 +11,7 @@ from . import legacy_vitals, tedapi_wire, tls
 from .faults import FaultBoard
 from .gateway import Gateway
 from .httpserver import GatewayHTTPServer
-from .layout import layout_for, with_firmware, with_units
+from .layout import layout_for, renumbered, with_firmware, with_units
 from .model import HomeModel
 from .profiles import Profile, profile_named
 from .sessions import SessionStore
@@ -34,12 +34,13 @@ class Simulator:
     def __init__(self, bind: str = "127.0.0.1", port: int = 0,
                  password: str = DEFAULT_PASSWORD, gw_pwd: str = DEFAULT_GW_PWD,
                  model: str | None = None, seed: int | None = None,
-                 profile: str = "default", units: int | None = None) -> None:
+                 profile: str = "default", units: int | None = None, site: int = 0) -> None:
         self.profile: Profile = profile_named(profile)
         layout = with_firmware(layout_for(model or self.profile.model), self.profile.firmware,
                                self.profile.git_hash)
         if units is not None:
             layout = with_units(layout, units)
+        layout = renumbered(layout, site)  # several simulated sites: each its own DIN
         self.bind = bind
         self.requested_port = port
         self.seed = secrets.randbits(32) if seed is None else seed
