@@ -164,11 +164,12 @@ class Prometheus:
             "scrape_configs:\n  - job_name: powerwall\n"
             f"    metrics_path: {path}\n    static_configs:\n      - targets: ['{target}']\n")
         assert PROMETHEUS
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=(self.dir / "prometheus.log").open("wb"))
+        with (self.dir / "prometheus.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.dir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=subprocess.DEVNULL, stderr=log)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
