@@ -32,6 +32,7 @@ import queue
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -314,7 +315,8 @@ class Publisher:
         self._factory = client_factory
         self._lock = threading.Lock()  # _counts and _in_flight
         self._counts = _Counts()
-        self._in_flight: set[int] = set()
+        # What was handed to paho and not yet written (paho's MQTTMessageInfo), oldest first.
+        self._in_flight: deque[Any] = deque()
         self._commands: queue.Queue[tuple[str, str, str]] = queue.Queue(maxsize=COMMAND_QUEUE)
         self._wake = threading.Event()
         self._resend = threading.Event()
@@ -377,14 +379,14 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
+        client.max_queued_messages_set(MAX_IN_FLIGHT)
         return client
 
     # ---- status (read by /stats and /metrics; never blocks on the broker) -----------------
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            in_flight = len(self._in_flight)
+            in_flight = self._unwritten()
             counts = replace(self._counts)
         s = self.settings
         age = None if counts.last_publish is None else round(time.time() - counts.last_publish, 1)
@@ -441,9 +443,13 @@ class Publisher:
             log.warning("mqtt: %s (%s:%s); retrying in the background", error,
                         self.settings.host, self.settings.port)
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._lock:
-            self._in_flight.discard(mid)
+    def _unwritten(self) -> int:
+        """Messages still waiting in paho (call with the lock held). Written ones leave from
+        the front; the queue is emptied when the connection drops or comes back."""
+        pending = self._in_flight
+        while pending and pending[0].is_published():
+            pending.popleft()
+        return len(pending)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic = message.topic
@@ -571,7 +577,7 @@ class Publisher:
         taken = 0
         for message in messages:
             with self._lock:
-                room = self._counts.connected and len(self._in_flight) < MAX_IN_FLIGHT
+                room = self._counts.connected and self._unwritten() < MAX_IN_FLIGHT
             if not room or client is None:
                 break
             info = client.publish(message.topic, message.payload, qos=message.qos,
@@ -579,8 +585,7 @@ class Publisher:
             if info.rc != 0:
                 break
             with self._lock:
-                if not info.is_published():
-                    self._in_flight.add(info.mid)
+                self._in_flight.append(info)
                 self._counts.published += 1
             taken += 1
         if taken < len(messages):

@@ -192,3 +192,68 @@ def test_an_unknown_state_is_exported_too() -> None:
     text = generate_latest(_Families([point_family(point("operation_mode"), [f])])).decode()  # type: ignore[arg-type]
     assert 'powerwall_operation_mode{gateway="home",state="scheduler"} 1.0' in text
     assert 'powerwall_operation_mode{gateway="home",state="backup"} 0.0' in text
+
+
+# ---- the publisher's bound on what waits for the broker (a stand-in paho client) ---------
+
+class _Info:
+    def __init__(self) -> None:
+        self.rc, self.done = 0, False
+
+    def is_published(self) -> bool:
+        return self.done
+
+    def wait_for_publish(self, timeout: float | None = None) -> None:
+        self.done = True
+
+
+class _Reason:
+    is_failure = False
+
+
+class _StuckBroker:
+    """A paho stand-in whose broker never takes anything: every message stays unwritten."""
+
+    made: list[_StuckBroker] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.published: list[_Info] = []
+        self.connect_timeout = 0.0
+        _StuckBroker.made.append(self)
+
+    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> _Info:
+        info = _Info()
+        self.published.append(info)
+        return info
+
+    def is_connected(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:  # setup calls: username_pw_set, will_set, ...
+        return lambda *args, **kwargs: None
+
+
+def test_the_publisher_drops_rather_than_queues_without_end(tmp_path: Any) -> None:
+    from proxy.config import GatewayConfig
+    from proxy.gateway import Gateway
+    from proxy.mqtt import MAX_IN_FLIGHT, Message, Publisher
+    from proxy.site import Site, Sites
+
+    sites = Sites([Site(Gateway(GatewayConfig(host="127.0.0.1:9", cache_file=str(tmp_path / "c"))),
+                        cache_ttl=0)])
+    publisher = Publisher(SETTINGS, sites, client_factory=_StuckBroker)
+    publisher.start()
+    try:
+        client = _StuckBroker.made[-1]
+        publisher._on_connect(client, None, {}, _Reason(), None)
+        taken = publisher._send([Message(f"t/{i}", "x") for i in range(MAX_IN_FLIGHT + 50)])
+        status = publisher.status()
+        # (the publisher thread may have sent an availability message of its own meanwhile)
+        assert MAX_IN_FLIGHT - 5 <= taken <= MAX_IN_FLIGHT and status["in_flight"] == MAX_IN_FLIGHT
+        assert status["dropped"] >= 50
+        for info in client.published:
+            info.done = True  # the broker catches up
+        assert publisher._send([Message("t/again", "x")]) == 1
+        assert publisher.status()["in_flight"] <= 1
+    finally:
+        publisher.stop()
