@@ -306,16 +306,27 @@ def grid_export_value(raw: str) -> GridExport:
         raise HTTPError(400, f"Control Command Value Invalid - use one of {names}") from None
 
 
-def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Any:
-    """One write through the gateway's control backend, logged in one audit line."""
-    result = call.site.gateway.control(action)
+def apply(site: Site, what: str, action: Callable[[Any], Any], summary: str, origin: str,
+          named: bool = True) -> Any:
+    """Run one write through the site's control backend and log it in one audit line (naming
+    the gateway when `named`); 502 when it failed. Every surface that writes ends here."""
+    result = site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
-    where = f" on {call.site.gateway.name}" if call.mount else ""
-    log.info("control: %s %s%s from %s", summary, outcome, where, client_of(app, call))
+    where = f" on {site.gateway.name}" if named else ""
+    log.info("control: %s %s%s from %s", summary, outcome, where, origin)
     if failed:
-        app.stats.count_error()
         raise HTTPError(502, f"Failed to set {what}")
+    return result
+
+
+def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Any:
+    """One write for an HTTP caller, counted in /stats."""
+    try:
+        result = apply(call.site, what, action, summary, client_of(app, call), bool(call.mount))
+    except HTTPError:
+        app.stats.count_error()
+        raise
     app.stats.count_post()
     call.site.stats.count_post()  # the gateway's own /stats counts its writes too
     return result
@@ -339,16 +350,21 @@ def _need_enabled(app: App) -> None:
 # Every interface that changes the battery (/control/*, OpenC2 `set`) goes through these,
 # so validation, the backend call and the audit line are the same whichever asked.
 
-def write_reserve(app: App, call: Call, level: int, summary: str = "") -> Any:
+def reserve_action(level: int) -> Callable[[Any], Any]:
     # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
-    return _write(app, call, "reserve",
-                  lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level),
-                  summary or f"reserve={level}")
+    return lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level)
+
+
+def mode_action(mode: Mode) -> Callable[[Any], Any]:
+    return lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None)
+
+
+def write_reserve(app: App, call: Call, level: int, summary: str = "") -> Any:
+    return _write(app, call, "reserve", reserve_action(level), summary or f"reserve={level}")
 
 
 def write_mode(app: App, call: Call, mode: Mode) -> Any:
-    return _write(app, call, "mode", lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None),
-                  f"mode={mode.value}")
+    return _write(app, call, "mode", mode_action(mode), f"mode={mode.value}")
 
 
 def write_operation(app: App, call: Call, level: int, mode: Mode) -> Any:
@@ -527,6 +543,39 @@ def _get_grid_charging(pw: Any) -> Any:
 
 def _get_grid_export(pw: Any) -> Any:
     return pw.get_grid_export() or "unknown"
+
+
+# ---- the same writes for MQTT (no HTTP request, no app) ------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A write that MQTT offers: parse the value, then the same action and audit line as
+    POST /control/<name>."""
+
+    name: str
+    parse: Callable[[str], Any]  # HTTPError(400) for a value it cannot use
+    action: Callable[[Any], Callable[[Any], Any]]
+    summary: Callable[[Any], str]
+
+
+def _whole(raw: str) -> str:
+    """"37.0" as "37": Home Assistant's number entity may send an integral value that way."""
+    text = raw.strip()
+    return re.sub(r"\.0+$", "", text) if re.fullmatch(r"[0-9]{1,3}\.0+", text) else text
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("reserve", lambda raw: level_value(_whole(raw)), reserve_action,
+            lambda level: f"reserve={level}"),
+    Command("mode", lambda raw: mode_value(raw.strip()), mode_action,
+            lambda mode: f"mode={mode.value}"),
+)
+
+
+def run_command(site: Site, command: Command, raw: str, origin: str) -> Any:
+    """Carry out a command on a site; ProxyError (HTTPError 400/502, gateway errors) when not."""
+    value = command.parse(raw)
+    return apply(site, command.name, command.action(value), command.summary(value), origin)
 
 
 _BOTH = ("GET", "POST")

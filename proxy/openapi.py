@@ -46,6 +46,7 @@ TAGS = (
     ("gateways", "The configured gateways"),
     ("aggregate", "All gateways added up"),
     ("status", "The proxy describing itself"),
+    ("metrics", "Prometheus"),
     ("docs", "This documentation"),
 )
 

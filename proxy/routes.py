@@ -58,6 +58,7 @@ from proxy.gateway.sources import (
     Source,
     poll,
 )
+from proxy.metrics import METRICS_ROUTES
 from proxy.site import Rendered, Site, State
 
 Values = Sequence[Any]
@@ -336,5 +337,6 @@ ROUTES: tuple[Route, ...] = (
                   answers=(Answer(404, '{"error": "Invalid Request"}'), *DATA))),
     *CONTROL_ROUTES,
     *FLEET_ROUTES,
+    *METRICS_ROUTES,
     *openapi.ROUTES,
 )

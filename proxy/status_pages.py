@@ -140,6 +140,9 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_stats(app, s) for s in app.sites}
     body["server"] = app.server_stats()
+    if not call.mount:
+        for name, report in app.reports.items():
+            body[name] = report()
     return body
 
 
