@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
+from proxy.apidoc import Doc
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
@@ -24,7 +25,7 @@ from proxy.http_types import Request, Response
 from proxy.hub import Hub
 from proxy.passthrough import Passthrough
 from proxy.site import Rendered, Site, Sites
-from proxy.stats import Stats
+from proxy.stats import Stats, Tally
 from proxy.web import WebFiles
 
 log = logging.getLogger("proxy.app")
@@ -64,6 +65,8 @@ class Call:
 
 Handler = Callable[["App", Call], "Rendered | Response"]
 ErrorRenderer = Callable[["App", ProxyError, Call], Response]
+Report = Callable[[], dict[str, Any]]  # a part of the proxy describing itself (/stats, /metrics)
+UNMATCHED = "unmatched"  # the route label of a request refused before routing (bad path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class Route:
     # A route group with its own error body (OpenC2): its typed errors, a wrong method
     # included, are rendered by this instead of `error_response`.
     errors: ErrorRenderer | None = None
+    doc: Doc | None = None  # what /openapi.json says about it (proxy.apidoc)
 
 
 @dataclass
@@ -114,15 +118,22 @@ class App:
     """Everything a request handler may use, built once by main()."""
 
     def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
-                 routes: Iterable[Route], stats: Stats | None = None, hub: Hub | None = None) -> None:
+                 routes: Iterable[Route], stats: Stats | None = None,
+                 reports: dict[str, Report] | None = None, hub: Hub | None = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
         self.web = web
         self.passthrough = passthrough
         self.stats = stats or Stats()
+        # For /metrics: answers by (route, status) and stale answers by gateway; never cleared.
+        self.requests = Tally(limit=1024, overflow=("other", "other"))
+        self.stale_answers = Tally(limit=64)
+        # Other parts' own status (e.g. "mqtt"), shown in /stats and /metrics.
+        self.reports: dict[str, Report] = dict(reports or {})
+        self.routes = tuple(routes)  # in table order, for /openapi.json
         self.hub = hub  # live push topics; None: no streams (their routes answer 404)
-        self.router = Router.build(routes)
+        self.router = Router.build(self.routes)
         self.started = time.time()
         self.server_stats: Callable[[], dict[str, int]] = dict
         self.control_guard: Any = None  # set by proxy.control (bad-token throttling)
@@ -133,21 +144,27 @@ class App:
         return self.site.gateway
 
     def __call__(self, request: Request) -> Response:
+        routed: list[str] = []  # the route's label, once known
         try:
-            return self._dispatch(request)
+            response = self._dispatch(request, routed)
         except ProxyError as exc:
             self._count_error(exc)
-            return error_response(exc)
+            response = error_response(exc)
+        self.requests.add((routed[-1] if routed else UNMATCHED, str(response.status)))
+        return response
 
-    def _dispatch(self, request: Request) -> Response:
+    def _dispatch(self, request: Request, routed: list[str]) -> Response:
         path, query = self.split_target(request.target)
         call = self.mounted(path, query, request)
         method = "GET" if request.method == "HEAD" else request.method
         route = self.router.match(call.path)
         if route is None or (call.mount and route.root_only):
             if call.mount:
+                routed.append(GATEWAY_MOUNT + "{id}/*")
                 raise HTTPError(404, "Not Found")
+            routed.append("fallback")
             return self.fallback(call, method)
+        routed.append(GATEWAY_MOUNT + "{id}" + route.path if call.mount else route.path)
         if route.errors is not None:
             try:
                 return self._routed(route, call, path, method)
@@ -203,6 +220,8 @@ class App:
                 # A slow read of another value aged the copy past PW_CACHE_TTL.
                 raise GatewayUnavailable("gateway unavailable and the last good data is too old")
             age = int(exact_age)
+            if rendered.stale:
+                self.stale_answers.add((site.id,))
             headers.append(("Age", str(age)))
             headers.append(("X-Cache", "STALE" if rendered.stale else "HIT"))
             if rendered.stale:

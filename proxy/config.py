@@ -131,6 +131,15 @@ class Config:
     default_gateway: str = ""
     source: str = "environment"  # where the gateways came from, for the start-up log
     simulate_profile: str = "default"  # --profile: the built-in simulator's gateway personality
+    # MQTT with Home Assistant discovery (off while PW_MQTT_HOST is empty).
+    mqtt_host: str = ""
+    mqtt_port: int = 0  # 0: 1883, or 8883 with PW_MQTT_TLS
+    mqtt_user: str = ""
+    mqtt_password: Secret = Secret()
+    mqtt_tls: bool = False
+    mqtt_prefix: str = "pypowerwall"
+    mqtt_discovery_prefix: str = "homeassistant"
+    mqtt_retain: bool = False
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
@@ -193,7 +202,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value that is set (for leak checks in logs and tests)."""
         own = [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret,
-                                    self.openc2_token) if f]
+                                    self.openc2_token, self.mqtt_password) if f]
         return own + [s for g in self.gateways for s in g.secrets()]
 
     def fleet(self) -> tuple[GatewayConfig, ...]:
@@ -282,6 +291,19 @@ def _networks(name: str, raw: str) -> tuple[Network, ...]:
     return tuple(found)
 
 
+MQTT_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _topic_prefix(name: str, raw: str) -> str:
+    """An MQTT topic prefix: levels of letters, digits, _ . - separated by single slashes."""
+    value = raw.strip()
+    levels = value.split("/")
+    if len(levels) > 8 or not all(MQTT_TOPIC_LEVEL.fullmatch(level) for level in levels):
+        raise ConfigError(f"{name} must be topic levels of letters, digits, _ . - joined by / "
+                          f"(no wildcards, no leading or trailing /), e.g. pypowerwall (got {raw!r})")
+    return value
+
+
 def _probe_interval(name: str, raw: str) -> int:
     # The reference raises anything below 5 s to 5 s rather than refusing it.
     return max(5, _int_parser(0)(name, raw))
@@ -328,6 +350,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_DEFAULT_GATEWAY": ("default_gateway", _text),
     "PW_TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "PW_MAX_STREAMS": ("max_streams", _int_parser(0, 100_000)),
+    "PW_MQTT_HOST": ("mqtt_host", _text),
+    "PW_MQTT_PORT": ("mqtt_port", _int_parser(1, 65535)),
+    "PW_MQTT_USER": ("mqtt_user", _text),
+    "PW_MQTT_PASSWORD": ("mqtt_password", _secret),
+    "PW_MQTT_TLS": ("mqtt_tls", parse_bool),
+    "PW_MQTT_PREFIX": ("mqtt_prefix", _topic_prefix),
+    "PW_MQTT_DISCOVERY_PREFIX": ("mqtt_discovery_prefix", _topic_prefix),
+    "PW_MQTT_RETAIN": ("mqtt_retain", parse_bool),
 }
 
 
@@ -353,6 +383,7 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     config = Config(**values)
     config = _with_gateways(config, document, path, environ.get("PW_GATEWAYS", "").strip())
     _check_tls(config)
+    _check_mqtt(config)
     return config
 
 
@@ -377,6 +408,21 @@ def _default_cache_file(auth_path: str) -> str:
 def _check_tls(config: Config) -> None:
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("PW_TLS_CERT and PW_TLS_KEY must be set together")
+
+
+# Topic levels under PW_MQTT_PREFIX that are not gateways.
+MQTT_RESERVED_IDS = ("aggregate", "status")
+
+
+def _check_mqtt(config: Config) -> None:
+    if not config.mqtt_host:
+        return
+    if config.mqtt_prefix == config.mqtt_discovery_prefix:
+        raise ConfigError("PW_MQTT_PREFIX must differ from PW_MQTT_DISCOVERY_PREFIX")
+    for gateway in config.fleet():
+        if gateway.id in MQTT_RESERVED_IDS:
+            raise ConfigError(f"PW_MQTT_HOST: gateway id {gateway.id!r} is an MQTT topic of its own "
+                              f"({config.mqtt_prefix}/{gateway.id}); give that gateway another id")
 
 
 # ---- several gateways: a config file or PW_GATEWAYS ---------------------------------

@@ -28,6 +28,26 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs
 
+from proxy.apidoc import (
+    ASCII,
+    CONTROL_OFF,
+    LEVEL,
+    MODE,
+    NAME,
+    NOT_IN_MODE,
+    OBJECT,
+    UNAVAILABLE,
+    WRITE_ANSWERS,
+    Answer,
+    Doc,
+    Param,
+    Schema,
+    Write,
+    control_body,
+    keyed,
+    ref,
+    token_body,
+)
 from proxy.app import App, Call, Route, json_response
 from proxy.errors import GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.forwarded import client_address, throttle_key
@@ -286,16 +306,27 @@ def grid_export_value(raw: str) -> GridExport:
         raise HTTPError(400, f"Control Command Value Invalid - use one of {names}") from None
 
 
-def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Any:
-    """One write through the gateway's control backend, logged in one audit line."""
-    result = call.site.gateway.control(action)
+def apply(site: Site, what: str, action: Callable[[Any], Any], summary: str, origin: str,
+          named: bool = True) -> Any:
+    """Run one write through the site's control backend and log it in one audit line (naming
+    the gateway when `named`); 502 when it failed. Every surface that writes ends here."""
+    result = site.gateway.control(action)
     failed = result is None or (isinstance(result, dict) and "error" in result)
     outcome = "failed" if failed else "accepted"
-    where = f" on {call.site.gateway.name}" if call.mount else ""
-    log.info("control: %s %s%s from %s", summary, outcome, where, client_of(app, call))
+    where = f" on {site.gateway.name}" if named else ""
+    log.info("control: %s %s%s from %s", summary, outcome, where, origin)
     if failed:
-        app.stats.count_error()
         raise HTTPError(502, f"Failed to set {what}")
+    return result
+
+
+def _write(app: App, call: Call, what: str, action: Callable[[Any], Any], summary: str) -> Any:
+    """One write for an HTTP caller, counted in /stats."""
+    try:
+        result = apply(call.site, what, action, summary, client_of(app, call), bool(call.mount))
+    except HTTPError:
+        app.stats.count_error()
+        raise
     app.stats.count_post()
     call.site.stats.count_post()  # the gateway's own /stats counts its writes too
     return result
@@ -319,16 +350,21 @@ def _need_enabled(app: App) -> None:
 # Every interface that changes the battery (/control/*, OpenC2 `set`) goes through these,
 # so validation, the backend call and the audit line are the same whichever asked.
 
-def write_reserve(app: App, call: Call, level: int, summary: str = "") -> Any:
+def reserve_action(level: int) -> Callable[[Any], Any]:
     # The answer is on the user's scale: value=30 answers 30, whatever the backend stores.
-    return _write(app, call, "reserve",
-                  lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level),
-                  summary or f"reserve={level}")
+    return lambda pw: reserve_answer(pw, pw.set_reserve(reserve_for_backend(pw, level)), level)
+
+
+def mode_action(mode: Mode) -> Callable[[Any], Any]:
+    return lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None)
+
+
+def write_reserve(app: App, call: Call, level: int, summary: str = "") -> Any:
+    return _write(app, call, "reserve", reserve_action(level), summary or f"reserve={level}")
 
 
 def write_mode(app: App, call: Call, mode: Mode) -> Any:
-    return _write(app, call, "mode", lambda pw: reserve_answer(pw, pw.set_mode(mode.value), None),
-                  f"mode={mode.value}")
+    return _write(app, call, "mode", mode_action(mode), f"mode={mode.value}")
 
 
 def write_operation(app: App, call: Call, level: int, mode: Mode) -> Any:
@@ -509,14 +545,81 @@ def _get_grid_export(pw: Any) -> Any:
     return pw.get_grid_export() or "unknown"
 
 
+# ---- the same writes for MQTT (no HTTP request, no app) ------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A write that MQTT offers: parse the value, then the same action and audit line as
+    POST /control/<name>."""
+
+    name: str
+    parse: Callable[[str], Any]  # HTTPError(400) for a value it cannot use
+    action: Callable[[Any], Callable[[Any], Any]]
+    summary: Callable[[Any], str]
+
+
+def _whole(raw: str) -> str:
+    """"37.0" as "37": Home Assistant's number entity may send an integral value that way."""
+    text = raw.strip()
+    return re.sub(r"\.0+$", "", text) if re.fullmatch(r"[0-9]{1,3}\.0+", text) else text
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("reserve", lambda raw: level_value(_whole(raw)), reserve_action,
+            lambda level: f"reserve={level}"),
+    Command("mode", lambda raw: mode_value(raw.strip()), mode_action,
+            lambda mode: f"mode={mode.value}"),
+)
+
+
+def run_command(site: Site, command: Command, raw: str, origin: str) -> Any:
+    """Carry out a command on a site; ProxyError (HTTPError 400/502, gateway errors) when not."""
+    value = command.parse(raw)
+    return apply(site, command.name, command.action(value), command.summary(value), origin)
+
+
 _BOTH = ("GET", "POST")
+_READ_ANSWERS = (CONTROL_OFF, NOT_IN_MODE, UNAVAILABLE)
+
+
+def _doc(action: str, reads: Schema, value: Schema, what: str, **more: Schema) -> Doc:
+    """GET reads the setting (no token); POST with the token writes `value`."""
+    return Doc(f"Read the {what}", keyed(action, reads), tag="control", answers=_READ_ANSWERS,
+               write=Write(control_body(value, **more), answers=WRITE_ANSWERS,
+                           summary=f"Set the {what} (an empty value reads it)"))
+
+
+GRID_CHARGING_VALUE: Schema = {"anyOf": [{"type": "boolean"},
+                                          {"type": "string", "enum": ["true", "false"]}]}
+GRID_EXPORT_VALUE: Schema = {"type": "string", "enum": [g.value for g in GridExport]}
+_SECONDS: Schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999999},
+                              {"type": "string", "pattern": "^([0-9]{1,6}|cancel)$"}]}
 CONTROL_ROUTES: tuple[Route, ...] = (
-    Route("/control/reserve", control_reserve, methods=_BOTH),
-    Route("/control/reserve_hold", control_reserve_hold, methods=("POST",)),
-    Route("/control/mode", control_mode, methods=_BOTH),
-    Route("/control/grid_charging", control_grid_charging, methods=_BOTH),
-    Route("/control/grid_export", control_grid_export, methods=_BOTH),
-    Route("/control/max_backup", control_max_backup, methods=_BOTH),
-    Route("/control/status", control_status),
-    Route("/control/*", control_unknown, methods=_BOTH),
+    Route("/control/reserve", control_reserve, methods=_BOTH,
+          doc=_doc("reserve", {"type": ["number", "null"]}, LEVEL, "backup reserve (%)", mode=MODE)),
+    Route("/control/reserve_hold", control_reserve_hold, methods=("POST",),
+          doc=Doc("Hold the charge the battery has now", tag="control",
+                  write=Write(token_body(), answers=WRITE_ANSWERS,
+                              summary="Set the reserve to the current charge (Tesla app scale, "
+                                      "whole percent), so the battery holds it"))),
+    Route("/control/mode", control_mode, methods=_BOTH,
+          doc=_doc("mode", {"type": ["string", "null"]}, MODE, "operation mode", level=LEVEL)),
+    Route("/control/grid_charging", control_grid_charging, methods=_BOTH,
+          doc=_doc("grid_charging", {"type": "boolean"}, GRID_CHARGING_VALUE, "grid charging")),
+    Route("/control/grid_export", control_grid_export, methods=_BOTH,
+          doc=_doc("grid_export", {"type": ["string", "null"]}, GRID_EXPORT_VALUE, "grid export rule")),
+    Route("/control/max_backup", control_max_backup, methods=_BOTH,
+          doc=Doc("Backup events (v1r LAN transport only)", OBJECT, tag="control",
+                  answers=_READ_ANSWERS,
+                  write=Write(control_body(_SECONDS), answers=WRITE_ANSWERS,
+                              summary="Schedule a manual backup for some seconds, or cancel it"))),
+    Route("/control/status", control_status,
+          doc=Doc("Is control on; current reserve and mode (no token)", ref("ControlStatus"),
+                  tag="control", answers=(UNAVAILABLE,))),
+    Route("/control/*", control_unknown, methods=_BOTH,
+          doc=Doc("Unknown control action: 404 (a POST checks the token first)", tag="control",
+                  wildcard=Param("action", "Any other action", NAME, ("unknown",)),
+                  answers=(Answer(404, '{"error": "Invalid Command Action"}'), *_READ_ANSWERS),
+                  write=Write(control_body(ASCII), answers=WRITE_ANSWERS,
+                              summary="Unknown control action: 404 once the token is right"))),
 )

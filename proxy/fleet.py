@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import payloads
+from proxy.apidoc import UNAVAILABLE, Answer, Doc, Param, ref
 from proxy.app import App, Call, Route, json_response
 from proxy.errors import GatewayUnavailable, HTTPError, ProxyError
 from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, SOE, STRINGS, SYSTEM_STATUS, VITALS, Source
@@ -285,20 +286,37 @@ def get_gateway(app: App, call: Call) -> Response:
     return _answer(body)
 
 
-def _root(path: str, handler: Callable[[App, Call], Response]) -> Route:
-    return Route(path, handler, root_only=True)
+def _root(path: str, handler: Callable[[App, Call], Response], summary: str, body: str,
+          answers: tuple[Answer, ...] = (UNAVAILABLE,), wildcard: Param | None = None) -> Route:
+    tag = "gateways" if path.startswith("/api/gateways") else "aggregate"
+    doc = Doc(summary, ref(body), tag=tag, answers=answers, wildcard=wildcard)
+    return Route(path, handler, root_only=True, doc=doc)
 
+
+_NONE_HAS_DATA = (Answer(503, "No gateway has any data", retry_after=True),)
+_GATEWAY_ID = Param("id", "A gateway id (a-z 0-9 _ -, 1 to 32 characters)",
+                    {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"})
 
 FLEET_ROUTES: tuple[Route, ...] = (
-    _root("/api/gateways", get_gateways),
-    _root("/api/gateways/*", get_gateway),
-    _root("/api/aggregate", get_aggregate),
-    _root("/api/aggregate/", get_aggregate),
-    _root("/api/aggregate/power", get_aggregate_power),
-    _root("/api/aggregate/soe", get_aggregate_soe),
-    _root("/api/aggregate/battery", get_aggregate_battery),
-    _root("/api/aggregate/status", get_aggregate_status),
-    _root("/api/aggregate/strings", _keyed(STRINGS, {})),
-    _root("/api/aggregate/alerts", _keyed(ALERTS, [])),
-    _root("/api/aggregate/vitals", _keyed(VITALS, {})),
+    _root("/api/gateways", get_gateways, "Every gateway: id, name, type, status, mode", "Gateways",
+          answers=()),
+    _root("/api/gateways/*", get_gateway, "One gateway: status, site, its numbers", "GatewayDetail",
+          answers=(Answer(404, '{"error": "Gateway not found"}'),), wildcard=_GATEWAY_ID),
+    _root("/api/aggregate", get_aggregate, "All gateways added up", "Aggregate", _NONE_HAS_DATA),
+    _root("/api/aggregate/", get_aggregate, "All gateways added up (as /api/aggregate)", "Aggregate",
+          _NONE_HAS_DATA),
+    _root("/api/aggregate/power", get_aggregate_power, "Powers summed over gateways (W)",
+          "AggregatePower", _NONE_HAS_DATA),
+    _root("/api/aggregate/soe", get_aggregate_soe, "State of energy weighted by capacity",
+          "AggregateSoe", _NONE_HAS_DATA),
+    _root("/api/aggregate/battery", get_aggregate_battery, "Battery level, capacity, remaining, power",
+          "AggregateBattery", _NONE_HAS_DATA),
+    _root("/api/aggregate/status", get_aggregate_status, "Worst grid status, gateways online",
+          "AggregateStatus", _NONE_HAS_DATA),
+    _root("/api/aggregate/strings", _keyed(STRINGS, {}), "Solar strings by gateway", "PerGateway",
+          answers=()),
+    _root("/api/aggregate/alerts", _keyed(ALERTS, []), "Active alerts by gateway", "PerGateway",
+          answers=()),
+    _root("/api/aggregate/vitals", _keyed(VITALS, {}), "Device vitals by gateway", "PerGateway",
+          answers=()),
 )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 
 from proxy import fleet
+from proxy.apidoc import Answer, Doc, Param, ref
 from proxy.app import CORS, App, Call, Route
 from proxy.errors import HTTPError
 from proxy.gateway.sources import SYSTEM_STATUS
@@ -140,8 +141,42 @@ def events(app: App, call: Call) -> Response:
     return Response(200, list(SSE_HEADERS), stream=Stream(SSE, _subscriber(topic, last)))
 
 
+# ---- the table ------------------------------------------------------------------------------
+
+_TOO_MANY = Answer(503, "Too many streams open (PW_MAX_STREAMS); polling is not limited",
+                   retry_after=True)
+_WS_ANSWERS = (
+    Answer(101, "Switching Protocols: the WebSocket is open; each text message carries the "
+                "object described as the 200 body", body=None),
+    Answer(400, "Not a WebSocket opening handshake (Upgrade, Connection, a 16-byte "
+                "Sec-WebSocket-Key), or not a GET"),
+    Answer(426, "Another WebSocket version: this server speaks Sec-WebSocket-Version 13"),
+    _TOO_MANY,
+)
+_WS_NOTE = ("WebSocket (RFC 6455). The HTTP answer is 101; the 200 body shown is the payload of "
+            "each text message, sent when a cache window brings new data (never a resend). "
+            "Client messages over 64 KiB close with 1009, unmasked frames with 1002; pings are "
+            "answered; the server pings after 15 s of silence and closes with 1001 on shutdown.")
+_EVENTS_BODY = {"type": "string", "description": "text/event-stream: `retry: 3000`, then per snapshot "
+                "`id:` (publish time, ms since the epoch) and `data:` (one line of JSON: the "
+                "/api/aggregate object, or with ?gw the /api/gateways/{id} object); `: keep-alive` "
+                "comments after 15 s of silence. The stream does not end by itself."}
+
 LIVE_ROUTES: tuple[Route, ...] = (
-    Route("/ws/aggregate", ws_aggregate, root_only=True),
-    Route(WS_PREFIX + "*", ws_gateway, root_only=True),
-    Route("/events", events, root_only=True),
+    Route("/ws/aggregate", ws_aggregate, root_only=True, doc=Doc(
+        "Live push over WebSocket: the /api/aggregate object", ref("Aggregate"), tag="live",
+        description=_WS_NOTE, answers=_WS_ANSWERS)),
+    Route(WS_PREFIX + "*", ws_gateway, root_only=True, doc=Doc(
+        "Live push over WebSocket: one gateway's /api/gateways/{id} object", ref("GatewayDetail"),
+        tag="live", answers=_WS_ANSWERS,
+        description=_WS_NOTE + ' An unknown id gets the message {"error": "Gateway not found"} '
+                               "and a normal close (1000).",
+        wildcard=Param("id", "A gateway id", {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}))),
+    Route("/events", events, root_only=True, doc=Doc(
+        "Live push as server-sent events: the aggregate, or one gateway with ?gw=ID", _EVENTS_BODY,
+        media="text/event-stream", tag="live",
+        description="A reconnecting client's Last-Event-ID gets the current snapshot at once "
+                    "unless it names that very snapshot. HEAD answers the head alone.",
+        answers=(Answer(404, '{"error": "Gateway not found"} (an unknown ?gw)'), _TOO_MANY),
+        query=(Param("gw", "A gateway id: that gateway's stream instead of the aggregate"),))),
 )

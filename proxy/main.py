@@ -56,7 +56,9 @@ class Running:
     hub: Hub
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
-    stopped: threading.Event = field(default_factory=threading.Event)
+    mqtt: Any = None  # proxy.mqtt.Publisher when PW_MQTT_HOST is set
+    stopped: threading.Event = field(default_factory=threading.Event)  # stop() began
+    finished: threading.Event = field(default_factory=threading.Event)  # stop() is done
 
     @property
     def gateway(self) -> Gateway:
@@ -77,6 +79,8 @@ class Running:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.mqtt is not None:
+            self.mqtt.stop()  # first: "offline" goes out while the broker connection is up
         self.server.stop()  # ends every stream cleanly first
         self.hub.stop()
         self.gateways.stop()
@@ -84,6 +88,7 @@ class Running:
             simulator.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+        self.finished.set()
 
 
 # --simulate N: gateways of different sizes and personalities, so aggregates have
@@ -161,6 +166,7 @@ def release_free_memory() -> None:
 
 _M_ARENA_MAX = -8
 TRIM_INTERVAL = 60.0
+STOP_WAIT = 15.0  # seconds the main thread waits for stop() to finish before exiting
 
 
 def _glibc() -> Any:
@@ -202,11 +208,16 @@ def worker_plan(gateways: int) -> tuple[int, int]:
     return max(SERVER_WORKERS, RESERVED_WORKERS + waiters * gateways), waiters
 
 
+MQTT_FDS = 4  # the broker connection and the MQTT client's wake-up socket pair
+
+
 def _gateway_fds(config: Config) -> int:
     """Descriptors the gateway side may hold: per gateway two pooled sessions (local API and
-    TEDAPI), and with built-in simulators their end of each of those connections too."""
+    TEDAPI), and with built-in simulators their end of each of those connections too; plus
+    the MQTT client's."""
     pooled = sum(2 * g.pool_maxsize for g in config.fleet())
-    return pooled * (2 if config.simulate else 1)
+    mqtt = MQTT_FDS if config.mqtt_host else 0
+    return pooled * (2 if config.simulate else 1) + mqtt
 
 
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
@@ -243,21 +254,35 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     # The gateway web UI passed through is the default gateway's.
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
+    mqtt = _mqtt(config, sites)
+    reports = {"mqtt": mqtt.status} if mqtt is not None else {}
     routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()))
     hub = build_hub(sites)
-    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes, hub=hub)
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes,
+              reports=reports, hub=hub)
     if max_connections is None:
         max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
                         access_log=config.debug, workers=workers, max_connections=max_connections,
                         max_streams=config.max_streams)
     app.server_stats = server.stats
-    running = Running(config, gateways, app, server, hub, simulators, tmp)
+    running = Running(config, gateways, app, server, hub, simulators, tmp, mqtt=mqtt)
     server.start()
     gateways.start()
+    if mqtt is not None:
+        mqtt.start()
     if wait_connected:
         gateways.wait_connected(wait_connected)
     return running
+
+
+def _mqtt(config: Config, sites: Sites) -> Any:
+    """The MQTT publisher (not started), or None while PW_MQTT_HOST is empty."""
+    if not config.mqtt_host:
+        return None
+    from proxy.mqtt import Publisher, Settings
+
+    return Publisher(Settings.from_config(config), sites)
 
 
 def _gateway_name(gateway: GatewayConfig, count: int) -> str | None:
@@ -393,5 +418,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # pages (start-up scratch, replaced cache entries) so RSS stays flat for months.
     while not running.stopped.wait(TRIM_INTERVAL):
         release_free_memory()
+    running.finished.wait(STOP_WAIT)  # e.g. MQTT's "offline" on its way out
     log.info("stopped")
     return 0

@@ -12,7 +12,24 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
-from proxy import payloads, status_pages
+from proxy import openapi, payloads, status_pages
+from proxy.apidoc import (
+    ANY,
+    DATA,
+    HTML,
+    NAME,
+    NUMBER_OR_NULL,
+    OBJECT,
+    STRING_OR_NULL,
+    UNAVAILABLE,
+    Answer,
+    Doc,
+    Param,
+    Schema,
+    keyed,
+    nullable,
+    ref,
+)
 from proxy.app import CSV, JSON, App, Call, Route, json_bytes
 from proxy.control import CONTROL_ROUTES
 from proxy.errors import HTTPError, NotSupported
@@ -42,6 +59,7 @@ from proxy.gateway.sources import (
     poll,
 )
 from proxy.live import LIVE_ROUTES
+from proxy.metrics import METRICS_ROUTES
 from proxy.site import Rendered, Site, State
 
 Values = Sequence[Any]
@@ -70,12 +88,21 @@ def build(call: Call, sources: Sequence[Source], render: Render, need: Need = Ne
 
 
 def data(path: str, sources: Sequence[Source], render: Render, need: Need = Need.ALL,
-         vary: Callable[[Call], str] | None = None) -> Route:
+         vary: Callable[[Call], str] | None = None, doc: Doc | None = None) -> Route:
     """A cached data route: these sources, this render."""
     def handler(app: App, call: Call) -> Rendered:
         return build(call, sources, render, need)
     handler.__name__ = "get" + path.replace("/", "_")
-    return Route(path, handler, cached=True, vary=vary)
+    return Route(path, handler, cached=True, vary=vary, doc=doc)
+
+
+def doc(summary: str, body: Schema = ANY, **more: Any) -> Doc:
+    """A data route's documentation: the mode may lack it (404), the gateway may be down (503)."""
+    return Doc(summary, body, answers=more.pop("answers", DATA), **more)
+
+
+HEADERS = (Param("headers", "Present (any value, or none): a first line naming the columns",
+                 {"type": "string"}, ("",)),)
 
 
 # ---- renders: pure functions of the values ---------------------------------------
@@ -181,6 +208,7 @@ ALLOWLIST = (
 def _backend_routes(calls: dict[str, Source], enabled: Callable[[Site], bool], disabled: str,
                     prefix: str) -> tuple[Route, ...]:
     usage = "Use " + ", ".join(calls)
+    mode = prefix.strip("/")
 
     def handler(app: App, call: Call) -> Rendered:
         if not enabled(call.site):
@@ -190,8 +218,14 @@ def _backend_routes(calls: dict[str, Source], enabled: Callable[[Site], bool], d
             raise NotSupported(usage)
         return build(call, [source], as_json)
     handler.__name__ = "get_" + prefix.strip("/")
-    rows = [Route(path, handler, cached=True) for path in calls]
-    return (*rows, Route(prefix + "*", handler, cached=True))
+    rows = [Route(path, handler, cached=True, doc=doc(f"{path[len(prefix) + 1:]} object of the "
+                                                        f"{mode} backend", tag=mode, description=disabled
+                                                        + " otherwise (404)")) for path in calls]
+    rest = Doc(f"Any other {prefix}/… path: 404 naming the paths there are", tag=mode,
+               wildcard=Param("name", f"Any other name under {prefix}/", NAME, ("unknown",)),
+               answers=(Answer(404, f"{disabled}, or no such path: the answer names the paths"),
+                        UNAVAILABLE))
+    return (*rows, Route(prefix + "*", handler, cached=True, doc=rest))
 
 
 def _tedapi_on(site: Site) -> bool:
@@ -214,9 +248,23 @@ PW_WRAPPED = {"level": "level", "din": "din", "uptime": "uptime", "version": "ve
               "get_reserve": "reserve", "get_mode": "mode", "get_time_remaining": "time_remaining"}
 
 
+# The wrapped values' shapes; the others are the library's own objects.
+PW_SHAPES: dict[str, Schema] = {
+    "level": NUMBER_OR_NULL, "uptime": STRING_OR_NULL, "version": STRING_OR_NULL, "din": STRING_OR_NULL,
+    "site_name": STRING_OR_NULL, "alerts": nullable(ref("Alerts")),
+    "is_connected": {"type": ["boolean", "null"]}, "reserve": NUMBER_OR_NULL,
+    "mode": STRING_OR_NULL, "time_remaining": NUMBER_OR_NULL,
+}
+
+
 def _pw_route(name: str) -> Route:
-    render = wrapped(PW_WRAPPED[name]) if name in PW_WRAPPED else as_json
-    return data(f"/pw/{name}", [PW_SOURCES[name]], render)
+    if name in PW_WRAPPED:
+        key = PW_WRAPPED[name]
+        render, body = wrapped(key), keyed(key, PW_SHAPES[key])
+    else:
+        render, body = as_json, ANY
+    return data(f"/pw/{name}", [PW_SOURCES[name]], render,
+                doc=doc(f"pypowerwall's {name}()", body, tag="pw"))
 
 
 def get_pw_unknown(app: App, call: Call) -> Rendered:
@@ -226,40 +274,71 @@ def get_pw_unknown(app: App, call: Call) -> Rendered:
 # ---- the table -------------------------------------------------------------------
 
 ROUTES: tuple[Route, ...] = (
-    data("/aggregates", [AGGREGATES], render_aggregates),
-    data("/api/meters/aggregates", [AGGREGATES], render_aggregates),
-    data("/soe", [SOE], as_json),
-    data("/api/system_status/soe", [LEVEL_SCALED], render_api_soe),
-    data("/api/system_status/grid_status", [GRID_STATUS_RAW], as_json),
-    data("/csv", [AGGREGATES, LEVEL], render_csv, vary=headers_variant),
-    data("/csv/v2", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE], render_csv_v2, vary=headers_variant),
-    data("/vitals", [VITALS], as_pretty),
-    data("/strings", [STRINGS], as_pretty),
-    Route("/stats", status_pages.get_stats),
-    Route("/stats/clear", status_pages.get_stats_clear),
-    Route("/health", status_pages.get_health),
-    Route("/health/reset", status_pages.get_health_reset),
-    data("/temps", [TEMPS], pretty_or({})),
-    data("/temps/pw", [TEMPS], json_with(payloads.temps_pw)),
-    data("/alerts", [ALERTS], pretty_or([])),
-    data("/alerts/pw", [ALERTS], json_with(payloads.alerts_pw)),
-    data("/freq", [SYSTEM_STATUS, VITALS, GRID_STATUS_NUMERIC], render_freq, Need.ANY),
-    data("/pod", [SYSTEM_STATUS, VITALS, TIME_REMAINING, RESERVE], render_pod, Need.ANY),
+    data("/aggregates", [AGGREGATES], render_aggregates,
+         doc=doc("Meter blocks: site, battery, load, solar", nullable(ref("Aggregates")))),
+    data("/api/meters/aggregates", [AGGREGATES], render_aggregates,
+         doc=doc("Meter blocks, as the gateway's own path", nullable(ref("Aggregates")), tag="api")),
+    data("/soe", [SOE], as_json, doc=doc("Raw state of charge", nullable(ref("Percentage")))),
+    data("/api/system_status/soe", [LEVEL_SCALED], render_api_soe,
+         doc=doc("State of charge scaled like the Tesla app", nullable(ref("Percentage")), tag="api")),
+    data("/api/system_status/grid_status", [GRID_STATUS_RAW], as_json,
+         doc=doc("Grid status as the gateway names it", nullable(ref("GridStatus")), tag="api")),
+    data("/csv", [AGGREGATES, LEVEL], render_csv, vary=headers_variant,
+         doc=doc("Grid,Home,Solar,Battery,BatteryLevel", ref("Csv"), media=CSV, query=HEADERS)),
+    data("/csv/v2", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE], render_csv_v2, vary=headers_variant,
+         doc=doc("As /csv plus GridStatus (1 up, 0 down) and Reserve", ref("Csv"), media=CSV,
+                 query=HEADERS)),
+    data("/vitals", [VITALS], as_pretty, doc=doc("Device vitals keyed by device")),
+    data("/strings", [STRINGS], as_pretty, doc=doc("Solar strings", nullable(ref("Strings")))),
+    Route("/stats", status_pages.get_stats,
+          doc=Doc("Counters, mode, configuration", ref("Stats"), tag="status")),
+    Route("/stats/clear", status_pages.get_stats_clear,
+          doc=Doc("Reset the counters, then answer as /stats", ref("Stats"), tag="status")),
+    Route("/health", status_pages.get_health,
+          doc=Doc("Health: 200 only when ok", ref("Health"), tag="status",
+                  answers=(Answer(503, "Not ok (starting or degraded): the same body",
+                                  ref("Health"), retry_after=True),))),
+    Route("/health/reset", status_pages.get_health_reset,
+          doc=Doc("Clear health counters, cooldown and cached data", ref("HealthReset"), tag="status")),
+    data("/temps", [TEMPS], pretty_or({}), doc=doc("Temperatures by device, °C", ref("Temps"))),
+    data("/temps/pw", [TEMPS], json_with(payloads.temps_pw),
+         doc=doc("Temperatures as PW1_temp, PW2_temp, …", ref("Temps"))),
+    data("/alerts", [ALERTS], pretty_or([]), doc=doc("Active alerts", ref("Alerts"))),
+    data("/alerts/pw", [ALERTS], json_with(payloads.alerts_pw),
+         doc=doc("Active alerts as {name: 1}", ref("AlertsPw"))),
+    data("/freq", [SYSTEM_STATUS, VITALS, GRID_STATUS_NUMERIC], render_freq, Need.ANY,
+         doc=doc("Per-battery frequency and voltage, island and meter signals", OBJECT)),
+    data("/pod", [SYSTEM_STATUS, VITALS, TIME_REMAINING, RESERVE], render_pod, Need.ANY,
+         doc=doc("Per-battery pod fields, energies, time remaining, reserve", OBJECT)),
     data("/json", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE, TIME_REMAINING, SYSTEM_STATUS, STRINGS],
-         render_json, Need.ANY),
-    data("/version", [VERSION], render_version),
-    Route("/help", status_pages.get_help),
-    Route("/api/troubleshooting/problems", get_problems),
-    Route("/api/customer/registration", get_registration),
-    *(data(path, [poll(path)], as_json) for path in ALLOWLIST),
+         render_json, Need.ANY, doc=doc("Powers, level, grid, reserve, energies, strings", ref("Summary"))),
+    data("/version", [VERSION], render_version, doc=doc("Firmware version", ref("Version"))),
+    Route("/help", status_pages.get_help,
+          doc=Doc("The /stats counters as a self-refreshing HTML page", {"type": "string"}, HTML,
+                  tag="status")),
+    Route("/api/troubleshooting/problems", get_problems,
+          doc=Doc("Always {\"problems\": []} (the gateway removed this API)",
+                  keyed("problems", {"type": "array"}), tag="api")),
+    Route("/api/customer/registration", get_registration,
+          doc=Doc("Always 404 (removed by the firmware)", tag="api",
+                  answers=(Answer(404, '{"error": "API Disabled"}'),))),
+    *(data(path, [poll(path)], as_json, doc=doc("The gateway's JSON for this path", tag="api"))
+      for path in ALLOWLIST),
     *_backend_routes(TEDAPI_SOURCES, _tedapi_on, "TEDAPI not enabled", "/tedapi"),
     *_backend_routes(CLOUD_SOURCES, _cloud_on, "Cloud API not enabled", "/cloud"),
     *_backend_routes(FLEETAPI_SOURCES, _fleetapi_on, "FleetAPI not enabled", "/fleetapi"),
-    data("/fans", [FANS], json_with(lambda fans: {} if fans is None else fans)),
-    data("/fans/pw", [FANS], json_with(payloads.fans_pw)),
+    data("/fans", [FANS], json_with(lambda fans: {} if fans is None else fans),
+         doc=doc("Fan speeds by device (TEDAPI)", OBJECT)),
+    data("/fans/pw", [FANS], json_with(payloads.fans_pw),
+         doc=doc("Fan speeds as FAN1_actual, FAN1_target, …", OBJECT)),
     *(_pw_route(name) for name in PW_SOURCES),
-    Route("/pw/*", get_pw_unknown),
+    Route("/pw/*", get_pw_unknown,
+          doc=Doc("Any other /pw/ name: 404", tag="pw",
+                  wildcard=Param("name", "Any other name", NAME, ("unknown",)),
+                  answers=(Answer(404, '{"error": "Invalid Request"}'), *DATA))),
     *CONTROL_ROUTES,
     *FLEET_ROUTES,
     *LIVE_ROUTES,
+    *METRICS_ROUTES,
+    *openapi.ROUTES,
 )

@@ -58,3 +58,34 @@ class Stats:
         with self._lock:
             c = self._c
             return Counters(c.gets, c.posts, c.errors, c.timeout, dict(c.uri), c.start, c.clear)
+
+
+Key = tuple[str, ...]
+
+
+class Tally:
+    """Counts by a tuple of label values, for /metrics; never cleared (counters only grow).
+
+    Bounded: past `limit` distinct keys, a new key is counted under `overflow`.
+    """
+
+    def __init__(self, limit: int = 512, overflow: Key = ("other",)) -> None:
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._overflow = overflow
+        self._counts: dict[Key, int] = {}
+
+    def add(self, key: Key, n: int = 1) -> None:
+        with self._lock:
+            counts = self._counts
+            if key not in counts and len(counts) >= self._limit:
+                key = self._overflow
+            counts[key] = counts.get(key, 0) + n
+
+    def get(self, key: Key) -> int:
+        with self._lock:
+            return self._counts.get(key, 0)
+
+    def snapshot(self) -> dict[Key, int]:
+        with self._lock:
+            return dict(self._counts)

@@ -142,6 +142,9 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
     body["server"] = app.server_stats()
     if app.hub is not None:
         body["streams"] = app.hub.stats()
+    if not call.mount:
+        for name, report in app.reports.items():
+            body[name] = report()
     return body
 
 

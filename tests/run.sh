@@ -5,12 +5,17 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
-# Browser tests drive Debian's chromium; install it when missing and we may.
-if ! command -v chromium >/dev/null 2>&1; then
+# Real outside parts, from Debian, installed when missing and we may: chromium for the
+# browser tests, mosquitto (an MQTT broker) and prometheus (the server and promtool).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing+=(mosquitto)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: chromium is not installed (apt-get install chromium); browser tests will be skipped" >&2
+    echo "note: not installed: ${missing[*]} (apt-get install ${missing[*]}); their tests will be skipped" >&2
   fi
 fi
 

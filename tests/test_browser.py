@@ -522,3 +522,51 @@ def test_console_lists_every_gateway(fleet_proxy: Any, open_page: Any) -> None:
     page.wait_for("document.getElementById('live-facts').textContent.includes('3 of 3')")
     shoot(page, "console-gateways")
     assert_clean(page, proxy.base)
+
+
+# --------------------------------------------------------------------------- API docs
+
+
+def test_docs_page_lists_the_document_offline(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PROXY_BASE_URL": "/pw-proxy/"})
+    spec = get_json(proxy, "openapi.json")
+    root_ops = [(path, method) for path, item in spec["paths"].items() for method in item
+                if method not in ("parameters", "description")]
+    shown = [op for op in root_ops if not op[0].startswith("/api/gateways/{id}/")
+             and op[1] in ("get", "post")]  # HEAD, OPTIONS and the per-gateway copies: on request
+    page = open_page(1280, 900)
+    page.goto(proxy.base + "docs")
+    page.wait_for("document.body.getAttribute('data-ready') === '1'")
+    listed = page.evaluate("[...document.querySelectorAll('details.op')]"
+                           ".map(d => [d.dataset.path, d.dataset.method, !d.hidden])")
+    assert sorted((p, m) for p, m, _ in listed) == sorted(root_ops)
+    assert sorted((p, m) for p, m, visible in listed if visible) == sorted(shown)
+    text = page.evaluate("document.getElementById('operations').textContent")
+    for words in ("/aggregates", "/api/aggregate", "/api/gateways/{id}", "/control/reserve",
+                  "/csv", "headers", "Retry-After", "503", "also per gateway"):
+        assert words in text, words
+    schemas = page.evaluate("[...document.querySelectorAll('#schema-list details')].map(d => d.id)")
+    assert {"schema-Aggregate", "schema-Error", "schema-Health", "schema-Stats"} <= set(schemas)
+    assert "controlSecret" in page.evaluate("document.getElementById('schemes').innerText")
+    assert "openc2Token" in page.evaluate("document.getElementById('schemes').innerText")
+    # An operation opens to its parameters, responses and body; a shape link opens the shape.
+    page.evaluate("document.querySelector('details.op[data-path=\"/control/reserve\"]"
+                  "[data-method=\"post\"]').open = true")
+    post = page.evaluate("document.querySelector('details.op[data-path=\"/control/reserve\"]"
+                         "[data-method=\"post\"]').innerText")  # shown: it is open
+    assert "application/x-www-form-urlencoded" in post and "429" in post and "auth: controlSecret" in post
+    page.evaluate("document.querySelector('details.op[data-path=\"/aggregates\"]').open = true")
+    shoot(page, "docs-1280x900")
+    page.evaluate("(() => { const f = document.getElementById('filter'); f.value = 'aggregate';"
+                  " f.dispatchEvent(new Event('input')); })()")
+    visible = page.evaluate("[...document.querySelectorAll('details.op:not([hidden])')]"
+                            ".map(d => d.dataset.path)")
+    assert visible and all("aggregate" in path for path in visible)
+    page.evaluate("document.getElementById('mounted').click()")
+    page.evaluate("document.getElementById('implicit').click()")
+    visible = page.evaluate("[...document.querySelectorAll('details.op:not([hidden])')]"
+                            ".map(d => d.dataset.path + ' ' + d.dataset.method)")
+    assert {"/api/gateways/{id}/aggregates get", "/aggregates head", "/aggregates options"} <= set(visible)
+    assert page.evaluate("document.getElementById('raw').getAttribute('href')") == "/pw-proxy/openapi.json"
+    assert any(url == proxy.base + "openapi.json" for url in page.requests)
+    assert_clean(page, proxy.base)

@@ -174,3 +174,20 @@ def test_login_accepted_again_ends_the_backoff(proxy_factory: Factory, sim: Simu
             break
     health = h.get("/health").json()
     assert health["status"] == "ok" and health["gateway"]["login_backoff_steps"] == 0, health["gateway"]
+
+
+def test_powerwall_queries_shared_by_many_resources_are_asked_once(proxy_factory: Factory) -> None:
+    """TEDAPI: vitals, temps, alerts, strings, fans and power all read each Powerwall's device
+    query; asked side by side in one window they still cost one query per Powerwall."""
+    h = proxy_factory({"PW_CACHE_EXPIRE": "5"})
+    routes = ["/vitals", "/temps/pw", "/alerts/pw", "/strings", "/fans/pw", "/pod", "/freq",
+              "/aggregates", "/json", "/pw/battery_blocks", "/pw/power"]
+    next_window(h)
+    h.sim.reset()
+    window = h.gateway.cache.window()
+    replies = poll_together(h, routes, POLLER_BOUND)
+    assert [r.status for r in replies] == [200] * len(routes)
+    if h.gateway.cache.window() != window:
+        pytest.skip("the polls straddled a cache window on this busy machine")
+    device = {p: n for p, n in h.sim.stats()["paths"].items() if p.startswith("/tedapi/device/")}
+    assert len(device) == 2 and set(device.values()) == {1}, device  # two Powerwalls, once each

@@ -26,6 +26,7 @@ from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
 from proxy.gateway.sources import ANY, SITE_NAME, Source
 from proxy.gateway.traffic import Traffic, install, watching
+from proxy.stats import Tally
 
 log = logging.getLogger("proxy.gateway")
 
@@ -35,6 +36,7 @@ CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its d
 MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
+HIT, MISS = ("hit",), ("miss",)  # window-cache lookups, counted for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Gateway:
         self.auth = AuthBackoff(name=self.name)
         self.health = Health()
         self.endpoints = EndpointStats()
+        self.lookups = Tally(limit=4)  # ("hit",): answered from this window's entry; ("miss",)
         self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version)
         self.pw: Any = None
         self.control_pw: Any = None
@@ -250,7 +253,9 @@ class Gateway:
             return self._unready(source.key, Verdict(Kind.STARTING, reason="connecting to the gateway"))
         entry = self.cache.fresh(source.key)
         if entry is not None:
+            self.lookups.add(HIT)
             return entry
+        self.lookups.add(MISS)
         wait = self.wait if wait is None else wait
         fetch = partial(self.call, source)
         # A normal fetch is over in well under GRACE: everyone waits for it. Past that

@@ -1,0 +1,203 @@
+"""GET /metrics: every measurement and the proxy's own counters for Prometheus.
+
+The families are built per scrape from the table of measurements
+(`proxy.points.POINTS`), each sample with a `gateway` label, and encoded by
+the `prometheus_client` library in the format the scraper asks for (the text
+format, or OpenMetrics). Units are in the names and in base units: watts,
+ratio (a percentage / 100), joules (Wh x 3600), seconds (h x 3600), celsius.
+A scrape reads each gateway through its window cache: scraping adds no
+gateway request beyond the one per resource per window the cache allows.
+
+prometheus_client is imported on the first scrape, so a proxy nobody scrapes
+does not carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from proxy import __version__
+from proxy.apidoc import Answer, Doc
+from proxy.app import App, Call, Route
+from proxy.http_types import Response
+from proxy.points import POINTS, Frame, Kind, Point, read_frames, values
+from proxy.status_pages import library_version
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+NAMESPACE = "powerwall"
+PROXY = f"{NAMESPACE}_proxy"
+# A point's unit -> (name suffix, factor to the base unit).
+UNITS: dict[str | None, tuple[str, float]] = {
+    "W": ("watts", 1.0),
+    "%": ("ratio", 0.01),
+    "Wh": ("joules", 3600.0),
+    "h": ("seconds", 3600.0),
+    "°C": ("celsius", 1.0),
+    None: ("", 1.0),
+}
+STREAM_LISTENERS = 0  # live streams do not exist yet
+
+
+def metric_name(point: Point) -> str:
+    """The family name: powerwall_<key>_<unit> (a counter's samples add _total)."""
+    suffix = UNITS[point.unit][0]
+    return f"{NAMESPACE}_{point.key}" + (f"_{suffix}" if suffix else "")
+
+
+def text_label(point: Point) -> str:
+    """The label that carries a TEXT point's value: the key's last word (firmware_version: version)."""
+    return point.key.rsplit("_", 1)[-1]
+
+
+def _help(point: Point) -> str:
+    name = point.name[0].upper() + point.name[1:]
+    if point.label:
+        name = f"{name}, per {point.label}"
+    unit = UNITS[point.unit][0]
+    return f"{name} ({unit})" if unit else name
+
+
+# ---- families from the table -------------------------------------------------------------
+
+def point_family(point: Point, frames: list[Frame]) -> Metric:
+    """One family for a point, a sample (or a few) per gateway that has a value."""
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+    )
+
+    name, doc = metric_name(point), _help(point)
+    labels = ["gateway", point.label] if point.label else ["gateway"]
+    factor = UNITS[point.unit][1]
+    if point.kind is Kind.TEXT:
+        info = InfoMetricFamily(name, doc, labels=["gateway"])
+        for frame in frames:
+            for value in values(point, frame).values():
+                info.add_metric([frame.id], {text_label(point): str(value)})
+        return info
+    if point.kind is Kind.STATE:
+        states = GaugeMetricFamily(name, doc + " (1 for the current state)", labels=["gateway", "state"])
+        for frame in frames:
+            for value in values(point, frame).values():
+                current = str(value)
+                for state in dict.fromkeys((*point.states, current)):
+                    states.add_metric([frame.id, state], 1.0 if state == current else 0.0)
+        return states
+    family: CounterMetricFamily | GaugeMetricFamily
+    if point.kind is Kind.TOTAL:
+        family = CounterMetricFamily(name, doc, labels=labels)
+    else:
+        family = GaugeMetricFamily(name, doc, labels=labels)
+    for frame in frames:
+        for label, value in values(point, frame).items():
+            number = (1.0 if value else 0.0) if isinstance(value, bool) else float(value)
+            family.add_metric([frame.id, label] if point.label else [frame.id], number * factor)
+    return family
+
+
+# ---- the proxy's own numbers -------------------------------------------------------------
+
+def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+    )
+
+    yield InfoMetricFamily(PROXY, "The proxy's version and the pypowerwall library's",
+                           value={"version": __version__, "pypowerwall": library_version()})
+    yield GaugeMetricFamily(f"{PROXY}_start_time_seconds", "When the proxy started (Unix time)",
+                            value=app.started)
+    requests = CounterMetricFamily(f"{PROXY}_requests", "HTTP requests answered, by route and status",
+                                   labels=["route", "status"])
+    for (route, status), count in sorted(app.requests.snapshot().items()):
+        requests.add_metric([route, status], count)
+    yield requests
+
+    gw = ["gateway"]
+    calls = CounterMetricFamily(f"{PROXY}_gateway_requests", "Gateway calls that got a verdict "
+                                "(cache hits and skipped calls are not counted)", labels=gw)
+    failures = CounterMetricFamily(f"{PROXY}_gateway_failures", "Gateway calls that failed", labels=gw)
+    cooldown = GaugeMetricFamily(f"{PROXY}_gateway_cooldown_seconds", "Seconds left until a "
+                                 "gateway that refused requests is asked again", labels=gw)
+    backoff = GaugeMetricFamily(f"{PROXY}_gateway_login_backoff_seconds", "Seconds left until a "
+                                "refused login is tried again", labels=gw)
+    hits = CounterMetricFamily(f"{PROXY}_cache_hits", "Reads answered from the window cache",
+                               labels=gw)
+    misses = CounterMetricFamily(f"{PROXY}_cache_misses", "Reads that waited for a gateway fetch "
+                                 "(their own or one already in flight)", labels=gw)
+    stale = CounterMetricFamily(f"{PROXY}_stale_answers", "Answers served from the last good "
+                                "copy while the gateway failed (X-Cache: STALE)", labels=gw)
+    for site in app.sites:
+        gateway, labels = site.gateway, [site.id]
+        health = gateway.health.snapshot()
+        calls.add_metric(labels, health.total_successes + health.total_failures)
+        failures.add_metric(labels, health.total_failures)
+        cooldown.add_metric(labels, gateway.cooldown.remaining())
+        backoff.add_metric(labels, gateway.auth.remaining())
+        hits.add_metric(labels, gateway.lookups.get(("hit",)))
+        misses.add_metric(labels, gateway.lookups.get(("miss",)))
+        stale.add_metric(labels, app.stale_answers.get((site.id,)))
+    yield from (calls, failures, cooldown, backoff, hits, misses, stale)
+
+    age = GaugeMetricFamily(f"{PROXY}_data_age_seconds", "Age of the newest gateway data "
+                            "behind the measurements", labels=gw)
+    for site, frame in zip(app.sites, frames, strict=True):
+        if frame.at is not None:
+            age.add_metric([site.id], site.age(frame.at))
+    yield age
+    yield GaugeMetricFamily(f"{PROXY}_stream_listeners", "Live stream listeners connected",
+                            value=STREAM_LISTENERS)
+    mqtt = app.reports.get("mqtt")
+    if mqtt is not None:
+        yield from mqtt_families(mqtt())
+
+
+def mqtt_families(status: dict[str, Any]) -> Iterator[Metric]:
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily(f"{PROXY}_mqtt_connected", "1 while connected to the MQTT broker",
+                            value=1.0 if status.get("connected") else 0.0)
+    for key, doc in (("connects", "Connections made to the MQTT broker"),
+                     ("published", "MQTT messages handed to the broker connection"),
+                     ("dropped", "MQTT messages dropped (not connected, or the queue was full)"),
+                     ("commands", "MQTT control commands carried out"),
+                     ("commands_ignored", "MQTT control commands ignored (retained, refused or "
+                                          "invalid)")):
+        yield CounterMetricFamily(f"{PROXY}_mqtt_{key}", doc, value=float(status.get(key, 0)))
+
+
+class Scrape:
+    """What prometheus_client's encoders read: collect() yields this scrape's families."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        frames = [frame for frame, _ in read_frames(self.app.sites)]
+        for point in POINTS:
+            yield point_family(point, frames)
+        yield from proxy_families(self.app, frames)
+
+
+def get_metrics(app: App, call: Call) -> Response:
+    from prometheus_client.exposition import choose_encoder
+
+    encode, content_type = choose_encoder(call.request.headers.get("Accept", ""))
+    body = encode(Scrape(app))
+    return Response(200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body)
+
+
+METRICS_ROUTES: tuple[Route, ...] = (
+    Route("/metrics", get_metrics, root_only=True,
+          doc=Doc("Prometheus metrics: every measurement per gateway, and the proxy's own counters",
+                  {"type": "string"}, "text/plain", tag="metrics",
+                  description="The Prometheus text exposition format (0.0.4), or OpenMetrics when "
+                              "the Accept header asks for it. Read from the window cache only.",
+                  answers=(Answer(200, "OpenMetrics text, when the Accept header asks for it",
+                                  {"type": "string"}, media="application/openmetrics-text"),))),
+)
