@@ -143,46 +143,31 @@ class Config:
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
-        with `gateway`, its own connection settings in place of the PW_* ones."""
-        view = self._reference_view()
-        if gateway is not None and self.gateways:
-            view.update({
-                "PW_PASSWORD": gateway.password.masked(), "PW_EMAIL": gateway.email,
-                "PW_HOST": gateway.host, "PW_TIMEZONE": gateway.timezone,
-                "PW_CACHE_EXPIRE": gateway.cache_expire, "PW_TIMEOUT": gateway.timeout,
-                "PW_POOL_MAXSIZE": gateway.pool_maxsize, "PW_SITEID": gateway.siteid or None,
-                "PW_AUTH_PATH": gateway.auth_path, "PW_AUTH_MODE": gateway.auth_mode,
-                "PW_CACHE_FILE": gateway.cache_file, "PW_GW_PWD": gateway.gw_pwd.masked(),
-                "PW_RSA_KEY_PATH": gateway.rsa_key_path or None,
-                "PW_WIFI_HOST": gateway.wifi_host or None,
-                "PW_TEDAPI_API_VERSION": gateway.tedapi_api_version,
-            })
-        return view
-
-    def _reference_view(self) -> dict[str, Any]:
+        with `gateway` (of several), its own connection settings in place of the PW_* ones."""
+        g = gateway if gateway is not None and self.gateways else self.gateway()
         return {
             "PW_BIND_ADDRESS": self.bind_address,
-            "PW_PASSWORD": self.password.masked(),
-            "PW_EMAIL": self.email,
-            "PW_HOST": self.host,
-            "PW_TIMEZONE": self.timezone,
+            "PW_PASSWORD": g.password.masked(),
+            "PW_EMAIL": g.email,
+            "PW_HOST": g.host,
+            "PW_TIMEZONE": g.timezone,
             "PW_DEBUG": self.debug,
-            "PW_CACHE_EXPIRE": self.cache_expire,
+            "PW_CACHE_EXPIRE": g.cache_expire,
             "PW_BROWSER_CACHE": self.browser_cache,
-            "PW_TIMEOUT": self.timeout,
-            "PW_POOL_MAXSIZE": self.pool_maxsize,
+            "PW_TIMEOUT": g.timeout,
+            "PW_POOL_MAXSIZE": g.pool_maxsize,
             "PW_HTTPS": self.https,
             "PW_PORT": self.port,
             "PW_STYLE": self.style + ".js",
-            "PW_SITEID": self.siteid or None,
-            "PW_AUTH_PATH": self.auth_path,
-            "PW_AUTH_MODE": self.auth_mode,
-            "PW_CACHE_FILE": self.cache_file,
+            "PW_SITEID": g.siteid or None,
+            "PW_AUTH_PATH": g.auth_path,
+            "PW_AUTH_MODE": g.auth_mode,
+            "PW_CACHE_FILE": g.cache_file,
             "PW_CONTROL_SECRET": self.control_secret.masked(),
             "PW_OPENC2_TOKEN": self.openc2_token.masked(),
-            "PW_GW_PWD": self.gw_pwd.masked(),
-            "PW_RSA_KEY_PATH": self.rsa_key_path or None,
-            "PW_WIFI_HOST": self.wifi_host or None,
+            "PW_GW_PWD": g.gw_pwd.masked(),
+            "PW_RSA_KEY_PATH": g.rsa_key_path or None,
+            "PW_WIFI_HOST": g.wifi_host or None,
             "PW_NEG_SOLAR": self.neg_solar,
             "PW_SITE_ZERO_THRESHOLD": self.site_zero_threshold,
             "PW_SUPPRESS_NETWORK_ERRORS": self.suppress_network_errors,
@@ -193,7 +178,7 @@ class Config:
             "PW_CACHE_TTL": self.cache_ttl,
             "PW_TEDAPI_RECOVERY": self.tedapi_recovery,
             "PW_TEDAPI_PROBE_INTERVAL": self.tedapi_probe_interval,
-            "PW_TEDAPI_API_VERSION": self.tedapi_api_version,
+            "PW_TEDAPI_API_VERSION": g.tedapi_api_version,
             "PROXY_BASE_URL": self.base_url,
             "PW_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
             "PW_MAX_STREAMS": self.max_streams,

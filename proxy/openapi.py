@@ -10,6 +10,7 @@ not proxy-wide is documented twice: at the root and under
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,7 @@ from proxy.apidoc import (
     Write,
     ref,
 )
-from proxy.app import GATEWAY_MOUNT, App, Call, Route, json_response
+from proxy.app import CORS, GATEWAY_MOUNT, App, Call, Route, json_bytes
 from proxy.errors import HTTPError
 from proxy.http_types import Response
 
@@ -284,9 +285,17 @@ def _response(group: list[Answer], body: bool) -> Obj:
 
 # ---- the routes ----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4)
+def _encoded(app: App) -> bytes:
+    """The document of this app: its routes and gateways never change, so built once
+    (about 25 ms and 330 KB a time) rather than per request."""
+    return json_bytes(document(app.routes, base_url=app.config.base_url,
+                               gateway_ids=[s.id for s in app.sites]))
+
+
 def get_openapi(app: App, call: Call) -> Response:
-    body = document(app.routes, base_url=app.config.base_url, gateway_ids=[s.id for s in app.sites])
-    return json_response(200, body, [("Cache-Control", "no-cache")])
+    return Response(200, [("Content-Type", "application/json"), CORS, ("Cache-Control", "no-cache")],
+                    _encoded(app))
 
 
 def get_docs(app: App, call: Call) -> Response:
