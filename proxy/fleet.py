@@ -259,12 +259,12 @@ def gateway_row(site: Site) -> dict[str, Any]:
     }
 
 
-def gateway_detail(site: Site, snap: Snapshot) -> dict[str, Any]:
+def gateway_detail(site: Site, snap: Snapshot, default: bool) -> dict[str, Any]:
     return {
         **gateway_row(site),
         "site_name": site.gateway.site_name,
         "host": site.config.host or None,
-        "default": False,
+        "default": default,
         "data": gateway_numbers(snap),
         "routes": f"/api/gateways/{site.id}/",
     }
@@ -281,8 +281,7 @@ def get_gateway(app: App, call: Call) -> Response:
         raise HTTPError(404, "Gateway not found")
     site.gateway.prefetch(SNAPSHOT_SOURCES)
     snap = snapshot(site, [_read(site, s) for s in SNAPSHOT_SOURCES])
-    body = gateway_detail(site, snap)
-    body["default"] = site is app.sites.default()
+    body = gateway_detail(site, snap, site is app.sites.default())
     return _answer(body)
 
 

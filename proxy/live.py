@@ -17,7 +17,6 @@ from proxy import fleet
 from proxy.apidoc import Answer, Doc, Param, ref
 from proxy.app import CORS, App, Call, Route
 from proxy.errors import HTTPError
-from proxy.gateway.sources import SYSTEM_STATUS
 from proxy.http_types import Response
 from proxy.hub import AGGREGATE, Hub, Topic, Update, gateway_topic
 from proxy.site import Reading, Site, Sites, State
@@ -44,28 +43,10 @@ def _news(site: Site, snap: fleet.Snapshot, readings: Sequence[Reading | None]) 
     return (site.id, snap.status, snap.error, tuple(_mark(r) for r in readings))
 
 
-# Two rounds: pypowerwall answers the system status from device data that the aggregates
-# query has just read, but only once that read is over (its cache of the window); asked side
-# by side, both would fetch it from the gateway.
-FIRST = tuple(s for s in fleet.SNAPSHOT_SOURCES if s is not SYSTEM_STATUS)
-SECOND = (SYSTEM_STATUS,)
-
-
-def read_snapshot_sources(sites: Sites) -> dict[str, list[Reading | None]]:
-    """Every site's readings of `fleet.SNAPSHOT_SOURCES`, in that order."""
-    first = fleet.read_sites(sites, FIRST)
-    second = fleet.read_sites(sites, SECOND)
-    order = {s.key: i for i, s in enumerate(fleet.SNAPSHOT_SOURCES)}
-    out: dict[str, list[Reading | None]] = {}
-    for site in sites:
-        pairs = [*zip(FIRST, first[site.id], strict=True), *zip(SECOND, second[site.id], strict=True)]
-        out[site.id] = [r for _, r in sorted(pairs, key=lambda p: order[p[0].key])]
-    return out
-
-
 def aggregate_feed(sites: Sites) -> Callable[[], Update]:
     def read() -> Update:
-        readings = read_snapshot_sources(sites)
+        # Side by side: shared library fetches coalesce in proxy.gateway.library.
+        readings = fleet.read_sites(sites, fleet.SNAPSHOT_SOURCES)
         snaps = [fleet.snapshot(site, readings[site.id]) for site in sites]
         news = tuple(_news(site, snap, readings[site.id]) for site, snap in zip(sites, snaps, strict=True))
         return Update(fleet.aggregate(snaps, time.time()), news)
@@ -76,10 +57,9 @@ def gateway_feed(site: Site, default: bool) -> Callable[[], Update]:
     one = Sites([site])
 
     def read() -> Update:
-        readings = read_snapshot_sources(one)[site.id]
+        readings = fleet.read_sites(one, fleet.SNAPSHOT_SOURCES)[site.id]
         snap = fleet.snapshot(site, readings)
-        body = fleet.gateway_detail(site, snap)
-        body["default"] = default
+        body = fleet.gateway_detail(site, snap, default)
         return Update(body, _news(site, snap, readings))
     return read
 
