@@ -1,4 +1,4 @@
-"""Typed errors: what went wrong, as data. `proxy.app.error_response` maps them to HTTP."""
+"""Typed errors: what went wrong, as data. `proxy.api.app.error_response` maps them to HTTP."""
 
 from __future__ import annotations
 

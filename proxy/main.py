@@ -15,15 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.app import App
+from proxy.api.app import App
+from proxy.api.passthrough import Passthrough
+from proxy.api.web import WebFiles, style_tags
 from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
-from proxy.fdlimit import connection_cap, open_file_limit, raise_open_file_limit
 from proxy.gateway import Gateway
 from proxy.gateway.registry import Gateways
-from proxy.hub import Hub
-from proxy.passthrough import Passthrough
-from proxy.site import Shaping, Site, Sites
-from proxy.web import WebFiles, style_tags
+from proxy.process import connection_cap, open_file_limit, raise_open_file_limit
+from proxy.site.hub import Hub
+from proxy.site.site import Shaping, Site, Sites
 
 log = logging.getLogger("proxy")
 
@@ -228,10 +228,10 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     """
-    from proxy import openc2
-    from proxy.live import build_hub
-    from proxy.routes import ROUTES
-    from proxy.server import HTTPServer
+    from proxy.api.live import build_hub
+    from proxy.api.openc2 import consumer as openc2
+    from proxy.api.reference import ROUTES
+    from proxy.httpd.server import HTTPServer
 
     simulators: list[Any] = []
     tmp = None
@@ -280,7 +280,7 @@ def _mqtt(config: Config, sites: Sites) -> Any:
     """The MQTT publisher (not started), or None while PW_MQTT_HOST is empty."""
     if not config.mqtt_host:
         return None
-    from proxy.mqtt import Publisher, Settings
+    from proxy.mqtt.publisher import Publisher, Settings
 
     return Publisher(Settings.from_config(config), sites)
 
@@ -301,7 +301,7 @@ def _describe_gateways(config: Config) -> str:
 def _tls(config: Config) -> Any:
     if config.https != "yes":
         return None
-    from proxy.tls import server_context
+    from proxy.httpd.tls import server_context
 
     return server_context(config.tls_cert, config.tls_key, config.auth_path)
 

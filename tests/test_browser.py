@@ -440,8 +440,8 @@ def test_gateway_pages_get_the_style(proxy_factory: Any, open_page: Any) -> None
     a document at the proxy's origin; its CSS and JS then really come through the
     passthrough and the gateway's own stylesheet must not win over ours.
     """
+    from proxy.api.web import inject, style_tags
     from proxy.simulator.web import INDEX_HTML
-    from proxy.web import inject, style_tags
 
     proxy = proxy_factory({"PW_STYLE": "black"})
     html = inject(INDEX_HTML, style_tags(proxy.running.config)).decode()

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from proxy import fdlimit
-from proxy.fdlimit import MAX_CONNECTIONS, RESERVED_FDS, connection_cap, raise_open_file_limit
+from proxy import process as fdlimit
+from proxy.process import MAX_CONNECTIONS, RESERVED_FDS, connection_cap, raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0  # only a hang should ever reach it
@@ -72,7 +72,7 @@ RAISE_CHILD = r"""
 import json, logging, resource, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
-from proxy.fdlimit import raise_open_file_limit
+from proxy.process import raise_open_file_limit
 returned = raise_open_file_limit()
 print(json.dumps({"returned": returned, "now": resource.getrlimit(resource.RLIMIT_NOFILE)}))
 """
@@ -114,8 +114,8 @@ def test_refused_raise_keeps_the_limit_and_says_so(monkeypatch: pytest.MonkeyPat
 
 SERVER_CHILD = r"""
 import json, logging, resource, sys, threading
-from proxy.http_types import Response
-from proxy.server import HTTPServer
+from proxy.httpd.types import Response
+from proxy.httpd.server import HTTPServer
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 limit, workers = int(sys.argv[1]), int(sys.argv[2])

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, load_config
-from proxy.fleet import Snapshot, aggregate, aggregate_battery, aggregate_power, worst_grid
 from proxy.main import start
 from proxy.simulator import DEFAULT_GW_PWD, Simulator
+from proxy.site.frames import Snapshot, aggregate, aggregate_battery, aggregate_power, worst_grid
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle, Reply
 
 SECRETS = ("fleet-pw-one", "fleet-pw-two", "fleet-pw-three")

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.api.passthrough import TOO_MANY
+from proxy.api.reference import ALLOWLIST, ROUTES
 from proxy.config import load_config
 from proxy.main import start
-from proxy.passthrough import TOO_MANY
-from proxy.routes import ALLOWLIST, ROUTES
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
 
 TOKEN = "s3cret-token"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.api.metrics import UNITS, metric_name
 from proxy.config import load_config
 from proxy.main import start
-from proxy.metrics import UNITS, metric_name
-from proxy.points import POINTS, Kind
+from proxy.site.points import POINTS, Kind
 from tests.brokers import PROMETHEUS, PROMTOOL, Prometheus, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
 from tests.expected import EDGE, requests_per_window, same_window

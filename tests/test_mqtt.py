@@ -18,7 +18,7 @@ import pytest
 
 from proxy.config import ConfigError, load_config
 from proxy.main import start
-from proxy.points import POINTS, slug
+from proxy.site.points import POINTS, slug
 from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, Received, free_port, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
 from tests.expected import EDGE, requests_per_window, same_window
@@ -281,7 +281,7 @@ def test_no_control_without_secret_or_broker_password(proxy_factory: Factory, br
     finally:
         listener.close()
     with_secret = load_config({"PW_MQTT_HOST": "h", "PW_CONTROL_SECRET": "x", "PW_MQTT_USER": "u"})
-    from proxy.mqtt import Settings
+    from proxy.mqtt.publisher import Settings
 
     assert Settings.from_config(with_secret).control is False  # a user without a password
 
@@ -360,7 +360,7 @@ def test_mqtt_settings_errors_name_the_variable(env: dict[str, str], message: st
 
 
 def test_mqtt_settings_defaults_and_secret() -> None:
-    from proxy.mqtt import Settings
+    from proxy.mqtt.publisher import Settings
 
     config = load_config({"PW_MQTT_HOST": "broker", "PW_MQTT_PASSWORD": "pw-secret-1",
                           "PW_MQTT_TLS": "yes"})

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from proxy import openc2
-from proxy.apidoc import Doc
-from proxy.app import Route
+from proxy.api.apidoc import Doc
+from proxy.api.app import Route
+from proxy.api.openapi import document
+from proxy.api.openc2 import consumer as openc2
+from proxy.api.reference import ROUTES
 from proxy.config import load_config
 from proxy.main import start
-from proxy.openapi import document
-from proxy.routes import ROUTES
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle
 
 ROOT = Path(__file__).resolve().parent.parent

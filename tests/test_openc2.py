@@ -21,11 +21,8 @@ import openc2
 import pytest
 from stix2 import properties as stix_properties
 
-from proxy.config import load_config
-from proxy.control import FREE_BAD_TOKENS
-from proxy.errors import GatewayUnavailable, HTTPError
-from proxy.main import start
-from proxy.openc2 import (
+from proxy.api.control import FREE_BAD_TOKENS
+from proxy.api.openc2.consumer import (
     COMMAND_TYPE,
     ENVELOPE_TYPE,
     PROPERTIES,
@@ -35,6 +32,9 @@ from proxy.openc2 import (
     go_duration_seconds,
     outcome_of,
 )
+from proxy.config import load_config
+from proxy.errors import GatewayUnavailable, HTTPError
+from proxy.main import start
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, Reply
 
 TOKEN = "oc2-query-token"

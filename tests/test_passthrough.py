@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from proxy.app import App
-from proxy.passthrough import FETCHES_PER_PERIOD, TOO_MANY, Passthrough
-from proxy.routes import ROUTES
-from proxy.server import HTTPServer
-from proxy.web import WebFiles, style_tags
+from proxy.api.app import App
+from proxy.api.passthrough import FETCHES_PER_PERIOD, TOO_MANY, Passthrough
+from proxy.api.reference import ROUTES
+from proxy.api.web import WebFiles, style_tags
+from proxy.httpd.server import HTTPServer
 from tests.conftest import Factory, ProxyHandle, Reply
 
 LONG = {"PW_CACHE_EXPIRE": "60"}  # one period spans the whole test

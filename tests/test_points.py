@@ -11,10 +11,9 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.fleet import Snapshot, aggregate
+from proxy.api.metrics import UNITS, metric_name, point_family
 from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, RESERVE, SOE, SYSTEM_STATUS, TEMPS
-from proxy.metrics import UNITS, metric_name, point_family
-from proxy.mqtt import (
+from proxy.mqtt.publisher import (
     Settings,
     aggregate_messages,
     expire_after,
@@ -22,7 +21,8 @@ from proxy.mqtt import (
     online_message,
     payload_of,
 )
-from proxy.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Frame, Kind, values
+from proxy.site.frames import Snapshot, aggregate
+from proxy.site.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Frame, Kind, values
 from tests.ha_rules import check_config, check_state
 
 AGG = {m: {"instant_power": p, "energy_imported": 1000.5 * (i + 1), "energy_exported": 10.0 * i}
@@ -236,8 +236,8 @@ class _StuckBroker:
 def test_the_publisher_drops_rather_than_queues_without_end(tmp_path: Any) -> None:
     from proxy.config import GatewayConfig
     from proxy.gateway import Gateway
-    from proxy.mqtt import MAX_IN_FLIGHT, Message, Publisher
-    from proxy.site import Site, Sites
+    from proxy.mqtt.publisher import MAX_IN_FLIGHT, Message, Publisher
+    from proxy.site.site import Site, Sites
 
     sites = Sites([Site(Gateway(GatewayConfig(host="127.0.0.1:9", cache_file=str(tmp_path / "c"))),
                         cache_ttl=0)])

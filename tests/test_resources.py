@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-import proxy.server
+import proxy.httpd.server
+from proxy.api.control import FREE_BAD_TOKENS, MAX_TRACKED_CLIENTS
 from proxy.config import load_config
-from proxy.control import FREE_BAD_TOKENS, MAX_TRACKED_CLIENTS
+from proxy.httpd.server import HTTPServer
 from proxy.main import start
-from proxy.server import HTTPServer
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
 
 TOKEN = "s3cret-token"
@@ -50,7 +50,7 @@ def make_proxy(tmp_path: Path, **env: str) -> ProxyHandle:
 
 @pytest.fixture
 def short_head_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProxyHandle]:
-    monkeypatch.setattr(proxy.server, "HTTPServer", ShortHeadServer)  # main.start imports it at call time
+    monkeypatch.setattr(proxy.httpd.server, "HTTPServer", ShortHeadServer)  # main.start imports it then
     handle = make_proxy(tmp_path)
     assert isinstance(handle.running.server, ShortHeadServer)
     yield handle

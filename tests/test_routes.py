@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from proxy.api.reference import ALLOWLIST, ROUTES
 from proxy.gateway.sources import PW_SOURCES as PW_CALLS
-from proxy.routes import ALLOWLIST, ROUTES
 from tests.conftest import Factory, ProxyHandle
 
 # Routes of the reference's GET table (§1.3) that are data routes answering 200 with --simulate.

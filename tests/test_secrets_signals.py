@@ -33,10 +33,10 @@ from typing import Any
 import pytest
 
 import proxy.simulator
+from proxy.api.reference import ALLOWLIST, ROUTES
 from proxy.config import load_config
 from proxy.gateway.sources import PW_SOURCES as PW_CALLS
 from proxy.main import _reap_children, _setup_logging, start
-from proxy.routes import ALLOWLIST, ROUTES
 from proxy.simulator import Simulator
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
 from tests.test_routes import DATA_ROUTES

@@ -1,4 +1,4 @@
-"""proxy.server over real sockets on port 0, driven by http.client and raw bytes."""
+"""proxy.httpd.server over real sockets on port 0, driven by http.client and raw bytes."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http_types import App, Request, Response
-from proxy.server import HTTPServer
+from proxy.httpd.server import HTTPServer
+from proxy.httpd.types import App, Request, Response
 
 TIMEOUT = 5.0  # generous: only a hang should ever reach it
 FIXED_BODY = b'{"hello": "world"}'

@@ -7,7 +7,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from proxy.tls import self_signed_pem, write_private
+from proxy.httpd.tls import self_signed_pem, write_private
 
 
 def server_context() -> ssl.SSLContext:

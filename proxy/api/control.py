@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs
 
-from proxy.apidoc import (
+from proxy.api.apidoc import (
     ASCII,
     CONTROL_OFF,
     LEVEL,
@@ -48,13 +48,13 @@ from proxy.apidoc import (
     ref,
     token_body,
 )
-from proxy.app import App, Call, Route, json_response
+from proxy.api.app import App, Call, Route, json_response
+from proxy.api.forwarded import client_address, throttle_key
 from proxy.errors import GatewayUnavailable, HTTPError, NotSupported, ProxyError
-from proxy.forwarded import client_address, throttle_key
 from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend, user_number
 from proxy.gateway.sources import LEVEL_SCALED
-from proxy.http_types import Response
-from proxy.site import Site, State
+from proxy.httpd.types import Response
+from proxy.site.site import Site, State
 
 log = logging.getLogger("proxy.control")
 

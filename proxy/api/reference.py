@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
-from proxy import openapi, payloads, status_pages
-from proxy.apidoc import (
+from proxy import payloads
+from proxy.api import openapi
+from proxy.api import status as status_pages
+from proxy.api.aggregate import FLEET_ROUTES
+from proxy.api.apidoc import (
     ANY,
     DATA,
     HTML,
@@ -30,10 +33,11 @@ from proxy.apidoc import (
     nullable,
     ref,
 )
-from proxy.app import CSV, JSON, App, Call, Route, json_bytes
-from proxy.control import CONTROL_ROUTES
+from proxy.api.app import CSV, JSON, App, Call, Route, json_bytes
+from proxy.api.control import CONTROL_ROUTES
+from proxy.api.live import LIVE_ROUTES
+from proxy.api.metrics import METRICS_ROUTES
 from proxy.errors import HTTPError, NotSupported
-from proxy.fleet import FLEET_ROUTES
 from proxy.gateway.sources import (
     AGGREGATES,
     ALERTS,
@@ -58,9 +62,7 @@ from proxy.gateway.sources import (
     Source,
     poll,
 )
-from proxy.live import LIVE_ROUTES
-from proxy.metrics import METRICS_ROUTES
-from proxy.site import Rendered, Site, State
+from proxy.site.site import Rendered, Site, State
 
 Values = Sequence[Any]
 Body = tuple[bytes, str]

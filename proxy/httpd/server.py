@@ -25,7 +25,7 @@ name) with the connection's scheme, and is a 400 otherwise: this is no forwardin
 TLS handshakes are non-blocking and driven step by step by the loop (never a blocking
 handshake in the accept path), under the same deadline as a request head.
 
-Streams (server-sent events and WebSocket, `proxy.stream`): when the app answers with a
+Streams (server-sent events and WebSocket, `proxy.httpd.stream`): when the app answers with a
 `Response` carrying a stream, the worker writes the head (for WebSocket the 101 that `wsproto`
 builds from the raw request) and hands the connection back to the loop in a streaming state.
 There it holds an out-buffer that producers fill from any thread; the loop flushes it when the
@@ -62,8 +62,17 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import BinaryIO, NamedTuple, cast
 
-from proxy.http_types import App, Request, Response
-from proxy.stream import GOING_AWAY, SSE_HEARTBEAT, WEBSOCKET, Push, Rejection, Stream, WebSocket, handshake
+from proxy.httpd.stream import (
+    GOING_AWAY,
+    SSE_HEARTBEAT,
+    WEBSOCKET,
+    Push,
+    Rejection,
+    Stream,
+    WebSocket,
+    handshake,
+)
+from proxy.httpd.types import App, Request, Response
 
 __all__ = ["METHODS", "HTTPServer"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.stream import Push, Sink
+from proxy.httpd.stream import Push, Sink
 
 log = logging.getLogger("proxy.hub")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from proxy import fleet, payloads
+from proxy import payloads
 from proxy.gateway.sources import (
     AGGREGATES,
     ALERTS,
@@ -33,7 +33,8 @@ from proxy.gateway.sources import (
     VERSION,
     Source,
 )
-from proxy.site import Reading, Site, Sites, State
+from proxy.site import frames as fleet
+from proxy.site.site import Reading, Site, Sites, State
 
 Scalar = float | str | bool
 

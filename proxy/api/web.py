@@ -1,7 +1,7 @@
 """Files under web/, and the style injection they share with the gateway passthrough.
 
 HTML gets the PW_STYLE stylesheet injected. Files are read once and kept
-encoded. The passthrough to the gateway's own web UI is `proxy.passthrough`.
+encoded. The passthrough to the gateway's own web UI is `proxy.api.passthrough`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 
 from proxy.config import Config
-from proxy.http_types import Response
+from proxy.httpd.types import Response
 
 log = logging.getLogger("proxy.web")
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 PAGES = {"/": "index.html", "/console": "console.html"}
 MAX_FILE = 4 * 1024 * 1024
 TYPES = {

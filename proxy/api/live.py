@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Sequence
 
-from proxy import fleet
-from proxy.apidoc import Answer, Doc, Param, ref
-from proxy.app import CORS, App, Call, Route
+from proxy.api.apidoc import Answer, Doc, Param, ref
+from proxy.api.app import CORS, App, Call, Route
 from proxy.errors import HTTPError
-from proxy.http_types import Response
-from proxy.hub import AGGREGATE, Hub, Topic, Update, gateway_topic
-from proxy.site import Reading, Site, Sites, State
-from proxy.stream import SSE, WEBSOCKET, Push, Sink, Stream
+from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
+from proxy.httpd.types import Response
+from proxy.site import frames as fleet
+from proxy.site.hub import AGGREGATE, Hub, Topic, Update, gateway_topic
+from proxy.site.site import Reading, Site, Sites, State
 
 GATEWAY_NOT_FOUND = Push(b'{"error": "Gateway not found"}')
 SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),

@@ -5,7 +5,7 @@ window cache once per cache window (so it adds no gateway request beyond the
 one per resource per window) and, when the window brought new data, publishes
 one topic per measurement under `{prefix}/{gateway}/…`, plus `{prefix}/aggregate/…`
 with several gateways. Home Assistant discovery configs are built from the
-table of measurements (`proxy.points`): one device per gateway, stable unique
+table of measurements (`proxy.site.points`): one device per gateway, stable unique
 ids, an origin block, classes and units from the table, availability from the
 proxy's last will (`{prefix}/status`) and each gateway's own topic
 (`{prefix}/{gateway}/status`), and `expire_after` so a silent proxy shows
@@ -38,12 +38,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy import __version__
+from proxy.api.control import COMMANDS, Command, run_command
 from proxy.config import Config, Secret
-from proxy.control import COMMANDS, Command, run_command
 from proxy.errors import ProxyError
-from proxy.fleet import Snapshot, aggregate
-from proxy.points import AGGREGATE_POINTS, MODES, POINTS, Frame, Kind, Point, read_frames, slug, values
-from proxy.site import Site, Sites
+from proxy.site.frames import Snapshot, aggregate
+from proxy.site.points import AGGREGATE_POINTS, MODES, POINTS, Frame, Kind, Point, read_frames, slug, values
+from proxy.site.site import Site, Sites
 
 log = logging.getLogger("proxy.mqtt")
 

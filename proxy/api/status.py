@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 from proxy import __version__
-from proxy.app import App, Call, json_response
+from proxy.api.app import App, Call, json_response
 from proxy.gateway import Gateway, Kind
-from proxy.http_types import Response
-from proxy.site import Site
+from proxy.httpd.types import Response
+from proxy.site.site import Site
 
 
 def library_version() -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.stream import Stream
+    from proxy.httpd.stream import Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Response:
     """Status, headers and a fully encoded body; the server adds framing headers.
 
     With a `stream`, the body is ignored: the server writes the head and then keeps the
-    connection open as a server-sent event stream or WebSocket (`proxy.stream`).
+    connection open as a server-sent event stream or WebSocket (`proxy.httpd.stream`).
     """
 
     status: int

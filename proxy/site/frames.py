@@ -1,4 +1,4 @@
-"""Several gateways at once: the gateway list and details, and the aggregates.
+"""One gateway's numbers per window (`Snapshot`) and the aggregate over gateways.
 
 Each gateway is read through its own window cache (`Site.read`), so an
 aggregate costs no gateway request beyond what each gateway's window already
@@ -10,18 +10,14 @@ out of the sums, never counted as 0.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import payloads
-from proxy.apidoc import UNAVAILABLE, Answer, Doc, Param, ref
-from proxy.app import App, Call, Route, json_response
-from proxy.errors import GatewayUnavailable, HTTPError, ProxyError
-from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, SOE, STRINGS, SYSTEM_STATUS, VITALS, Source
-from proxy.http_types import Response
-from proxy.site import Reading, Site, Sites, State
+from proxy.errors import ProxyError
+from proxy.gateway.sources import AGGREGATES, GRID_STATUS, SOE, SYSTEM_STATUS, Source
+from proxy.site.site import Reading, Site, Sites, State
 
 # Worst first: the aggregate grid status is the worst any gateway reports.
 GRID_ORDER = ("DOWN", "SYNCING", "UP")
@@ -60,10 +56,10 @@ def read_sites(sites: Sites, sources: Sequence[Source]) -> dict[str, list[Readin
     A reading is None where the gateway does not support the source (e.g. cloud vitals)."""
     for site in sites:
         site.gateway.prefetch(sources)
-    return {site.id: [_read(site, s) for s in sources] for site in sites}
+    return {site.id: [read_one(site, s) for s in sources] for site in sites}
 
 
-def _read(site: Site, source: Source) -> Reading | None:
+def read_one(site: Site, source: Source) -> Reading | None:
     try:
         return site.read(source)
     except ProxyError:
@@ -189,63 +185,7 @@ def gateway_numbers(s: Snapshot) -> dict[str, Any]:
     }
 
 
-# ---- routes --------------------------------------------------------------------------
-
-def _snapshots(app: App) -> list[Snapshot]:
-    readings = read_sites(app.sites, SNAPSHOT_SOURCES)
-    snaps = [snapshot(site, readings[site.id]) for site in app.sites]
-    if all(s.power is None and s.percent is None and s.grid_status is None for s in snaps):
-        raise GatewayUnavailable("no gateway has data")
-    return snaps
-
-
-def _answer(body: Any) -> Response:
-    return json_response(200, body, [("Cache-Control", "no-cache")])
-
-
-def get_aggregate(app: App, call: Call) -> Response:
-    return _answer(aggregate(_snapshots(app), time.time()))
-
-
-def _part(keys: Sequence[str], section: str) -> Callable[[App, Call], Response]:
-    def handler(app: App, call: Call) -> Response:
-        body = aggregate(_snapshots(app), time.time())
-        picked = {k: body[k] for k in keys}
-        picked["missing"] = body["missing"][section] if section else body["missing"]
-        return _answer({**picked, "num_gateways": body["num_gateways"], "timestamp": body["timestamp"]})
-    return handler
-
-
-get_aggregate_power = _part(("total_site_power", "total_battery_power", "total_load_power",
-                             "total_solar_power", "total_grid_power", "stale"), "power")
-get_aggregate_soe = _part(("total_battery_percent", "stale"), "battery")
-get_aggregate_battery = _part(("total_battery_percent", "total_battery_capacity",
-                               "total_battery_remaining", "total_battery_power", "stale"), "battery")
-
-
-def get_aggregate_status(app: App, call: Call) -> Response:
-    body = aggregate(_snapshots(app), time.time())
-    keys = ("grid_status", "num_gateways", "num_online", "num_degraded", "stale", "timestamp")
-    gateways = {gid: {"status": g["status"], "online": g["online"], "grid_status": g["grid_status"],
-                      "error": g["error"]} for gid, g in body["gateways"].items()}
-    return _answer({**{k: body[k] for k in keys}, "gateways": gateways})
-
-
-def _keyed(source: Source, empty: Any) -> Callable[[App, Call], Response]:
-    """One source of every gateway, keyed by gateway id (null: that gateway gave nothing)."""
-    def handler(app: App, call: Call) -> Response:
-        readings = read_sites(app.sites, [source])
-        out: dict[str, Any] = {}
-        for gid, (reading,) in readings.items():
-            if reading is None or reading.state is State.UNAVAILABLE:
-                out[gid] = None
-            else:
-                out[gid] = empty if reading.value is None else reading.value
-        return _answer(out)
-    return handler
-
-
-# ---- /api/gateways -------------------------------------------------------------------
+# ---- one gateway's summary (the /api/gateways rows) ------------------------------------
 
 def gateway_row(site: Site) -> dict[str, Any]:
     gateway = site.gateway
@@ -268,54 +208,3 @@ def gateway_detail(site: Site, snap: Snapshot, default: bool) -> dict[str, Any]:
         "data": gateway_numbers(snap),
         "routes": f"/api/gateways/{site.id}/",
     }
-
-
-def get_gateways(app: App, call: Call) -> Response:
-    return _answer([gateway_row(site) for site in app.sites])
-
-
-def get_gateway(app: App, call: Call) -> Response:
-    gateway_id = call.path[len("/api/gateways/"):]
-    site = app.sites.get(gateway_id)
-    if site is None:
-        raise HTTPError(404, "Gateway not found")
-    site.gateway.prefetch(SNAPSHOT_SOURCES)
-    snap = snapshot(site, [_read(site, s) for s in SNAPSHOT_SOURCES])
-    body = gateway_detail(site, snap, site is app.sites.default())
-    return _answer(body)
-
-
-def _root(path: str, handler: Callable[[App, Call], Response], summary: str, body: str,
-          answers: tuple[Answer, ...] = (UNAVAILABLE,), wildcard: Param | None = None) -> Route:
-    tag = "gateways" if path.startswith("/api/gateways") else "aggregate"
-    doc = Doc(summary, ref(body), tag=tag, answers=answers, wildcard=wildcard)
-    return Route(path, handler, root_only=True, doc=doc)
-
-
-_NONE_HAS_DATA = (Answer(503, "No gateway has any data", retry_after=True),)
-_GATEWAY_ID = Param("id", "A gateway id (a-z 0-9 _ -, 1 to 32 characters)",
-                    {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"})
-
-FLEET_ROUTES: tuple[Route, ...] = (
-    _root("/api/gateways", get_gateways, "Every gateway: id, name, type, status, mode", "Gateways",
-          answers=()),
-    _root("/api/gateways/*", get_gateway, "One gateway: status, site, its numbers", "GatewayDetail",
-          answers=(Answer(404, '{"error": "Gateway not found"}'),), wildcard=_GATEWAY_ID),
-    _root("/api/aggregate", get_aggregate, "All gateways added up", "Aggregate", _NONE_HAS_DATA),
-    _root("/api/aggregate/", get_aggregate, "All gateways added up (as /api/aggregate)", "Aggregate",
-          _NONE_HAS_DATA),
-    _root("/api/aggregate/power", get_aggregate_power, "Powers summed over gateways (W)",
-          "AggregatePower", _NONE_HAS_DATA),
-    _root("/api/aggregate/soe", get_aggregate_soe, "State of energy weighted by capacity",
-          "AggregateSoe", _NONE_HAS_DATA),
-    _root("/api/aggregate/battery", get_aggregate_battery, "Battery level, capacity, remaining, power",
-          "AggregateBattery", _NONE_HAS_DATA),
-    _root("/api/aggregate/status", get_aggregate_status, "Worst grid status, gateways online",
-          "AggregateStatus", _NONE_HAS_DATA),
-    _root("/api/aggregate/strings", _keyed(STRINGS, {}), "Solar strings by gateway", "PerGateway",
-          answers=()),
-    _root("/api/aggregate/alerts", _keyed(ALERTS, []), "Active alerts by gateway", "PerGateway",
-          answers=()),
-    _root("/api/aggregate/vitals", _keyed(VITALS, {}), "Device vitals by gateway", "PerGateway",
-          answers=()),
-)

@@ -1,6 +1,6 @@
 """The app: a Request goes in, a Response comes out.
 
-Routing is a table (`proxy.routes.ROUTES`) matched on the path without its
+Routing is a table (`proxy.api.reference.ROUTES`) matched on the path without its
 query string, after `PROXY_BASE_URL` is stripped. Errors are typed
 (`proxy.errors`) and mapped to HTTP in `error_response`, the one place that
 does so. Unmatched paths fall through to `web/` and then the gateway's web UI.
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
-from proxy.apidoc import Doc
+from proxy.api.apidoc import Doc
+from proxy.api.passthrough import Passthrough
+from proxy.api.web import WebFiles
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
-from proxy.http_types import Request, Response
-from proxy.hub import Hub
-from proxy.passthrough import Passthrough
-from proxy.site import Rendered, Site, Sites
+from proxy.httpd.types import Request, Response
+from proxy.site.hub import Hub
+from proxy.site.site import Rendered, Site, Sites
 from proxy.stats import Stats, Tally
-from proxy.web import WebFiles
 
 log = logging.getLogger("proxy.app")
 

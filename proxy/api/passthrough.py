@@ -35,10 +35,10 @@ from urllib.parse import quote
 import requests
 import urllib3
 
+from proxy.api.web import cache_control, inject
 from proxy.errors import GatewayBusy, GatewayUnavailable, HTTPError, ProxyError
 from proxy.gateway import Gateway
-from proxy.http_types import Response
-from proxy.web import cache_control, inject
+from proxy.httpd.types import Response
 
 log = logging.getLogger("proxy.passthrough")
 

@@ -26,8 +26,9 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from proxy import control, payloads
-from proxy.app import App, Call, Route, json_response
+from proxy import payloads
+from proxy.api import control
+from proxy.api.app import App, Call, Route, json_response
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import user_number
 from proxy.gateway.sources import (
@@ -42,8 +43,8 @@ from proxy.gateway.sources import (
     Source,
     poll,
 )
-from proxy.http_types import Response
-from proxy.site import Site, State
+from proxy.httpd.types import Response
+from proxy.site.site import Site, State
 
 log = logging.getLogger("proxy.openc2")
 
@@ -829,7 +830,7 @@ def _set(setting: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shapes() -> dict[str, Any]:
-    from proxy.apidoc import LEVEL, MODE
+    from proxy.api.apidoc import LEVEL, MODE
 
     settings = [s.target for s in SETTINGS]
     response: dict[str, Any] = {"type": "object", "required": ["status"], "properties": {
@@ -896,7 +897,7 @@ def _shapes() -> dict[str, Any]:
 
 def doc_for(path: str) -> Any:
     """The Doc of one OpenC2 path: what it takes and answers, in its own framing."""
-    from proxy.apidoc import Answer, Doc, Param, Write
+    from proxy.api.apidoc import Answer, Doc, Param, Write
 
     ref = {"$ref": _SCHEMA_REF + "OpenC2Response"}
     envelope = {"$ref": _SCHEMA_REF + "OpenC2ResponseEnvelope"}

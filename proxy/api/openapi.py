@@ -1,7 +1,7 @@
 """GET /openapi.json, generated from the route table, and GET /docs, the page that shows it.
 
 `document` is pure: the rows the app serves (each with its `Doc`, see
-`proxy.apidoc`), the gateway ids and PROXY_BASE_URL go in, an OpenAPI 3.1 object
+`proxy.api.apidoc`), the gateway ids and PROXY_BASE_URL go in, an OpenAPI 3.1 object
 comes out. A GET row is documented with GET and HEAD, a POST row with POST, and
 every row with OPTIONS (the CORS preflight), as `App` serves them. A row that is
 not proxy-wide is documented twice: at the root and under
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from proxy import __version__
-from proxy.apidoc import (
+from proxy.api.apidoc import (
     ANY,
     HTML,
     JSON,
@@ -29,9 +29,9 @@ from proxy.apidoc import (
     Write,
     ref,
 )
-from proxy.app import CORS, GATEWAY_MOUNT, App, Call, Route, json_bytes
+from proxy.api.app import CORS, GATEWAY_MOUNT, App, Call, Route, json_bytes
 from proxy.errors import HTTPError
-from proxy.http_types import Response
+from proxy.httpd.types import Response
 
 Obj = dict[str, Any]
 

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
-from proxy.apidoc import Answer, Doc
-from proxy.app import App, Call, Route
-from proxy.http_types import Response
-from proxy.points import POINTS, Frame, Kind, Point, read_frames, values
-from proxy.status_pages import library_version
+from proxy.api.apidoc import Answer, Doc
+from proxy.api.app import App, Call, Route
+from proxy.api.status import library_version
+from proxy.httpd.types import Response
+from proxy.site.points import POINTS, Frame, Kind, Point, read_frames, values
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

@@ -1,8 +1,8 @@
 """What a route says about itself in the OpenAPI document: a `Doc` in its row.
 
-A route row (`proxy.app.Route`) carries a `Doc`: a summary, the shape of its 200
+A route row (`proxy.api.app.Route`) carries a `Doc`: a summary, the shape of its 200
 body, the other statuses it can answer, its query and path parameters and, for a
-write, its request body and security. `proxy.openapi` turns the rows into the
+write, its request body and security. `proxy.api.openapi` turns the rows into the
 document; shapes shared by several routes are named in `SCHEMAS` and referred to
 with `ref()`. Everything here is data: no route, no request, no I/O.
 """

@@ -1,0 +1,1 @@
+"""The HTTP transport: knows HTTP, not Powerwalls."""

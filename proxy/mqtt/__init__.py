@@ -1,0 +1,1 @@
+"""MQTT: Home Assistant discovery and the publisher."""
