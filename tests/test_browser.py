@@ -14,26 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.browser import Chromium, Page, find_chromium
+from tests.browser import BROWSER_TESTS, SHOTS, Chromium, Page
 
-CHROMIUM = find_chromium()
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install Debian's "
-                       "`chromium` (tests/run.sh does) or set $CHROMIUM"),
-]
-
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+pytestmark = BROWSER_TESTS
 SIZES = ((300, 300), (800, 480), (1920, 1080))
-STYLES = {  # style -> computed background of <body>
-    "clear": "rgba(0, 0, 0, 0)",
+STYLES = {  # style -> computed background of <body> in a plain tab (light colour scheme)
+    "clear": "rgb(255, 255, 255)",  # transparent in a frame; in a tab its own backdrop
     "black": "rgb(0, 0, 0)",
     "white": "rgb(255, 255, 255)",
     "grafana": "rgb(22, 23, 25)",
     "grafana-dark": "rgb(17, 18, 23)",
     "dakboard": "rgb(0, 0, 0)",
-    "solar": "rgba(0, 0, 0, 0)",
+    "solar": "rgb(255, 255, 255)",
 }
 FAST = "?interval=0.5"
 POLL = FAST + "&stream=off"  # the polling the page falls back to, on its own
@@ -59,22 +51,15 @@ NO_SCROLLBARS = """(() => { const e = document.documentElement;
   return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; })()"""
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    assert CHROMIUM is not None
-    browser = Chromium(CHROMIUM)
-    yield browser
-    browser.close()
-
-
 @pytest.fixture
 def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
     pages: list[Page] = []
 
     def opener(width: int = 800, height: int = 480) -> Page:
         page = chromium.new_page(width, height)
-        # The default style is transparent: render it over a dark slate, the kind of
-        # backdrop (Dakboard photo, MagicMirror, Grafana) it is made for.
+        # A dark slate behind the page, the kind of backdrop (Dakboard photo, MagicMirror,
+        # Grafana) the transparent styles are made for; it shows in frames and with
+        # ?backdrop=none (a plain tab otherwise gets the style's own backdrop).
         page.send("Emulation.setDefaultBackgroundColorOverride",
                   {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
         pages.append(page)
