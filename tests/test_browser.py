@@ -404,6 +404,49 @@ def test_console_is_readable(proxy_factory: Any, open_page: Any) -> None:
         assert_clean(page, proxy.base)
 
 
+COUNTERS = ("[...document.querySelectorAll('#counters .counter')]"
+            ".map(c => [c.innerText, c.querySelector('b').className])")
+
+
+def test_console_colours_only_real_problems(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PW_CACHE_TTL": "1"})
+    assert proxy.request("POST", "/aggregates").status == 405  # one error in the counters
+    proxy.sim.set_fault("down")
+    deadline = time.monotonic() + 30
+    while proxy.get("/vitals").status != 503:  # one answer the gateway failed: a timeout
+        assert time.monotonic() < deadline, "the gateway never failed"
+    proxy.sim.clear_faults()
+    deadline = time.monotonic() + 30
+    while proxy.get("/health").status != 200:  # healthy again after its next real answer
+        assert time.monotonic() < deadline, "the gateway never came back"
+        proxy.get("/aggregates")
+        time.sleep(0.2)
+    page = open_page(1280, 800)
+    page.goto(proxy.base + "console?interval=1")
+    page.wait_for("document.getElementById('status').textContent === 'ok'")
+    page.wait_for("document.querySelector('#cache-table td.muted') !== null")  # of an earlier window
+    counters = dict(page.evaluate(COUNTERS))
+    errors = next(k for k in counters if k.endswith("Errors"))
+    timeouts = next(k for k in counters if k.endswith("Timeouts"))
+    assert int(errors.split()[0]) >= 1 and int(timeouts.split()[0]) >= 1, counters
+    assert set(counters.values()) == {""}, f"coloured on a healthy gateway: {counters}"
+    coloured = page.evaluate("[...document.querySelectorAll('.warn, .bad')]"
+                             ".map(e => e.parentElement.innerText)")
+    assert not coloured, coloured
+    assert "earlier window" in page.evaluate("document.getElementById('cache-table').innerText")
+    assert page.evaluate("document.getElementById('problem').hidden")
+    shoot(page, "console-healthy-with-errors")
+
+    proxy.sim.set_fault("down")  # now they are news: the gateway is failing
+    page.wait_for("document.getElementById('status').textContent === 'degraded'", timeout=30)
+    page.wait_for(f"{COUNTERS}.some(c => c[0].endsWith('Errors') && c[1] === 'warn')")
+    problem = page.evaluate("[document.getElementById('problem').innerText, "
+                            "document.getElementById('problem').getAttribute('data-level')]")
+    assert problem[0].startswith("Gateway degraded") and problem[1] == "problem"
+    shoot(page, "console-degraded")
+    assert_inside_proxy(page, proxy.base)
+
+
 def test_example_embeds_the_animation(proxy_factory: Any, open_page: Any) -> None:
     proxy = proxy_factory()
     page = open_page(1600, 1000)

@@ -186,12 +186,14 @@
     });
   }
 
+  // An entry of an earlier window is no problem, even one that failed then: it is fetched
+  // again when someone reads it. A failure of the current window is.
   function cacheState(e) {
     if (e.ok === false) {
-      return el("td", "failed" + (has(e.last_good_age_seconds) ?
-        ", last good " + duration(e.last_good_age_seconds) + " ago" : ""), "bad");
+      return el("td", "failed" + (e.is_expired ? " in an earlier window" : "") +
+        (has(e.last_good_age_seconds) ? ", last good " + duration(e.last_good_age_seconds) + " ago" : ""),
+        e.is_expired ? "muted" : "bad");
     }
-    // An entry of an earlier window is normal: it is fetched again when someone reads it.
     return e.is_expired ? el("td", "earlier window", "muted") : el("td", "fresh", "good");
   }
 
