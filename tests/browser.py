@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 # Flags from DEVELOPERS.md: headless, no sandbox (we run as root in containers),
 # no GPU, and nothing that talks to the network on its own.
 CHROMIUM_FLAGS = (
@@ -42,6 +44,7 @@ CHROMIUM_FLAGS = (
 )
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"  # git-ignored
 
 
 def find_chromium() -> str | None:
@@ -54,6 +57,15 @@ def find_chromium() -> str | None:
         if path:
             return path
     return None
+
+
+CHROMIUM = find_chromium()
+# pytestmark of a module of browser tests: marked, and skipped (saying why) without Chromium.
+BROWSER_TESTS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install Debian's "
+                       "`chromium` (tests/run.sh does) or set $CHROMIUM"),
+]
 
 
 def _above_4(fd: int) -> int:
@@ -248,8 +260,14 @@ class Page:
                 raise BrowserError(f"timed out after {timeout} s waiting for {expression}")
             time.sleep(interval)
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+    def screenshot(self, path: Path, full_page: bool = False) -> Path:
+        """A PNG of the window, or with `full_page` of the whole page however long it is."""
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            params.update(captureBeyondViewport=True, clip={
+                "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        data = self.send("Page.captureScreenshot", params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path

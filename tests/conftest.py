@@ -13,6 +13,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.main import Running, start
+from tests.browser import CHROMIUM, Chromium
 
 CONNECT_WAIT = 20.0
 
@@ -133,3 +134,13 @@ def simulator() -> Iterator[Any]:
 def proxy(proxy_factory: Factory) -> ProxyHandle:
     """The proxy with --simulate defaults and control enabled (secret "s3cret-token")."""
     return proxy_factory({"PW_CONTROL_SECRET": "s3cret-token"})
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    """One headless Chromium for a module of browser tests (marked with BROWSER_TESTS, so
+    they are skipped when there is none)."""
+    assert CHROMIUM is not None
+    browser = Chromium(CHROMIUM)
+    yield browser
+    browser.close()

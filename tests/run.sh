@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
 # Real outside parts, from Debian, installed when missing and we may: chromium for the
-# browser tests, mosquitto (an MQTT broker) and prometheus (the server and promtool).
+# browser tests, mosquitto (an MQTT broker), prometheus (the server and promtool) and curl
+# (the documents' examples are run as written).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing+=(mosquitto)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then

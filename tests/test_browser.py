@@ -14,26 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.browser import Chromium, Page, find_chromium
+from tests.browser import BROWSER_TESTS, SHOTS, Chromium, Page
 
-CHROMIUM = find_chromium()
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; install Debian's "
-                       "`chromium` (tests/run.sh does) or set $CHROMIUM"),
-]
-
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+pytestmark = BROWSER_TESTS
 SIZES = ((300, 300), (800, 480), (1920, 1080))
-STYLES = {  # style -> computed background of <body>
-    "clear": "rgba(0, 0, 0, 0)",
+STYLES = {  # style -> computed background of <body> in a plain tab (light colour scheme)
+    "clear": "rgb(255, 255, 255)",  # transparent in a frame; in a tab its own backdrop
     "black": "rgb(0, 0, 0)",
     "white": "rgb(255, 255, 255)",
     "grafana": "rgb(22, 23, 25)",
     "grafana-dark": "rgb(17, 18, 23)",
     "dakboard": "rgb(0, 0, 0)",
-    "solar": "rgba(0, 0, 0, 0)",
+    "solar": "rgb(255, 255, 255)",
 }
 FAST = "?interval=0.5"
 POLL = FAST + "&stream=off"  # the polling the page falls back to, on its own
@@ -59,22 +51,15 @@ NO_SCROLLBARS = """(() => { const e = document.documentElement;
   return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; })()"""
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    assert CHROMIUM is not None
-    browser = Chromium(CHROMIUM)
-    yield browser
-    browser.close()
-
-
 @pytest.fixture
 def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
     pages: list[Page] = []
 
     def opener(width: int = 800, height: int = 480) -> Page:
         page = chromium.new_page(width, height)
-        # The default style is transparent: render it over a dark slate, the kind of
-        # backdrop (Dakboard photo, MagicMirror, Grafana) it is made for.
+        # A dark slate behind the page, the kind of backdrop (Dakboard photo, MagicMirror,
+        # Grafana) the transparent styles are made for; it shows in frames and with
+        # ?backdrop=none (a plain tab otherwise gets the style's own backdrop).
         page.send("Emulation.setDefaultBackgroundColorOverride",
                   {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
         pages.append(page)
@@ -417,6 +402,49 @@ def test_console_is_readable(proxy_factory: Any, open_page: Any) -> None:
             assert prefix(proxy) + route in links
         shoot(page, f"console-{width}x{height}")
         assert_clean(page, proxy.base)
+
+
+COUNTERS = ("[...document.querySelectorAll('#counters .counter')]"
+            ".map(c => [c.innerText, c.querySelector('b').className])")
+
+
+def test_console_colours_only_real_problems(proxy_factory: Any, open_page: Any) -> None:
+    proxy = proxy_factory({"PW_CACHE_TTL": "1"})
+    assert proxy.request("POST", "/aggregates").status == 405  # one error in the counters
+    proxy.sim.set_fault("down")
+    deadline = time.monotonic() + 30
+    while proxy.get("/vitals").status != 503:  # one answer the gateway failed: a timeout
+        assert time.monotonic() < deadline, "the gateway never failed"
+    proxy.sim.clear_faults()
+    deadline = time.monotonic() + 30
+    while proxy.get("/health").status != 200:  # healthy again after its next real answer
+        assert time.monotonic() < deadline, "the gateway never came back"
+        proxy.get("/aggregates")
+        time.sleep(0.2)
+    page = open_page(1280, 800)
+    page.goto(proxy.base + "console?interval=1")
+    page.wait_for("document.getElementById('status').textContent === 'ok'")
+    page.wait_for("document.querySelector('#cache-table td.muted') !== null")  # of an earlier window
+    counters = dict(page.evaluate(COUNTERS))
+    errors = next(k for k in counters if k.endswith("Errors"))
+    timeouts = next(k for k in counters if k.endswith("Timeouts"))
+    assert int(errors.split()[0]) >= 1 and int(timeouts.split()[0]) >= 1, counters
+    assert set(counters.values()) == {""}, f"coloured on a healthy gateway: {counters}"
+    coloured = page.evaluate("[...document.querySelectorAll('.warn, .bad')]"
+                             ".map(e => e.parentElement.innerText)")
+    assert not coloured, coloured
+    assert "earlier window" in page.evaluate("document.getElementById('cache-table').innerText")
+    assert page.evaluate("document.getElementById('problem').hidden")
+    shoot(page, "console-healthy-with-errors")
+
+    proxy.sim.set_fault("down")  # now they are news: the gateway is failing
+    page.wait_for("document.getElementById('status').textContent === 'degraded'", timeout=30)
+    page.wait_for(f"{COUNTERS}.some(c => c[0].endsWith('Errors') && c[1] === 'warn')")
+    problem = page.evaluate("[document.getElementById('problem').innerText, "
+                            "document.getElementById('problem').getAttribute('data-level')]")
+    assert problem[0].startswith("Gateway degraded") and problem[1] == "problem"
+    shoot(page, "console-degraded")
+    assert_inside_proxy(page, proxy.base)
 
 
 def test_example_embeds_the_animation(proxy_factory: Any, open_page: Any) -> None:

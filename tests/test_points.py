@@ -141,6 +141,25 @@ def test_a_point_that_loses_its_value_says_none() -> None:
     assert online_message(SETTINGS, frame({}, status="degraded")).payload == "OFF"
 
 
+def test_an_energy_entity_comes_once_its_counter_counts() -> None:
+    zeros = {m: {**AGG[m], "energy_imported": 0.0} for m in AGG}  # e.g. a solar meter's import
+    quiet = {**FULL, AGGREGATES.key: zeros}
+    configs, states = gateway_messages(SETTINGS, frame(quiet), None, 5.0, ())
+    imported = "homeassistant/sensor/pypowerwall_home_energy_imported_{}/config"
+    topics = {m.topic for m in configs}
+    assert not any(imported.format(m) in topics for m in AGG)
+    assert not any(m.topic.startswith("pypowerwall/home/energy_imported/") for m in states)
+    assert imported.replace("imported", "exported").format("solar") in topics  # 10.0 Wh: counted
+    assert imported.replace("imported", "exported").format("site") not in topics  # 0.0 Wh
+    # the first count brings the entity; once announced it keeps its state, 0 or not
+    counted = {**zeros, "solar": {**AGG["solar"], "energy_imported": 0.5}}
+    configs, states = gateway_messages(SETTINGS, frame({**FULL, AGGREGATES.key: counted}), None, 5.0, ())
+    assert imported.format("solar") in {m.topic for m in configs}
+    assert {m.topic: m.payload for m in states}["pypowerwall/home/energy_imported/solar"] == "0.5"
+    _, states = gateway_messages(SETTINGS, frame(quiet), None, 5.0, [imported.format("solar")])
+    assert {m.topic: m.payload for m in states}["pypowerwall/home/energy_imported/solar"] == "0"
+
+
 def test_aggregate_device() -> None:
     snaps = [Snapshot(id=g, name=g, type="powerwall", status="ok", online=True,
                       power={"site": 1.0, "battery": 2.0, "load": 3.0, "solar": 4.0, "grid": 1.0},

@@ -186,6 +186,33 @@ def test_help_escapes_recorded_paths(proxy: ProxyHandle) -> None:
     assert proxy.get("/help").header("Content-Type", ) == "text/html; charset=utf-8"
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_help_is_a_page_for_people_and_json_when_asked(proxy: ProxyHandle) -> None:
+    _wait_ok(proxy, "/aggregates")
+    for accept in (BROWSER_ACCEPT, "*/*", "application/json;q=0.5, text/html"):
+        page = proxy.get("/help", headers={"Accept": accept})
+        assert page.status == 200 and page.header("Content-Type") == "text/html; charset=utf-8"
+    text = page.text
+    for repr_only in ("{'", "': ", "True", "False", "None"):  # no Python reprs
+        assert repr_only not in text, repr_only
+    # nested objects are tables of their own; every /stats key has its row
+    assert '<th scope="row">connection_health</th><td><table class="facts">' in text
+    stats = proxy.get("/stats").json()
+    for key in stats.keys() - {"uri", "config"}:
+        assert f'<th scope="row">{key}</th>' in text, key
+    assert '<th scope="row">PW_CONTROL_SECRET</th><td>********</td>' in text
+    assert "<td>/aggregates</td>" in text  # a row per recorded path
+    assert 'href="/console.css"' in text and 'id="pw-style" href="/styles/clear.css"' in text
+
+    for accept in ("application/json", "application/json, text/html;q=0.9", "application/*"):
+        reply = proxy.get("/help", headers={"Accept": accept})
+        assert reply.status == 200 and reply.header("Content-Type") == "application/json", accept
+        body = reply.json()
+        assert body.keys() == stats.keys() and body["config"] == stats["config"]
+
+
 def test_control_round_trip(proxy: ProxyHandle) -> None:
     token = "s3cret-token"
     r = proxy.post("/control/reserve", f"value=42&token={token}")

@@ -5,6 +5,7 @@
   "use strict";
 
   var STYLES = ["clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar"];
+  var TRANSPARENT = ["clear", "solar"]; // made to sit over whatever the embedding page shows
 
   function meta(name) {
     var el = document.querySelector('meta[name="' + name + '"]');
@@ -32,18 +33,32 @@
     return STYLES.indexOf(configured) >= 0 ? configured : "clear";
   }
 
-  function applyStyle() {
-    var name = styleName();
-    var href = base + "styles/" + name + ".css";
-    var link = document.getElementById("pw-style");
+  function stylesheet(id, href) {
+    var link = document.getElementById(id);
     if (!link) {
       link = document.createElement("link");
-      link.id = "pw-style";
+      link.id = id;
       link.rel = "stylesheet";
       document.head.appendChild(link);
     }
     if (link.getAttribute("href") !== href) link.setAttribute("href", href);
+  }
+
+  // Inside a frame (Dakboard, Grafana, MagicMirror) a transparent style shows the embedding
+  // page through it. Alone in a tab there is nothing behind it but the browser's white
+  // canvas, so the page gets a backdrop of its own (styles/backdrop.css), unless
+  // ?backdrop=none asks for transparency anyway (e.g. a browser source in a video mixer).
+  function framed() {
+    try { return window.self !== window.top; } catch (e) { return true; }
+  }
+
+  function applyStyle() {
+    var name = styleName();
+    stylesheet("pw-style", base + "styles/" + name + ".css");
+    var own = TRANSPARENT.indexOf(name) >= 0 && !framed() && param("backdrop") !== "none";
+    if (own) stylesheet("pw-backdrop", base + "styles/backdrop.css");
     document.documentElement.setAttribute("data-style", name);
+    document.documentElement.setAttribute("data-backdrop", own ? "own" : "none");
     return name;
   }
 

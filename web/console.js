@@ -154,8 +154,12 @@
     }
   }
 
+  // Counts are shown as they are; they are coloured only while the gateway is not healthy.
+  // Answers served while it starts up, or a client's one bad request, are no problem of a
+  // gateway whose /health says ok.
   function renderRequests(health, stats) {
     var ps = obj(health.proxy_stats);
+    var troubled = health.status !== "ok";
     var counters = [
       ["GETs", has(stats.gets) ? stats.gets : ps.total_gets],
       ["POSTs", has(stats.posts) ? stats.posts : ps.total_posts],
@@ -166,7 +170,8 @@
     box.textContent = "";
     counters.forEach(function (c) {
       var d = el("div", null, "counter");
-      d.appendChild(el("b", show(c[1]), (c[0] === "Errors" || c[0] === "Timeouts") && c[1] > 0 ? "warn" : ""));
+      var alarming = troubled && (c[0] === "Errors" || c[0] === "Timeouts") && c[1] > 0;
+      d.appendChild(el("b", show(c[1]), alarming ? "warn" : ""));
       d.appendChild(el("span", c[0]));
       box.appendChild(d);
     });
@@ -181,12 +186,15 @@
     });
   }
 
+  // An entry of an earlier window is no problem, even one that failed then: it is fetched
+  // again when someone reads it. A failure of the current window is.
   function cacheState(e) {
     if (e.ok === false) {
-      return el("td", "failed" + (has(e.last_good_age_seconds) ?
-        ", last good " + duration(e.last_good_age_seconds) + " ago" : ""), "bad");
+      return el("td", "failed" + (e.is_expired ? " in an earlier window" : "") +
+        (has(e.last_good_age_seconds) ? ", last good " + duration(e.last_good_age_seconds) + " ago" : ""),
+        e.is_expired ? "muted" : "bad");
     }
-    return e.is_expired ? el("td", "expired", "warn") : el("td", "fresh", "good");
+    return e.is_expired ? el("td", "earlier window", "muted") : el("td", "fresh", "good");
   }
 
   function renderCache(health) {
@@ -220,6 +228,7 @@
     pill.setAttribute("data-status", status);
     $("mode").textContent = has(health.mode) ? String(health.mode) : "";
     var problem = $("problem");
+    problem.setAttribute("data-level", status === "starting" ? "info" : "problem");
     if (healthRes.status === 0) {
       problem.textContent = "The proxy is not answering (" + healthRes.error + "). Retrying every " + interval + " s.";
     } else if (status === "degraded") {
@@ -249,7 +258,7 @@
       row.appendChild(el("td", g.id));
       row.appendChild(el("td", g.name));
       var state = el("td", g.status + (g.error ? " — " + g.error : ""),
-        g.status === "ok" ? "good" : g.status === "degraded" ? "bad" : "warn");
+        g.status === "ok" ? "good" : g.status === "degraded" ? "bad" : "");
       row.appendChild(state);
       row.appendChild(el("td", g.mode));
       var links = el("td");

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import html
 import resource
 import time
 from typing import Any
 
 from proxy import __version__
+from proxy.api import help_page
 from proxy.api.app import App, Call, json_response
+from proxy.api.web import style_tags
 from proxy.gateway import Gateway, Kind
 from proxy.httpd.types import Response
 from proxy.site.site import Site
@@ -232,34 +233,8 @@ def get_health_reset(app: App, call: Call) -> Response:
 
 def get_help(app: App, call: Call) -> Response:
     body = stats_body(app, call)
-    rows = "".join(
-        f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
-        for k, v in body.items() if k not in ("uri", "config")
-    )
-    uris = "".join(f"<tr><td>URI: {_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in body["uri"].items())
-    config = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
-                     for k, v in body["config"].items())
-    page = _HELP.format(version=_e(body["pypowerwall"]), rows=rows, uris=uris, config=config)
+    if help_page.prefers_json(call.request.headers.get("Accept", "")):
+        return json_response(200, body, [("Cache-Control", "no-cache, no-store")])
+    page = help_page.page(body, style_tags(app.config), app.config.base_url)
     return Response(200, [("Content-Type", "text/html; charset=utf-8"),
-                          ("Cache-Control", "no-cache, no-store")], page.encode())
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-_HELP = """<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>Powerwall proxy help</title>
-<style>body{{font-family:system-ui,sans-serif;margin:1em}}td{{padding:2px 8px;
-border-bottom:1px solid #ddd;vertical-align:top}}</style></head>
-<body><h1>Powerwall proxy</h1><p>{version} &middot; routes and variables: see HELP.md,
-or the <a href="console">console</a>.</p>
-<table>{rows}{uris}</table>
-<details id="config"><summary>Configuration</summary><table>{config}</table></details>
-<script>
-var d=document.getElementById("config");
-d.open=localStorage.getItem("pwConfigOpen")==="1";
-d.addEventListener("toggle",function(){{localStorage.setItem("pwConfigOpen",d.open?"1":"0")}});
-</script></body></html>
-"""
+                          ("Cache-Control", "no-cache, no-store")], page)

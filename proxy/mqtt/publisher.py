@@ -220,12 +220,20 @@ def control_configs(settings: Settings, gateway: str, device: dict[str, Any],
     ]
 
 
+def deserves_entity(point: Point, value: Any, topic: str, announced: set[str]) -> bool:
+    """Whether a value gets (or keeps) its Home Assistant entity. A lifetime counter gets one
+    once it has counted something for this gateway: a solar meter never imports and a home
+    never exports, and an entity that stays 0 for ever only clutters the Energy dashboard.
+    Every other value gets one, and so does a counter once announced."""
+    return point.kind is not Kind.TOTAL or value != 0 or topic in announced
+
+
 def gateway_messages(settings: Settings, frame: Frame, firmware: str | None, interval: float,
                      announced: Iterable[str],
                      control: bool = False) -> tuple[list[Message], list[Message]]:
     """(discovery configs, states) of one gateway's frame, with the control entities when
     `control`. A point without a value gets no new entity; one announced before gets "None"
-    (Home Assistant's unknown), never a 0."""
+    (Home Assistant's unknown), never a 0. A counter at 0 waits for its first count."""
     known = set(announced)
     device = device_block(settings, frame.id, frame.name, firmware)
     proxy_only = [settings.status_topic]
@@ -239,6 +247,8 @@ def gateway_messages(settings: Settings, frame: Frame, firmware: str | None, int
         for label, value in found.items():
             topic, config = entity_config(settings, point, gateway=frame.id, label=label,
                                           device=device, availability=availability, expire=expire)
+            if not deserves_entity(point, value, topic, known):
+                continue
             configs.append(Message(topic, json.dumps(config), retain=True, qos=1))
             states.append(Message(state_topic(settings, frame.id, point, label), payload_of(value),
                                   retain=settings.retain))
