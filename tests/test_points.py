@@ -21,8 +21,9 @@ from proxy.mqtt.publisher import (
     online_message,
     payload_of,
 )
-from proxy.site.frames import Snapshot, aggregate
-from proxy.site.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Frame, Kind, values
+from proxy.site.frames import Frame, aggregate
+from proxy.site.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Kind, values
+from tests.frames import numbers_frame
 from tests.ha_rules import check_config, check_state
 
 AGG = {m: {"instant_power": p, "energy_imported": 1000.5 * (i + 1), "energy_exported": 10.0 * i}
@@ -142,9 +143,8 @@ def test_a_point_that_loses_its_value_says_none() -> None:
 
 
 def test_aggregate_device() -> None:
-    snaps = [Snapshot(id=g, name=g, type="powerwall", status="ok", online=True,
-                      power={"site": 1.0, "battery": 2.0, "load": 3.0, "solar": 4.0, "grid": 1.0},
-                      percent=50.0, full_wh=10000.0, remaining_wh=5000.0, grid_status="UP")
+    snaps = [numbers_frame(g, power={"site": 1.0, "battery": 2.0, "load": 3.0, "solar": 4.0},
+                           percent=50.0, full=10000.0, remaining=5000.0, grid="UP")
              for g in ("a", "b")]
     configs, states = aggregate_messages(SETTINGS, aggregate(snaps, 0.0), 5.0)
     by_state = {m.topic: m.payload for m in states}

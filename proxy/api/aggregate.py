@@ -1,6 +1,6 @@
 """Routes over several gateways: the gateway list and details, and the aggregates.
 
-The arithmetic and the per-gateway snapshot are in `proxy.site.frames`; this
+The arithmetic and the per-gateway frame are in `proxy.site.frames`; this
 module only reads them for a request and answers.
 """
 
@@ -16,25 +16,24 @@ from proxy.errors import GatewayUnavailable, HTTPError
 from proxy.gateway.sources import ALERTS, STRINGS, VITALS, Source
 from proxy.httpd.types import Response
 from proxy.site.frames import (
-    SNAPSHOT_SOURCES,
-    Snapshot,
+    Frame,
     aggregate,
     gateway_detail,
     gateway_row,
-    read_one,
+    has_data,
+    read_frame,
+    read_frames,
     read_sites,
-    snapshot,
 )
 from proxy.site.site import State
 
 # ---- routes --------------------------------------------------------------------------
 
-def _snapshots(app: App) -> list[Snapshot]:
-    readings = read_sites(app.sites, SNAPSHOT_SOURCES)
-    snaps = [snapshot(site, readings[site.id]) for site in app.sites]
-    if all(s.power is None and s.percent is None and s.grid_status is None for s in snaps):
+def _frames(app: App) -> list[Frame]:
+    frames = read_frames(app.sites)
+    if not has_data(frames):
         raise GatewayUnavailable("no gateway has data")
-    return snaps
+    return frames
 
 
 def _answer(body: Any) -> Response:
@@ -42,12 +41,12 @@ def _answer(body: Any) -> Response:
 
 
 def get_aggregate(app: App, call: Call) -> Response:
-    return _answer(aggregate(_snapshots(app), time.time()))
+    return _answer(aggregate(_frames(app), time.time()))
 
 
 def _part(keys: Sequence[str], section: str) -> Callable[[App, Call], Response]:
     def handler(app: App, call: Call) -> Response:
-        body = aggregate(_snapshots(app), time.time())
+        body = aggregate(_frames(app), time.time())
         picked = {k: body[k] for k in keys}
         picked["missing"] = body["missing"][section] if section else body["missing"]
         return _answer({**picked, "num_gateways": body["num_gateways"], "timestamp": body["timestamp"]})
@@ -62,7 +61,7 @@ get_aggregate_battery = _part(("total_battery_percent", "total_battery_capacity"
 
 
 def get_aggregate_status(app: App, call: Call) -> Response:
-    body = aggregate(_snapshots(app), time.time())
+    body = aggregate(_frames(app), time.time())
     keys = ("grid_status", "num_gateways", "num_online", "num_degraded", "stale", "timestamp")
     gateways = {gid: {"status": g["status"], "online": g["online"], "grid_status": g["grid_status"],
                       "error": g["error"]} for gid, g in body["gateways"].items()}
@@ -92,9 +91,7 @@ def get_gateway(app: App, call: Call) -> Response:
     site = app.sites.get(gateway_id)
     if site is None:
         raise HTTPError(404, "Gateway not found")
-    site.gateway.prefetch(SNAPSHOT_SOURCES)
-    snap = snapshot(site, [read_one(site, s) for s in SNAPSHOT_SOURCES])
-    body = gateway_detail(site, snap, site is app.sites.default())
+    body = gateway_detail(site, read_frame(site), site is app.sites.default())
     return _answer(body)
 
 

@@ -11,7 +11,7 @@ values with `online: false`, never zeros.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 
 from proxy.api.apidoc import Answer, Doc, Param, ref
 from proxy.api.app import CORS, App, Call, Route
@@ -20,7 +20,7 @@ from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Response
 from proxy.site import frames as fleet
 from proxy.site.hub import AGGREGATE, Hub, Topic, Update, gateway_topic
-from proxy.site.site import Reading, Site, Sites, State
+from proxy.site.site import Site, Sites
 
 GATEWAY_NOT_FOUND = Push(b'{"error": "Gateway not found"}')
 SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
@@ -30,37 +30,18 @@ WS_PREFIX = "/ws/gateway/"
 
 # ---- feeds: what a topic reads once per window --------------------------------------------
 
-def _mark(reading: Reading | None) -> Hashable:
-    """What identifies a reading's data: its time for data, its state otherwise."""
-    if reading is None:
-        return None
-    if reading.state is State.DATA:
-        return (reading.at, reading.stale)
-    return str(reading.state.value)
-
-
-def _news(site: Site, snap: fleet.Snapshot, readings: Sequence[Reading | None]) -> Hashable:
-    return (site.id, snap.status, snap.error, tuple(_mark(r) for r in readings))
-
-
 def aggregate_feed(sites: Sites) -> Callable[[], Update]:
     def read() -> Update:
         # Side by side: shared library fetches coalesce in proxy.gateway.library.
-        readings = fleet.read_sites(sites, fleet.SNAPSHOT_SOURCES)
-        snaps = [fleet.snapshot(site, readings[site.id]) for site in sites]
-        news = tuple(_news(site, snap, readings[site.id]) for site, snap in zip(sites, snaps, strict=True))
-        return Update(fleet.aggregate(snaps, time.time()), news)
+        frames = fleet.read_frames(sites)
+        return Update(fleet.aggregate(frames, time.time()), tuple(f.news() for f in frames))
     return read
 
 
 def gateway_feed(site: Site, default: bool) -> Callable[[], Update]:
-    one = Sites([site])
-
     def read() -> Update:
-        readings = fleet.read_sites(one, fleet.SNAPSHOT_SOURCES)[site.id]
-        snap = fleet.snapshot(site, readings)
-        body = fleet.gateway_detail(site, snap, default)
-        return Update(body, _news(site, snap, readings))
+        frame = fleet.read_frame(site)
+        return Update(fleet.gateway_detail(site, frame, default), frame.news())
     return read
 
 

@@ -1,7 +1,7 @@
 """GET /metrics: every measurement and the proxy's own counters for Prometheus.
 
 The families are built per scrape from the table of measurements
-(`proxy.points.POINTS`), each sample with a `gateway` label, and encoded by
+(`proxy.site.points.POINTS`), each sample with a `gateway` label, and encoded by
 the `prometheus_client` library in the format the scraper asks for (the text
 format, or OpenMetrics). Units are in the names and in base units: watts,
 ratio (a percentage / 100), joules (Wh x 3600), seconds (h x 3600), celsius.
@@ -22,7 +22,8 @@ from proxy.api.apidoc import Answer, Doc
 from proxy.api.app import App, Call, Route
 from proxy.api.status import library_version
 from proxy.httpd.types import Response
-from proxy.site.points import POINTS, Frame, Kind, Point, read_frames, values
+from proxy.site.frames import Frame, read_frames
+from proxy.site.points import POINT_SOURCES, POINTS, Kind, Point, values
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -178,7 +179,7 @@ class Scrape:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        frames = [frame for frame, _ in read_frames(self.app.sites)]
+        frames = read_frames(self.app.sites, POINT_SOURCES)
         for point in POINTS:
             yield point_family(point, frames)
         yield from proxy_families(self.app, frames)

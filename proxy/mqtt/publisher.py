@@ -41,8 +41,8 @@ from proxy import __version__
 from proxy.api.control import COMMANDS, Command, run_command
 from proxy.config import Config, Secret
 from proxy.errors import ProxyError
-from proxy.site.frames import Snapshot, aggregate
-from proxy.site.points import AGGREGATE_POINTS, MODES, POINTS, Frame, Kind, Point, read_frames, slug, values
+from proxy.site.frames import Frame, aggregate, read_frames
+from proxy.site.points import AGGREGATE_POINTS, MODES, POINT_SOURCES, POINTS, Kind, Point, slug, values
 from proxy.site.site import Site, Sites
 
 log = logging.getLogger("proxy.mqtt")
@@ -227,7 +227,7 @@ def gateway_messages(settings: Settings, frame: Frame, firmware: str | None, int
     `control`. A point without a value gets no new entity; one announced before gets "None"
     (Home Assistant's unknown), never a 0."""
     known = set(announced)
-    device = device_block(settings, frame.id, frame.name, firmware)
+    device = device_block(settings, frame.id, frame.label, firmware)
     proxy_only = [settings.status_topic]
     both = [settings.status_topic, gateway_status_topic(settings, frame.id)]
     expire = expire_after(interval)
@@ -520,9 +520,8 @@ class Publisher:
         if not due:
             return
         published = False
-        snapshots: list[Snapshot] = []
-        for site, (frame, snapshot) in zip(self.sites, read_frames(self.sites), strict=True):
-            snapshots.append(snapshot)
+        frames = read_frames(self.sites, POINT_SOURCES)
+        for site, frame in zip(self.sites, frames, strict=True):
             if site.id not in due:
                 continue
             self._windows[site.id] = site.window()
@@ -541,7 +540,7 @@ class Publisher:
             published = True
         if published and len(self.sites) > 1:
             slowest = max(_period(site) for site in self.sites)
-            configs, states = aggregate_messages(self.settings, aggregate(snapshots, time.time()),
+            configs, states = aggregate_messages(self.settings, aggregate(frames, time.time()),
                                                  slowest)
             self._announce(configs)
             self._send(states)

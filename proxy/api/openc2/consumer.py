@@ -26,25 +26,16 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from proxy import payloads
 from proxy.api import control
 from proxy.api.app import App, Call, Route, json_response
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
-from proxy.gateway import user_number
-from proxy.gateway.sources import (
-    AGGREGATES,
-    GRID_STATUS_RAW,
-    LEVEL_SCALED,
-    PW_SOURCES,
-    RESERVE,
-    SYSTEM_STATUS,
-    TIME_REMAINING,
-    VERSION,
-    Source,
-    poll,
-)
+from proxy.gateway.sources import AGGREGATES, PW_SOURCES, SYSTEM_STATUS, Source, poll
 from proxy.httpd.types import Response
-from proxy.site.site import Site, State
+from proxy.payloads import number
+from proxy.site.frames import Frame, frame_of
+from proxy.site.points import POINTS, Point
+from proxy.site.points import Kind as PointKind
+from proxy.site.site import Reading, Site, State
 
 log = logging.getLogger("proxy.openc2")
 
@@ -138,31 +129,25 @@ class CommandLimit:
 
 
 # ---- the x-esm properties: one row each, values from window-cached sources -----------
+# The measurements are the rows of the one table (`proxy.site.points.POINTS`) that say how
+# OpenC2 offers them; the rest (site settings, counts, times) are the profile's own.
 
-Values = Sequence[Any]
 SITE_INFO = poll("/api/site_info")
-MODE = PW_SOURCES["get_mode"]
 UPTIME = PW_SOURCES["uptime"]
 DIN = PW_SOURCES["din"]
+Extract = Callable[[Frame], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Prop:
-    """One readable property: its sources and a pure function of their values."""
+    """One readable property: its sources and a pure function of the frame read from them."""
 
     name: str
     kind: str  # "number", "integer" or "string" (null when the gateway did not give it)
     sources: tuple[Source, ...]
-    extract: Callable[[Values, Site], Any]
+    extract: Extract
     seed: str = ""  # the 2018 connector's name for it, if it had one
     seed_answer: str = ""  # the key that connector answered it under, where that differed
-
-
-def number(value: Any) -> float | int | None:
-    """A finite JSON number, else None (I-JSON has no NaN or infinity)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def text(value: Any) -> str | None:
@@ -183,17 +168,6 @@ def site_info_value(info: Any, key: str) -> Any:
     return section(info, key)
 
 
-def power(name: str) -> Callable[[Values, Site], Any]:
-    """grid/home/solar/battery after PW_NEG_SOLAR and PW_SITE_ZERO_THRESHOLD, as /aggregates."""
-    def extract(values: Values, site: Site) -> Any:
-        if not isinstance(values[0], dict):
-            return None
-        shaped = payloads.power_values(values[0], neg_solar=site.shaping.neg_solar,
-                                       zero_threshold=site.shaping.zero_threshold)
-        return number(shaped[name])
-    return extract
-
-
 def go_duration_seconds(value: Any) -> float | None:
     """The gateway's uptime ("61h18m9.51s", Go's duration text) in seconds."""
     if not isinstance(value, str) or not value:
@@ -207,35 +181,37 @@ def go_duration_seconds(value: Any) -> float | None:
         return None
 
 
-def device_count(values: Values, site: Site) -> int | None:
-    blocks = section(values[0], "battery_blocks")
+def device_count(frame: Frame) -> int | None:
+    blocks = section(frame.get(SYSTEM_STATUS), "battery_blocks")
     return len(blocks) if isinstance(blocks, list) else None
 
 
-def _first(convert: Callable[[Any], Any], *path: str) -> Callable[[Values, Site], Any]:
-    return lambda values, site: convert(section(values[0], *path) if path else values[0])
+def _first(source: Source, convert: Callable[[Any], Any], *path: str) -> Extract:
+    return lambda frame: convert(section(frame.get(source), *path))
 
 
-def _site_info(key: str, convert: Callable[[Any], Any]) -> Callable[[Values, Site], Any]:
-    return lambda values, site: convert(site_info_value(values[0], key))
+def _site_info(key: str, convert: Callable[[Any], Any]) -> Extract:
+    return lambda frame: convert(site_info_value(frame.get(SITE_INFO), key))
+
+
+_KINDS = {PointKind.GAUGE: "number", PointKind.TOTAL: "number", PointKind.STATE: "string",
+          PointKind.TEXT: "string"}
+
+
+def measured(point: Point) -> Prop:
+    """A row of the measurement table as OpenC2 offers it."""
+    offer = point.openc2
+    assert offer is not None
+    return Prop(offer.name, _KINDS[point.kind], offer.sources or point.sources,
+                offer.read or point.read, seed=offer.seed)
 
 
 PROPERTIES: tuple[Prop, ...] = (
-    Prop("battery_percentage", "number", (LEVEL_SCALED,), _first(number), seed="battery_percentage"),
-    Prop("site_power", "number", (AGGREGATES,), _first(number, "site", "instant_power")),
-    Prop("solar_power", "number", (AGGREGATES,), power("solar")),
-    Prop("battery_power", "number", (AGGREGATES,), power("battery")),
-    Prop("load_power", "number", (AGGREGATES,), power("home")),
-    Prop("grid_power", "number", (AGGREGATES,), power("grid")),
-    Prop("grid_status", "string", (GRID_STATUS_RAW,), _first(text, "grid_status")),
-    Prop("backup_reserve_percent", "number", (RESERVE,),
-         lambda values, site: None if number(values[0]) is None else user_number(values[0])),
-    Prop("operation_mode", "string", (MODE,), _first(text)),
-    Prop("time_remaining_hours", "number", (TIME_REMAINING,), _first(number)),
+    *(measured(p) for p in POINTS if p.openc2 is not None),
     Prop("nominal_system_energy_kwh", "number", (SITE_INFO,),
-         _first(number, "nominal_system_energy_kWh"), seed="nominal_system_energy_kwh"),
-    Prop("site_name", "string", (SITE_INFO,), _first(text, "site_name"), seed="site_name"),
-    Prop("timezone", "string", (SITE_INFO,), _first(text, "timezone"), seed="timezone",
+         _first(SITE_INFO, number, "nominal_system_energy_kWh"), seed="nominal_system_energy_kwh"),
+    Prop("site_name", "string", (SITE_INFO,), _first(SITE_INFO, text, "site_name"), seed="site_name"),
+    Prop("timezone", "string", (SITE_INFO,), _first(SITE_INFO, text, "timezone"), seed="timezone",
          seed_answer="time_zone"),
     Prop("grid_code", "string", (SITE_INFO,), _site_info("grid_code", text), seed="grid_code"),
     Prop("grid_voltage_setting", "number", (SITE_INFO,), _site_info("grid_voltage_setting", number),
@@ -243,13 +219,12 @@ PROPERTIES: tuple[Prop, ...] = (
     Prop("grid_freq_setting", "number", (SITE_INFO,), _site_info("grid_freq_setting", number),
          seed="grid_freq_setting", seed_answer="grid_frequency_setting"),
     Prop("country", "string", (SITE_INFO,), _site_info("country", text), seed="country"),
-    Prop("firmware_version", "string", (VERSION,), _first(text)),
     Prop("device_count", "integer", (SYSTEM_STATUS,), device_count, seed="device_count"),
-    Prop("uptime", "number", (UPTIME,), _first(go_duration_seconds), seed="uptime"),
+    Prop("uptime", "number", (UPTIME,), _first(UPTIME, go_duration_seconds), seed="uptime"),
     Prop("site_instant_apparent_power", "number", (AGGREGATES,),
-         _first(number, "site", "instant_apparent_power"), seed="instant_apparent_power"),
+         _first(AGGREGATES, number, "site", "instant_apparent_power"), seed="instant_apparent_power"),
     Prop("site_last_communication_time", "string", (AGGREGATES,),
-         _first(text, "site", "last_communication_time"), seed="last_communication_time"),
+         _first(AGGREGATES, text, "site", "last_communication_time"), seed="last_communication_time"),
 )
 
 
@@ -276,22 +251,20 @@ def read_properties(site: Site, props: Sequence[Prop]) -> tuple[dict[str, Any], 
     sources = list({s.key: s for p in props for s in p.sources}.values())
     if len(sources) > 1:
         site.gateway.prefetch(sources)
-    values: dict[str, Any] = {}
-    times: list[float] = []
-    stale = False
+    readings: list[Reading | None] = []
     for source in sources:
         try:
             reading = site.read(source)
         except NotSupported:  # this gateway's mode has no such value: null
+            readings.append(None)
             continue
         if reading.state is State.UNAVAILABLE:
             raise reading.error or GatewayUnavailable("gateway unavailable")
-        values[source.key] = reading.value
-        stale = stale or reading.stale
-        if reading.at is not None:
-            times.append(reading.at)
-    out = {p.name: p.extract([values.get(s.key) for s in p.sources], site) for p in props}
-    return out, _age_headers(site, times, stale)
+        readings.append(reading)
+    frame = frame_of(site, sources, readings)
+    out = {p.name: p.extract(frame) for p in props}
+    times = [r.at for r in readings if r is not None and r.at is not None]
+    return out, _age_headers(site, times, any(r is not None and r.stale for r in readings))
 
 
 def _age_headers(site: Site, times: list[float], stale: bool) -> list[tuple[str, str]]:
