@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.api.app import App
+from proxy.api.live import Topics, build_topics
 from proxy.api.passthrough import Passthrough
 from proxy.api.web import WebFiles, style_tags
 from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
@@ -54,6 +55,7 @@ class Running:
     app: App
     server: Any
     hub: Hub
+    topics: Topics
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     mqtt: Any = None  # proxy.mqtt.Publisher when PW_MQTT_HOST is set
@@ -82,6 +84,7 @@ class Running:
         if self.mqtt is not None:
             self.mqtt.stop()  # first: "offline" goes out while the broker connection is up
         self.server.stop()  # ends every stream cleanly first
+        self.topics.stop()
         self.hub.stop()
         self.gateways.stop()
         for simulator in self.simulators:
@@ -228,7 +231,6 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     """
-    from proxy.api.live import build_hub
     from proxy.api.openc2 import consumer as openc2
     from proxy.api.reference import ROUTES
     from proxy.httpd.server import HTTPServer
@@ -257,16 +259,17 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     mqtt = _mqtt(config, sites)
     reports = {"mqtt": mqtt.status} if mqtt is not None else {}
     routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()))
-    hub = build_hub(sites)
+    hub = Hub(sites)
+    topics = build_topics(hub, sites)
     app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes,
-              reports=reports, hub=hub)
+              reports=reports, topics=topics)
     if max_connections is None:
         max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
     server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
                         access_log=config.debug, workers=workers, max_connections=max_connections,
                         max_streams=config.max_streams)
     app.server_stats = server.stats
-    running = Running(config, gateways, app, server, hub, simulators, tmp, mqtt=mqtt)
+    running = Running(config, gateways, app, server, hub, topics, simulators, tmp, mqtt=mqtt)
     server.start()
     gateways.start()
     if mqtt is not None:

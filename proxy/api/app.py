@@ -24,7 +24,6 @@ from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.httpd.types import Request, Response
-from proxy.site.hub import Hub
 from proxy.site.site import Rendered, Site, Sites
 from proxy.stats import Stats, Tally
 
@@ -119,7 +118,7 @@ class App:
 
     def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
                  routes: Iterable[Route], stats: Stats | None = None,
-                 reports: dict[str, Report] | None = None, hub: Hub | None = None) -> None:
+                 reports: dict[str, Report] | None = None, topics: Any = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
@@ -132,7 +131,7 @@ class App:
         # Other parts' own status (e.g. "mqtt"), shown in /stats and /metrics.
         self.reports: dict[str, Report] = dict(reports or {})
         self.routes = tuple(routes)  # in table order, for /openapi.json
-        self.hub = hub  # live push topics; None: no streams (their routes answer 404)
+        self.topics = topics  # live push topics (proxy.api.live.Topics); None: no streams (404)
         self.router = Router.build(self.routes)
         self.started = time.time()
         self.server_stats: Callable[[], dict[str, int]] = dict

@@ -140,8 +140,8 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_stats(app, s) for s in app.sites}
     body["server"] = app.server_stats()
-    if app.hub is not None:
-        body["streams"] = app.hub.stats()
+    if app.topics is not None:
+        body["streams"] = app.topics.stats()
     if not call.mount:
         for name, report in app.reports.items():
             body[name] = report()
