@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from proxy.api.control import FORGET_AFTER, FREE_BAD_TOKENS, PENALTY_CAP, TokenThrottle, same_secret
 from proxy.api.forwarded import client_address
+from proxy.api.tokens import FORGET_AFTER, FREE_BAD_TOKENS, PENALTY_CAP, TokenThrottle, same_secret
 from proxy.config import ConfigError, load_config
 from proxy.main import main
 from tests.conftest import Factory, ProxyHandle, Reply

@@ -21,7 +21,6 @@ import openc2
 import pytest
 from stix2 import properties as stix_properties
 
-from proxy.api.control import FREE_BAD_TOKENS
 from proxy.api.openc2.consumer import (
     COMMAND_TYPE,
     ENVELOPE_TYPE,
@@ -32,6 +31,7 @@ from proxy.api.openc2.consumer import (
     go_duration_seconds,
     outcome_of,
 )
+from proxy.api.tokens import FREE_BAD_TOKENS
 from proxy.config import load_config
 from proxy.errors import GatewayUnavailable, HTTPError
 from proxy.main import start

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.api.metrics import UNITS, metric_name, point_family
 from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, RESERVE, SOE, SYSTEM_STATUS, TEMPS
-from proxy.mqtt.publisher import (
+from proxy.mqtt.discovery import (
     Settings,
     aggregate_messages,
     expire_after,
@@ -236,12 +236,14 @@ class _StuckBroker:
 def test_the_publisher_drops_rather_than_queues_without_end(tmp_path: Any) -> None:
     from proxy.config import GatewayConfig
     from proxy.gateway import Gateway
-    from proxy.mqtt.publisher import MAX_IN_FLIGHT, Message, Publisher
+    from proxy.mqtt.discovery import Message
+    from proxy.mqtt.publisher import MAX_IN_FLIGHT, Publisher
+    from proxy.site.hub import Hub
     from proxy.site.site import Site, Sites
 
     sites = Sites([Site(Gateway(GatewayConfig(host="127.0.0.1:9", cache_file=str(tmp_path / "c"))),
                         cache_ttl=0)])
-    publisher = Publisher(SETTINGS, sites, client_factory=_StuckBroker)
+    publisher = Publisher(SETTINGS, sites, Hub(sites), client_factory=_StuckBroker)
     publisher.start()
     try:
         client = _StuckBroker.made[-1]

@@ -23,10 +23,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from proxy.api.live import AGGREGATE, gateway_topic
 from proxy.httpd.server import HTTPServer
 from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Request, Response
-from proxy.api.live import AGGREGATE, gateway_topic
 from tests.conftest import Factory, ProxyHandle
 
 WAIT = 20.0  # the longest any test waits for something that should come within a window or two

@@ -19,11 +19,14 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
 from proxy.api.apidoc import Doc
 from proxy.api.passthrough import Passthrough
+from proxy.api.tokens import TokenThrottle
 from proxy.api.web import WebFiles
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.httpd.types import Request, Response
+from proxy.reports import Reports
+from proxy.site.actions import Writes
 from proxy.site.site import Rendered, Site, Sites
 from proxy.stats import Stats, Tally
 
@@ -64,7 +67,6 @@ class Call:
 
 Handler = Callable[["App", Call], "Rendered | Response"]
 ErrorRenderer = Callable[["App", ProxyError, Call], Response]
-Report = Callable[[], dict[str, Any]]  # a part of the proxy describing itself (/stats, /metrics)
 UNMATCHED = "unmatched"  # the route label of a request refused before routing (bad path)
 
 
@@ -118,7 +120,8 @@ class App:
 
     def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
                  routes: Iterable[Route], stats: Stats | None = None,
-                 reports: dict[str, Report] | None = None, topics: Any = None) -> None:
+                 reports: Reports | None = None, topics: Any = None,
+                 writes: Writes | None = None, throttle: TokenThrottle | None = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
@@ -128,14 +131,14 @@ class App:
         # For /metrics: answers by (route, status) and stale answers by gateway; never cleared.
         self.requests = Tally(limit=1024, overflow=("other", "other"))
         self.stale_answers = Tally(limit=64)
-        # Other parts' own status (e.g. "mqtt"), shown in /stats and /metrics.
-        self.reports: dict[str, Report] = dict(reports or {})
+        # Every part's own report (server, hub, streams, mqtt, ...): /stats, /health, /metrics.
+        self.reports = Reports() if reports is None else reports
         self.routes = tuple(routes)  # in table order, for /openapi.json
         self.topics = topics  # live push topics (proxy.api.live.Topics); None: no streams (404)
         self.router = Router.build(self.routes)
         self.started = time.time()
-        self.server_stats: Callable[[], dict[str, int]] = dict
-        self.control_guard: Any = None  # set by proxy.control (bad-token throttling)
+        self.writes = Writes() if writes is None else writes  # every control write, from every front door
+        self.throttle = TokenThrottle() if throttle is None else throttle  # wrong tokens, per client
 
     @property
     def gateway(self) -> Gateway:

@@ -23,6 +23,7 @@ from proxy.api.app import CORS, App, Call, Route
 from proxy.errors import HTTPError
 from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Response
+from proxy.reports import Reports
 from proxy.site import frames
 from proxy.site.hub import Hub, Refresh
 from proxy.site.site import Site, Sites
@@ -151,8 +152,10 @@ class Topic:
 class Topics:
     """Every topic by key: `AGGREGATE` and `gateway_topic(id)` per gateway; fixed once built."""
 
-    def __init__(self, topics: Iterable[Topic]) -> None:
+    def __init__(self, topics: Iterable[Topic], reports: Reports | None = None) -> None:
         self._topics = {t.key: t for t in topics}
+        if reports is not None:
+            reports.register("streams", self.stats)
 
     def topic(self, key: str) -> Topic | None:
         return self._topics.get(key)
@@ -189,13 +192,13 @@ def gateway_message(site: Site, default: bool) -> Message:
     return message
 
 
-def build_topics(hub: Hub, sites: Sites) -> Topics:
+def build_topics(hub: Hub, sites: Sites, reports: Reports | None = None) -> Topics:
     """A topic for the aggregate and one per gateway."""
     default = sites.default()
     topics = [Topic(AGGREGATE, hub, aggregate_message)]
     topics += [Topic(gateway_topic(site.id), hub, gateway_message(site, site is default))
                for site in sites]
-    return Topics(topics)
+    return Topics(topics, reports)
 
 
 # ---- routes ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from proxy import __version__
 from proxy.api.app import App, Call, json_response
 from proxy.gateway import Gateway, Kind
 from proxy.httpd.types import Response
+from proxy.reports import HEALTH, STATS
 from proxy.site.site import Site
 
 
@@ -139,12 +140,7 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
     body["gateway"] = _gateway_view(app, site)
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_stats(app, s) for s in app.sites}
-    body["server"] = app.server_stats()
-    if app.topics is not None:
-        body["streams"] = app.topics.stats()
-    if not call.mount:
-        for name, report in app.reports.items():
-            body[name] = report()
+    body.update(app.reports.collect(STATS))  # server, hub, streams, mqtt, ...: each part's own
     return body
 
 
@@ -182,6 +178,7 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
     body["gateway"] = _gateway_view(app, site)
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_health(s) for s in app.sites}
+    body.update(app.reports.collect(HEALTH))
     return body
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.gateway.sources import Source
+from proxy.reports import Reports
 from proxy.site.frames import CORE_SOURCES, Frame, read_frames, with_core
 from proxy.site.site import Site, Sites
 
@@ -71,16 +72,19 @@ class _Subscriber:
 class Hub:
     """Subscribers by registration; one refresher thread while there are any."""
 
-    def __init__(self, sites: Sites) -> None:
+    def __init__(self, sites: Sites, reports: Reports | None = None) -> None:
         self._sites = list(sites)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._subscribers: list[_Subscriber] = []
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._nudged = False  # something to do before the next window: don't sleep
         self._latest: dict[str, Frame] = {}  # owned by the refresher thread
         self._windows: dict[str, int] = {}  # gateway -> window last read (refresher thread)
         self.refreshes = 0  # reads made (each of the due gateways, at once)
+        if reports is not None:
+            reports.register("hub", self.stats)
 
     # --- subscribers ---
 
@@ -98,14 +102,25 @@ class Hub:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hub-refresher", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            self._nudge()
         return lambda: self._remove(subscriber)
 
     def _remove(self, subscriber: _Subscriber) -> None:
         with self._lock:
             if subscriber in self._subscribers:
                 self._subscribers.remove(subscriber)
-            self._wake.notify()  # the refresher ends without waiting for its next window
+            self._nudge()  # the refresher ends without waiting for its next window
+
+    def wake(self) -> None:
+        """Look again now rather than at the next window: a write moved a gateway's window on
+        (its cache was emptied), so its frame is read at once and everyone hears of it."""
+        with self._lock:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Under the lock: the refresher's next wait is skipped (or cut short)."""
+        self._nudged = True
+        self._wake.notify()
 
     def running(self) -> bool:
         return self._thread is not None
@@ -121,7 +136,7 @@ class Hub:
             self._stopped = True
             self._subscribers.clear()
             thread = self._thread
-            self._wake.notify()
+            self._nudge()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -131,8 +146,9 @@ class Hub:
         pause = 0.0
         while True:
             with self._lock:
-                if pause > 0:
+                if pause > 0 and not self._nudged:
                     self._wake.wait(pause)
+                self._nudged = False
                 subscribers = list(self._subscribers)
                 if not subscribers:
                     # Nobody follows: forget what was read, so a later subscriber is sent fresh

@@ -28,10 +28,13 @@ from typing import Any
 
 from proxy.api import control
 from proxy.api.app import App, Call, Route, json_response
+from proxy.api.tokens import same_secret
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway.sources import AGGREGATES, PW_SOURCES, SYSTEM_STATUS, Source, poll
 from proxy.httpd.types import Response
 from proxy.payloads import number
+from proxy.site import actions as control_actions
+from proxy.site.actions import Action, Origin, for_openc2
 from proxy.site.frames import Frame, frame_of
 from proxy.site.points import POINTS, Point
 from proxy.site.points import Kind as PointKind
@@ -276,46 +279,18 @@ def _age_headers(site: Site, times: list[float], stale: bool) -> list[tuple[str,
     return [("Age", str(int(age))), ("X-Cache", "STALE" if stale else "HIT")]
 
 
-# ---- the writable settings: extended targets, written by /control/*'s own writes -------
+# ---- the writable settings: the rows of the actions table that OpenC2 offers -------------
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One `set` target: the control write it runs, and the result it reports."""
-
-    target: str
-    write: Callable[[App, Call, str], dict[str, Any]]
+SETTINGS: tuple[Action[Any], ...] = tuple(a for a in control_actions.ACTIONS if a.openc2)
 
 
-def _set_reserve(app: App, call: Call, raw: str) -> dict[str, Any]:
-    level = control.level_value(raw)
-    control.write_reserve(app, call, level)
-    return {"backup_reserve_percent": level}
+def setting_target(action: Action[Any]) -> str:
+    return f"{NSID}:{action.openc2}"
 
 
-def _set_mode(app: App, call: Call, raw: str) -> dict[str, Any]:
-    mode = control.mode_value(raw)
-    control.write_mode(app, call, mode)
-    return {"operation_mode": mode.value}
-
-
-def _set_grid_charging(app: App, call: Call, raw: str) -> dict[str, Any]:
-    on = control.grid_charging_value(raw)
-    control.write_grid_charging(app, call, on)
-    return {"grid_charging": on}
-
-
-def _set_grid_export(app: App, call: Call, raw: str) -> dict[str, Any]:
-    rule = control.grid_export_value(raw)
-    control.write_grid_export(app, call, rule)
-    return {"grid_export": rule.value}
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting(f"{NSID}:backup_reserve", _set_reserve),
-    Setting(f"{NSID}:operation_mode", _set_mode),
-    Setting(f"{NSID}:grid_charging", _set_grid_charging),
-    Setting(f"{NSID}:grid_export", _set_grid_export),
-)
+def setting_for(target: str) -> Action[Any] | None:
+    prefix = NSID + ":"
+    return for_openc2(target[len(prefix):]) if target.startswith(prefix) else None
 
 
 def setting_text(value: Any) -> str:
@@ -496,11 +471,6 @@ def _din(site: Site) -> str | None:
     return value.lower() if isinstance(value, str) else None
 
 
-def on_site(app: App, call: Call, site: Site) -> Call:
-    """The call as if it came in under that gateway's mount (its writes, stats and logs)."""
-    return dataclasses.replace(call, site=site, mount="" if site is app.sites.default() else site.id)
-
-
 # ---- the commands ------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +501,7 @@ def query_features(ctx: Context) -> Outcome:
 def pairs(app: App) -> dict[str, list[str]]:
     supported = {"query": ["features", "properties"]}
     if app.config.control_secret:
-        supported["set"] = [s.target for s in SETTINGS]
+        supported["set"] = [setting_target(s) for s in SETTINGS]
     return supported
 
 
@@ -550,13 +520,15 @@ def query_properties(ctx: Context) -> Outcome:
     return Outcome(200, {NSID: values}, headers=tuple(headers))
 
 
-def set_setting(ctx: Context, setting: Setting) -> Outcome:
+def set_setting(ctx: Context, action: Action[Any]) -> Outcome:
     only_complete(ctx.command.args)
     if not ctx.app.config.control_secret or ctx.role is not Role.CONTROL:
         raise HTTPError(403, SET_DISABLED)
-    raw = setting_text(ctx.command.value)
-    result = setting.write(ctx.app, on_site(ctx.app, ctx.call, ctx.site), raw)
-    return Outcome(200, {NSID: result})
+    value = action.parse(setting_text(ctx.command.value))
+    app, site = ctx.app, ctx.site
+    control.write(app, site, action, value, Origin.OPENC2, control.client_of(app, ctx.call),
+                  name_gateway=site is not app.sites.default())
+    return Outcome(200, {NSID: {action.reports: action.shown(value)}})
 
 
 def execute(ctx: Context) -> Outcome:
@@ -564,7 +536,7 @@ def execute(ctx: Context) -> Outcome:
     command = ctx.command
     if command.action not in ("query", "set"):
         raise HTTPError(501, COMMAND_NOT_SUPPORTED)
-    setting = next((s for s in SETTINGS if s.target == command.target), None)
+    setting = setting_for(command.target)
     if command.action == "query" and command.target == "features":
         return query_features(ctx)  # no actuator needed: every Consumer answers it
     if not (command.action == "query" and command.target == "properties") and \
@@ -644,9 +616,9 @@ def authenticate(app: App, call: Call, flavor: Flavor) -> Role:
     if not token and flavor is Flavor.SEED:
         token = next((headers.get(h, "") for h in SEED_HEADERS if headers.get(h)), "")
     secret = app.config.control_secret.reveal()
-    if secret and control.same_secret(token, secret):
+    if secret and same_secret(token, secret):
         return Role.CONTROL
-    if control.same_secret(token, app.config.openc2_token.reveal()):
+    if same_secret(token, app.config.openc2_token.reveal()):
         return Role.QUERY
     raise control.refused_token(app, call, BAD_TOKEN)
 
@@ -805,7 +777,7 @@ def _set(setting: str, value: dict[str, Any]) -> dict[str, Any]:
 def _shapes() -> dict[str, Any]:
     from proxy.api.apidoc import LEVEL, MODE
 
-    settings = [s.target for s in SETTINGS]
+    settings = [setting_target(s) for s in SETTINGS]
     response: dict[str, Any] = {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "integer"}, "status_text": {"type": "string"}, "results": {}}}
     return {
