@@ -229,16 +229,17 @@ def _gateway_fds(config: Config) -> int:
 
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
           simulate: int = 0, max_connections: int | None = None,
-          server_options: Mapping[str, Any] | None = None) -> Running:
+          server_options: Mapping[str, Any] | None = None, openc2_budgets: Any = None) -> Running:
     """Build and start everything; the HTTP server answers before the gateways connect.
 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     `server_options` are further HTTPServer arguments (tests shorten its deadlines).
+    `openc2_budgets` (proxy.api.openc2.Budgets) replace OpenC2's per-minute budgets.
     """
-    from proxy.api.openc2 import consumer as openc2
-    from proxy.api.reference import ROUTES
+    from proxy.api.mounts import mounts
+    from proxy.api.openc2 import Budgets
 
     simulators: list[Any] = []
     tmp = None
@@ -261,7 +262,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
     app = App(config, sites, web=WebFiles(config), passthrough=passthrough,
-              routes=(*ROUTES, *openc2.routes(openc2.CommandLimit())), reports=reports,
+              mounts=mounts(openc2_budgets or Budgets(), reports), reports=reports,
               topics=topics, writes=writes, throttle=TokenThrottle(reports=reports))
     server = _server(config, app, max_connections, server_options)
     reports.register("server", server.stats)

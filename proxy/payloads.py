@@ -29,6 +29,7 @@ __all__ = [
     "pretty_json",
     "process_aggregates",
     "real",
+    "strict_json",
     "temps_pw",
     "version_body",
     "version_unknown",
@@ -444,6 +445,24 @@ def version_unknown() -> JsonDict:
 
 
 # --- serialisation -------------------------------------------------------------------------
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> JsonDict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated key")  # I-JSON (RFC 7493 2.3): member names are unique
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(body: bytes) -> Any:
+    """A request body as JSON, strictly: UTF-8, no repeated member names (refused rather than
+    guessed: {"value": 5, "value": 90}), no NaN or Infinity. ValueError (or UnicodeError,
+    RecursionError) otherwise."""
+    return json.loads(body.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_no_constant)
 
 
 def pretty_json(obj: Any) -> str:

@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.api.passthrough import TOO_MANY
-from proxy.api.reference import ALLOWLIST, ROUTES
+from proxy.api.reference import ALLOWLIST
 from proxy.config import load_config
 from proxy.main import start
 from tests.clients import fresh_address
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
+from tests.table import root_paths
 
 TOKEN = "s3cret-token"
 SETTINGS = settings(deadline=None, derandomize=True, database=None,
@@ -82,7 +83,7 @@ def no_proxy_errors(caplog: pytest.LogCaptureFixture) -> None:
 
 # ---- paths ------------------------------------------------------------------------------------
 
-KNOWN = sorted({r.path.rstrip("*") for r in ROUTES} | set(ALLOWLIST) | {
+KNOWN = sorted({path.rstrip("*") for path in root_paths()} | set(ALLOWLIST) | {
     "/", "/console", "/index.html", "/styles/black.css", "/flow.js", "/api/", "/pw/", "/control/",
     "/tedapi/", "/help", "/example.html"})
 PIECES = st.sampled_from([

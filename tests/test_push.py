@@ -364,7 +364,7 @@ def test_refresher_stops_when_the_last_listener_leaves(live: ProxyHandle) -> Non
     conn.close()
     wait_for(lambda: not live.running.topics.stats()["topics"][AGGREGATE]["refreshing"],
              "the refresher to stop")
-    assert live.running.server.stats()["streams"] == 0
+    wait_for(lambda: live.running.server.stats()["streams"] == 0, "the stream to end")
     # Nobody listens and nobody polls: the gateway hears nothing more from the proxy.
     quiet = live.sim.stats()["total"]
     reads = live.running.topics.stats()["topics"][AGGREGATE]["reads"]
@@ -590,7 +590,7 @@ def test_a_stalled_listener_is_dropped_and_the_others_get_everything() -> None:
             app.publish(Push(body, str(i)))
         thread.join(WAIT)
         assert received == [str(i) for i in range(3000)], "every push, in order, to the one reading"
-        assert server.stats()["dropped_streams"] == 1
+        wait_for(lambda: server.stats()["dropped_streams"] == 1, "the stalled listener to be dropped")
         assert len(app.sinks) == 1
         stalled.close()
         reader_conn.close()

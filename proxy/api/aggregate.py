@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.api.apidoc import UNAVAILABLE, Answer, Doc, Param, ref
-from proxy.api.app import App, Call, Route, json_response
-from proxy.errors import GatewayUnavailable, HTTPError
+from proxy.api.app import App, json_response
+from proxy.api.routing import Call, Route
+from proxy.errors import GatewayUnavailable
 from proxy.gateway.sources import ALERTS, STRINGS, VITALS, Source
 from proxy.httpd.types import Response
 from proxy.site.frames import (
@@ -87,10 +88,7 @@ def get_gateways(app: App, call: Call) -> Response:
 
 
 def get_gateway(app: App, call: Call) -> Response:
-    gateway_id = call.path[len("/api/gateways/"):]
-    site = app.sites.get(gateway_id)
-    if site is None:
-        raise HTTPError(404, "Gateway not found")
+    site = app.sites.find(call.path[len("/api/gateways/"):])  # 404 "Gateway not found"
     body = gateway_detail(site, read_frame(site), site is app.sites.default())
     return _answer(body)
 
@@ -99,14 +97,14 @@ def _root(path: str, handler: Callable[[App, Call], Response], summary: str, bod
           answers: tuple[Answer, ...] = (UNAVAILABLE,), wildcard: Param | None = None) -> Route:
     tag = "gateways" if path.startswith("/api/gateways") else "aggregate"
     doc = Doc(summary, ref(body), tag=tag, answers=answers, wildcard=wildcard)
-    return Route(path, handler, root_only=True, doc=doc)
+    return Route(path, handler, doc=doc)
 
 
 _NONE_HAS_DATA = (Answer(503, "No gateway has any data", retry_after=True),)
 _GATEWAY_ID = Param("id", "A gateway id (a-z 0-9 _ -, 1 to 32 characters)",
                     {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"})
 
-FLEET_ROUTES: tuple[Route, ...] = (
+ROUTES: tuple[Route, ...] = (
     _root("/api/gateways", get_gateways, "Every gateway: id, name, type, status, mode", "Gateways",
           answers=()),
     _root("/api/gateways/*", get_gateway, "One gateway: status, site, its numbers", "GatewayDetail",

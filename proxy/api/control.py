@@ -12,7 +12,6 @@ actions table (`proxy.site.actions`): this module only adapts a form to it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -39,13 +38,14 @@ from proxy.api.apidoc import (
 )
 from proxy.api.apidoc import LEVEL as LEVEL_SCHEMA
 from proxy.api.apidoc import MODE as MODE_SCHEMA
-from proxy.api.app import App, Call, Route, json_response
+from proxy.api.app import App, json_response
 from proxy.api.forwarded import client_address, throttle_key
+from proxy.api.routing import Call, Route
 from proxy.api.tokens import same_secret
 from proxy.errors import HTTPError, NotSupported, ProxyError, WriteFailed
 from proxy.gateway import user_number
 from proxy.httpd.types import Response
-from proxy.payloads import number
+from proxy.payloads import number, strict_json
 from proxy.site import actions
 from proxy.site.actions import (
     GRID_CHARGING,
@@ -111,24 +111,12 @@ def _form(body: bytes) -> dict[str, str]:
     return form
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("repeated key")  # {"value": 5, "value": 90}: refused, not guessed
-    return dict(pairs)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json(body: bytes) -> dict[str, str]:
     """{"value": 30, "token": "…"}: strings, integers and booleans, as the form would spell them."""
     if not body.strip():
         return {}
     try:
-        data = json.loads(body.decode("utf-8"), object_pairs_hook=_unique,
-                          parse_constant=_no_constant)
+        data = strict_json(body)
     except (UnicodeError, ValueError, RecursionError):
         raise HTTPError(400, "Control Command Error: body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -346,7 +334,7 @@ GRID_CHARGING_VALUE: Schema = {"anyOf": [{"type": "boolean"},
 GRID_EXPORT_VALUE: Schema = {"type": "string", "enum": [g.value for g in GridExport]}
 _SECONDS: Schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999999},
                               {"type": "string", "pattern": "^([0-9]{1,6}|cancel)$"}]}
-CONTROL_ROUTES: tuple[Route, ...] = (
+ROUTES: tuple[Route, ...] = (
     Route("/control/reserve", control_reserve, methods=_BOTH,
           doc=_doc("reserve", {"type": ["number", "null"]}, LEVEL_SCHEMA, "backup reserve (%)",
                    mode=MODE_SCHEMA)),

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.api.apidoc import Answer, Doc, Param, ref
-from proxy.api.app import CORS, App, Call, Route
-from proxy.errors import HTTPError
+from proxy.api.app import CORS, App
+from proxy.api.routing import Call, Route
+from proxy.errors import HTTPError, UnknownGateway
 from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Response
 from proxy.reports import Reports
@@ -227,20 +228,25 @@ def ws_aggregate(app: App, call: Call) -> Response:
     return Response(200, [], stream=Stream(WEBSOCKET, _subscriber(topic)))
 
 
+def _gateway(app: App, gateway_id: str) -> Topic:
+    """The topic of the gateway an outside id names (UnknownGateway: "Gateway not found")."""
+    topic = _topics(app).topic(gateway_topic(app.sites.find(gateway_id).id))
+    assert topic is not None  # one per gateway, built with the sites
+    return topic
+
+
 def ws_gateway(app: App, call: Call) -> Response:
-    topic = _topics(app).topic(gateway_topic(call.path[len(WS_PREFIX):]))
-    opener = _not_found if topic is None else _subscriber(topic)
+    try:
+        opener = _subscriber(_gateway(app, call.path[len(WS_PREFIX):]))
+    except UnknownGateway:
+        opener = _not_found  # the 101 goes out, then the error message and a normal close
     return Response(200, [], stream=Stream(WEBSOCKET, opener))
 
 
 def events(app: App, call: Call) -> Response:
     """`text/event-stream` of the aggregate, or of one gateway with `?gw=ID`."""
-    topics = _topics(app)
-    gateway_id = call.param("gw")
-    key = gateway_topic(gateway_id) if "gw" in call.query else AGGREGATE
-    topic = topics.topic(key)
-    if topic is None:
-        raise HTTPError(404, "Gateway not found")
+    topic = _gateway(app, call.param("gw")) if "gw" in call.query else _topics(app).topic(AGGREGATE)
+    assert topic is not None
     last = (call.request.headers.get("Last-Event-ID") or "").strip()
     return Response(200, list(SSE_HEADERS), stream=Stream(SSE, _subscriber(topic, last)))
 
@@ -266,17 +272,17 @@ _EVENTS_BODY = {"type": "string", "description": "text/event-stream: `retry: 300
                 "/api/aggregate object, or with ?gw the /api/gateways/{id} object); `: keep-alive` "
                 "comments after 15 s of silence. The stream does not end by itself."}
 
-LIVE_ROUTES: tuple[Route, ...] = (
-    Route("/ws/aggregate", ws_aggregate, root_only=True, doc=Doc(
+ROUTES: tuple[Route, ...] = (
+    Route("/ws/aggregate", ws_aggregate, doc=Doc(
         "Live push over WebSocket: the /api/aggregate object", ref("Aggregate"), tag="live",
         description=_WS_NOTE, answers=_WS_ANSWERS)),
-    Route(WS_PREFIX + "*", ws_gateway, root_only=True, doc=Doc(
+    Route(WS_PREFIX + "*", ws_gateway, doc=Doc(
         "Live push over WebSocket: one gateway's /api/gateways/{id} object", ref("GatewayDetail"),
         tag="live", answers=_WS_ANSWERS,
         description=_WS_NOTE + ' An unknown id gets the message {"error": "Gateway not found"} '
                                "and a normal close (1000).",
         wildcard=Param("id", "A gateway id", {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}))),
-    Route("/events", events, root_only=True, doc=Doc(
+    Route("/events", events, doc=Doc(
         "Live push as server-sent events: the aggregate, or one gateway with ?gw=ID", _EVENTS_BODY,
         media="text/event-stream", tag="live",
         description="A reconnecting client's Last-Event-ID gets the current snapshot at once "

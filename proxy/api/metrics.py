@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.api.apidoc import Answer, Doc
-from proxy.api.app import App, Call, Route
+from proxy.api.app import App
+from proxy.api.routing import Call, Route
 from proxy.api.status import library_version
 from proxy.httpd.types import Response
 from proxy.site.frames import Frame, read_frames
@@ -197,8 +198,8 @@ def get_metrics(app: App, call: Call) -> Response:
     return Response(200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body)
 
 
-METRICS_ROUTES: tuple[Route, ...] = (
-    Route("/metrics", get_metrics, root_only=True,
+ROUTES: tuple[Route, ...] = (
+    Route("/metrics", get_metrics,
           doc=Doc("Prometheus metrics: every measurement per gateway, and the proxy's own counters",
                   {"type": "string"}, "text/plain", tag="metrics",
                   description="The Prometheus text exposition format (0.0.4), or OpenMetrics when "

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, UnknownGateway
 from proxy.mqtt.discovery import (
     Message,
     Settings,
@@ -416,7 +416,10 @@ class Publisher:
     def _command(self, gateway: str, name: str, payload: str) -> None:
         topic = command_topic(self.settings, gateway, name)
         action = for_mqtt(name)
-        site = self.sites.get(gateway)
+        try:
+            site: Site | None = self.sites.find(gateway)
+        except UnknownGateway:
+            site = None
         if site is None or action is None:
             self._ignored(topic, "no such gateway or command")
             return
