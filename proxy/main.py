@@ -104,14 +104,16 @@ def _fleet_member(i: int, profile: str) -> dict[str, Any]:
             "site": i + 1}
 
 
-def _credentials(simulator: Any) -> tuple[Secret, Secret]:
-    """(password, gw_pwd) for a simulator: its profile says which of the two a client uses.
-
-    The gateway password means full TEDAPI mode (the default profile), the customer
-    password local mode.
-    """
+def _credentials(simulator: Any) -> dict[str, Any]:
+    """How to log in to a simulator: its profile says which of the two passwords a client
+    uses (the gateway password means full TEDAPI mode, the customer password local mode),
+    and a bearer-only gateway needs the bearer login with the V2026_06 queries."""
     given = simulator.credentials()
-    return Secret(given.get("password", "")), Secret(given.get("gw_pwd", ""))
+    found: dict[str, Any] = {"password": Secret(given.get("password", "")),
+                             "gw_pwd": Secret(given.get("gw_pwd", ""))}
+    if simulator.profile.bearer:
+        found.update(tedapi_auth_mode="bearer", tedapi_api_version="V2026_06")
+    return found
 
 
 def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]:
@@ -124,9 +126,8 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
     cache_file = os.path.join(tmp.name, ".powerwall")
     if count <= 1:
         simulator = Simulator(port=0, profile=profile).start()
-        password, gw_pwd = _credentials(simulator)
         config = dataclasses.replace(
-            config, host=simulator.host, gw_pwd=gw_pwd, password=password,
+            config, host=simulator.host, **_credentials(simulator),
             cache_file=cache_file, gateways=(), source="simulator",
         )
         return config, [simulator], tmp, DEFAULT_PASSWORD
@@ -134,10 +135,9 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
     for i in range(count):
         simulator = Simulator(port=0, seed=1000 + i, **_fleet_member(i, profile)).start()
         simulators.append(simulator)
-        password, gw_pwd = _credentials(simulator)
         gateways.append(GatewayConfig(
             id=f"sim{i + 1}", name=f"Simulated gateway {i + 1}", host=simulator.host,
-            password=password, gw_pwd=gw_pwd, timezone=config.timezone, cache_file=cache_file,
+            **_credentials(simulator), timezone=config.timezone, cache_file=cache_file,
             cache_expire=config.cache_expire, timeout=config.timeout, pool_maxsize=config.pool_maxsize,
         ))
     config = dataclasses.replace(config, gateways=tuple(gateways), source=f"{count} simulators",
@@ -399,6 +399,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
     _tame_malloc()
     raise_open_file_limit()  # before the server sizes its connection cap from it
     try:

@@ -10,6 +10,7 @@ once, so a stalled gateway can hold a few request threads but never all.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,9 @@ from typing import Any
 
 from proxy.config import GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
-from proxy.gateway import library
+from proxy.gateway import connection, library
 from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway.connection import Condition
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
 from proxy.gateway.sources import ANY, SITE_NAME, Source
@@ -30,8 +32,7 @@ from proxy.stats import Tally
 
 log = logging.getLogger("proxy.gateway")
 
-CONNECT_BACKOFF_START = 1.0
-CONNECT_BACKOFF_CAP = 60.0
+CONNECT_BACKOFF_START = 1.0  # then doubling, at most the gateway's probe_interval
 CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
 MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
@@ -51,6 +52,7 @@ class GatewayInfo:
     tedapi: bool = False
     pw3: bool = False
     tedapi_api_version: str = "V2024_06"
+    tedapi_auth_mode: str = "basic"
     siteid: Any = None
     counter: Any = None
     connect_attempts: int = 0
@@ -77,7 +79,10 @@ class Gateway:
         self.health = Health()
         self.endpoints = EndpointStats()
         self.lookups = Tally(limit=4)  # ("hit",): answered from this window's entry; ("miss",)
-        self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version)
+        self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version,
+                                tedapi_auth_mode=config.tedapi_auth_mode)
+        self.passwords = connection.passwords(config)  # which setting each password comes from
+        self.reconnects = connection.Reconnects()
         self.pw: Any = None
         self.control_pw: Any = None
         self.control_error: str | None = None
@@ -89,16 +94,22 @@ class Gateway:
         self._failed_window: int | None = None
         self._library_window: int | None = None
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
+        self._connect_problem: Condition | None = None  # why the last connect attempt failed
+        self._trouble: Condition | None = None  # connected, but the last call got no answer
+        self._busy = ""  # what the gateway said when it asked for calm
+        self._partial: str | None = None  # hybrid: customer password refused, TEDAPI serving
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(config.pool_maxsize, MAX_PARALLEL)),
                                         thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
         self._probe = threading.Lock()  # one call at a time while the gateway is failing
+        self._loop = threading.Thread(target=self._connect_loop, name=f"{config.id}-connect",
+                                      daemon=True)
 
     # ---- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background so the HTTP server can answer at once."""
-        threading.Thread(target=self._connect_loop, name=f"{self.id}-connect", daemon=True).start()
+        self._loop.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -111,51 +122,101 @@ class Gateway:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def check(self) -> Condition:
+        """One connect attempt now, in this thread (python3 -m proxy --check)."""
+        condition = self._try_connect()
+        if condition is not None:
+            self.info = replace(self.info, connect_error=condition.text())
+            return condition
+        return self.connection()
+
     def _connect_loop(self) -> None:
         delay = CONNECT_BACKOFF_START
+        cap = float(self.config.probe_interval)  # PW_TEDAPI_PROBE_INTERVAL: at least 5 s
         while not self._stop.is_set():
-            refused = self._try_connect()
-            if refused is None:
+            condition = self._try_connect()
+            if condition is None:
                 return
-            if refused:
-                wait = self.auth.trip(self.info.connect_error or "login refused")
-            else:
-                wait, delay = delay, min(delay * 2, CONNECT_BACKOFF_CAP)
-                log.warning("%s: not connected (%s); retrying in %.0f s", self.name,
-                            self.info.connect_error, wait)
+            wait = self._connect_failed(condition, min(delay, cap))
+            delay = min(delay * 2, cap)
             self._stop.wait(wait)
 
-    def _try_connect(self) -> bool | None:
-        """None when connected; else whether the gateway refused our login."""
+    def _connect_failed(self, condition: Condition, delay: float) -> float:
+        """Record and log a failed connect; the seconds to wait before the next attempt."""
+        text = condition.text()
+        repeated = text == self.info.connect_error
+        self.info = replace(self.info, connect_error=text)
+        with self._lock:
+            self._connect_problem = condition
+        if condition.state == connection.COOLING_DOWN:
+            wait = self.refused(text, condition.retry_after)  # logs, counts a failure
+        else:
+            self.health.failure(text)
+            if condition.state == connection.REFUSED:
+                wait = self.auth.trip(text)  # one log line per backoff step
+            else:
+                wait = delay
+                # Said at once, then again when it changes (and now and then while it lasts).
+                level = logging.DEBUG if repeated and self.reconnects.failures() % 10 else logging.WARNING
+                log.log(level, "%s: %s; next attempt in %.0f s", self.name, text, wait)
+        self.reconnects.failed(wait)
+        return wait
+
+    def _try_connect(self) -> Condition | None:
+        """One connect attempt that proves the login too (the site name needs it); None: through."""
+        self.reconnects.attempt()
         self.info = replace(self.info, connect_attempts=self.info.connect_attempts + 1)
-        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
-        error = None
-        with watching(traffic):
-            try:
-                if self.pw is None:
-                    self.pw = self._factory(**self.client_kwargs())
-                else:
-                    self.pw.connect()
-                # pypowerwall keeps a half-made client when a login fails, so ask
-                # the gateway itself whether we are really through.
-                if not (library.has_client(self.pw) and _answers(self.pw)):
-                    error = "the gateway did not answer"
-            except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
-                error = f"{type(exc).__name__}: {exc}"
-        refused = _login_refused(traffic.exchanges)
-        if refused is not None:
-            error = refused
-        if error is not None:
-            self.info = replace(self.info, connect_error=error)
-            return refused is not None
+        condition = self._attempt(self.client_kwargs())
+        if condition is not None and self._tedapi_may_serve(condition):
+            # Hybrid: the customer password is refused, the gateway password may still work.
+            self.pw = None
+            fallback = self._attempt(self.client_kwargs() | {"password": ""})
+            if fallback is not None:
+                self.pw = None  # next time, try the customer password again
+                return condition
+            with self._lock:
+                self._partial = (f"{condition.message}; serving TEDAPI data with "
+                                 f"{self.passwords.named('gateway')} meanwhile")
+            condition = None
+        if condition is not None:
+            return condition
         self.auth.reset()
+        self.reconnects.succeeded()
         self._describe()
         self._init_control()
         self._connected.set()
-        entry = self.read(SITE_NAME)  # best effort: its failure is not news
+        entry = self.read(SITE_NAME)  # through the window cache, as every reader will
         self.site_name = entry.verdict.value if entry.kind is Kind.DATA else None
         log.info("%s: connected, mode %s", self.name, self.info.mode)
+        if self._partial:
+            log.warning("%s: refused: %s", self.name, self._partial)
         return None
+
+    def _attempt(self, kwargs: dict[str, Any]) -> Condition | None:
+        """Connect (or reconnect) the client and ask for the site name; None: through."""
+        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
+        value: Any = None
+        raised: BaseException | None = None
+        with watching(traffic):
+            try:
+                if self.pw is None:
+                    self.pw = self._factory(**kwargs)
+                else:
+                    self.pw.connect()
+                # pypowerwall keeps a half-made client when a login fails and logs in
+                # lazily: only a call that needs the login shows whether we are through.
+                if library.has_client(self.pw):
+                    value = SITE_NAME.fetch(self.pw)
+            except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
+                raised = exc
+        verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, SITE_NAME.contract)
+        return connection.after_connect(verdict, traffic.exchanges, self.passwords,
+                                        self.config.host, raised, library.has_client(self.pw))
+
+    def _tedapi_may_serve(self, condition: Condition) -> bool:
+        c = self.config
+        return (condition.refused == "customer" and bool(c.password) and bool(c.gw_pwd)
+                and not c.rsa_key_path and not (c.cloud_mode or c.fleetapi))
 
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
@@ -183,6 +244,7 @@ class Gateway:
             "rsa_key_path": c.rsa_key_path or None,
             "wifi_host": c.wifi_host or None,
             "tedapi_api_version": c.tedapi_api_version,
+            "tedapi_auth_mode": c.tedapi_auth_mode,
             # A local gateway that is briefly down must not flip us into cloud mode.
             "failover": not c.host or cloud,
             **({"cloudmode": c.cloud_mode, "fleetapi": c.fleetapi} if cloud else {}),
@@ -192,6 +254,7 @@ class Gateway:
         d = library.describe(self.pw)
         self.info = replace(self.info, connected=True, cloudmode=d.cloudmode, fleetapi=d.fleetapi,
                             tedapi_mode=d.tedapi_mode, tedapi=d.tedapi, pw3=d.pw3, siteid=d.siteid,
+                            tedapi_auth_mode=d.tedapi_auth_mode or self.config.tedapi_auth_mode,
                             counter=d.counter, connect_error=None)
         self.info = replace(self.info, mode=self._mode_label())
 
@@ -217,6 +280,9 @@ class Gateway:
     def _init_control(self) -> None:
         """Pick the control backend the way the reference does, plus local /api/operation writes."""
         if not self.control_enabled:
+            return
+        if self._partial:
+            self.control_error = f"refused: {self._partial}"
             return
         info, c = self.info, self.config
         try:
@@ -250,7 +316,7 @@ class Gateway:
     def read(self, source: Source, wait: float | None = None) -> Entry:
         """The window-cached verdict on one source; waits at most PW_TIMEOUT + 1 s (or `wait`)."""
         if not self._connected.is_set() or self.pw is None:
-            return self._unready(source.key, Verdict(Kind.STARTING, reason="connecting to the gateway"))
+            return self._unready(source.key, self._not_connected())
         entry = self.cache.fresh(source.key)
         if entry is not None:
             self.lookups.add(HIT)
@@ -301,9 +367,14 @@ class Gateway:
         # finds out, and the others fail fast behind it instead of each waiting out
         # another timeout against a dead gateway.
         if not self._probe.acquire(timeout=float(self.config.timeout)):
+            self.auth.release()  # an admitted login attempt that never went out
             return Verdict(Kind.NO_ANSWER, reason=self.health.snapshot().last_error or "gateway unavailable")
         try:
-            return self._blocked(self.cache.window()) or self._call(source, pw)
+            held = self._held(self.cache.window())  # the login gate already let this call by
+            if held is not None:
+                self.auth.release()
+                return held
+            return self._call(source, pw)
         finally:
             self._probe.release()
 
@@ -326,24 +397,30 @@ class Gateway:
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
         if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
+            self.auth.release()
             return verdict  # from the library's cache of this window: no news about the gateway
+        verdict = connection.explain(verdict, traffic.exchanges, self.passwords, self.config.host)
         return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
     def _blocked(self, window: int) -> Verdict | None:
         """A verdict without asking the gateway: it is cooling down, refusing us, or unreachable."""
+        held = self._held(window)
+        if held is not None:
+            return held
+        if not self.auth.admit():
+            return Verdict(Kind.AUTH, reason=self.connection().text(), retry_after=self.auth.remaining())
+        return None
+
+    def _held(self, window: int) -> Verdict | None:
         remaining = self.cooldown.remaining()
         if remaining > 0:
-            return Verdict(Kind.BUSY, reason="gateway cooling down after refusing requests",
-                           retry_after=remaining)
+            return Verdict(Kind.BUSY, reason=self.connection().text(), retry_after=remaining)
         with self._lock:
             failed = window != -1 and self._failed_window == window
         if failed:
             # It did not answer earlier in this window: do not queue every other
             # resource behind another full timeout.
             return Verdict(Kind.NO_ANSWER, reason=self.health.snapshot().last_error or "gateway unavailable")
-        if not self.auth.admit():
-            return Verdict(Kind.AUTH, reason="the gateway refused our login; waiting before trying again",
-                           retry_after=self.auth.remaining())
         return None
 
     def _account(self, key: str, verdict: Verdict, logged_in: bool = True) -> Verdict:
@@ -360,6 +437,7 @@ class Gateway:
                 self.auth.release()  # e.g. /api/status needs no login: it proves nothing
             with self._lock:
                 self._failed_window = None
+                self._trouble = None
         elif kind is Kind.BUSY:
             return replace(verdict, retry_after=self.refused(verdict.reason, verdict.retry_after))
         elif kind is Kind.AUTH:
@@ -371,8 +449,11 @@ class Gateway:
             self.auth.release()
             # Fail fast for the rest of the window in which the failure showed,
             # which is later than the one the call began in when it was slow to fail.
+            unreachable = verdict.reason.startswith(connection.UNREACHABLE + ": ")
             with self._lock:
                 self._failed_window = self.cache.window()
+                self._trouble = Condition(connection.UNREACHABLE,
+                                          verdict.reason.split(": ", 1)[1]) if unreachable else None
             log.debug("%s: %s", self.name, verdict.reason)
         else:
             self.auth.release()
@@ -440,7 +521,11 @@ class Gateway:
         extend the one cooldown every caller honours; returns its length in seconds."""
         seconds = self.cooldown.trip(retry_after)
         self.health.failure(reason)
-        log.warning("%s: %s; leaving it alone for %.0f s", self.name, reason, seconds)
+        with self._lock:
+            self._busy = reason.removeprefix(connection.COOLING_DOWN + ": ")
+        log.warning("%s: %s; leaving it alone for %.0f s", self.name,
+                    reason if reason.startswith(connection.COOLING_DOWN) else
+                    f"{connection.COOLING_DOWN}: {reason}", seconds)
         return seconds
 
     @contextmanager
@@ -466,9 +551,51 @@ class Gateway:
         """starting | ok | degraded."""
         if not self._connected.is_set():
             return "degraded" if self.auth.steps() else "starting"
-        if self.cooldown.remaining() > 0 or self.auth.steps() or self.health.snapshot().failing:
+        if (self.cooldown.remaining() > 0 or self.auth.steps() or self.health.snapshot().failing
+                or self._partial):
             return "degraded"
         return "ok"
+
+    def connection(self) -> Condition:
+        """How the connection stands, in the words of the log lines and the 503 bodies."""
+        remaining = self.cooldown.remaining()
+        with self._lock:
+            busy, problem, trouble, partial = (self._busy, self._connect_problem, self._trouble,
+                                               self._partial)
+        if remaining > 0:
+            return Condition(connection.COOLING_DOWN, f"{busy}; next request in {math.ceil(remaining)} s",
+                             retry_after=remaining)
+        if self.auth.steps():
+            refused = self.auth.reason().removeprefix(connection.REFUSED + ": ")
+            return Condition(connection.REFUSED,
+                             f"{refused}; next attempt in {math.ceil(self.auth.remaining())} s")
+        if not self._connected.is_set():
+            if problem is None:
+                return Condition(connection.STARTING,
+                                 f"connecting to the gateway at {self.config.host or 'the cloud'}")
+            wait = self.reconnects.next_in()
+            when = f"next attempt in {math.ceil(wait)} s" if wait > 0 else "trying again now"
+            return replace(problem, message=f"{problem.message}; {when}")
+        if partial:
+            return Condition(connection.REFUSED, partial)
+        return trouble or Condition(connection.OK)
+
+    def _not_connected(self) -> Verdict:
+        """What a reader gets before the first connection: the reason, never cached."""
+        condition = self.connection()
+        wait = max(2.0, self.reconnects.next_in(), self.auth.remaining(), self.cooldown.remaining())
+        return Verdict(Kind.STARTING, reason=condition.text(), retry_after=wait)
+
+    def transports(self) -> dict[str, Any]:
+        """/health transports: each TEDAPI transport's state and auth mode, and control's."""
+        healthy = self.connection().state == connection.OK
+        return library.transports(self.pw if self.connected else None, self.control_pw,
+                                  self.control_enabled, healthy)
+
+    def fallback_view(self) -> dict[str, Any]:
+        """The reference's fallback_mode block: the connect loop, while it has not connected."""
+        alive = None if self._connected.is_set() else self._loop.is_alive()
+        return self.reconnects.view(alive)
 
     def reset_health(self) -> int:
         """/health/reset: forget counters, cooldowns and last-good data; returns entries dropped."""
@@ -492,17 +619,10 @@ def error_for(verdict: Verdict, gateway: Gateway | None = None) -> GatewayUnavai
 
 def _error(verdict: Verdict) -> GatewayUnavailable | GatewayBusy:
     if verdict.kind is Kind.STARTING:
-        return GatewayStarting(verdict.reason, retry_after=2.0)
+        return GatewayStarting(verdict.reason, retry_after=verdict.retry_after or 2.0)
     if verdict.kind in (Kind.BUSY, Kind.AUTH):
         return GatewayBusy(verdict.reason, retry_after=verdict.retry_after or 5.0)
     return GatewayUnavailable(verdict.reason or "gateway unavailable")
-
-
-def _answers(pw: Any) -> bool:
-    try:
-        return bool(pw.is_connected())
-    except Exception:
-        return False
 
 
 def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
@@ -511,10 +631,3 @@ def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
     if not backoff_steps:
         return True
     return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
-
-
-def _login_refused(exchanges: list[Exchange]) -> str | None:
-    for x in exchanges:
-        if x.is_login and x.status in (401, 403):
-            return f"login refused with HTTP {x.status}"
-    return None

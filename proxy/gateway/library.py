@@ -14,7 +14,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from proxy.gateway.traffic import current
+from proxy.gateway.outcome import Exchange
+from proxy.gateway.traffic import Traffic, current
 
 CLOUD_AUTH_FILES = (".pypowerwall.auth", ".pypowerwall.fleetapi")
 _NATIVE = "_native_fail_until"  # TEDAPI mode's 5-minute backoff after a failed local-API energy fetch
@@ -40,6 +41,7 @@ class Description:
     pw3: bool = False
     siteid: Any = None
     counter: Any = None
+    tedapi_auth_mode: str = ""  # the live TEDAPI transport's: "basic" or "bearer"
 
 
 def describe(pw: Any) -> Description:
@@ -54,6 +56,7 @@ def describe(pw: Any) -> Description:
         pw3=bool(getattr(tedapi, "pw3", False)) if tedapi else False,
         siteid=getattr(client, "siteid", None) if cloudmode else None,
         counter=getattr(client, "counter", None) if cloudmode else None,
+        tedapi_auth_mode=str(getattr(tedapi, "auth_mode", "") or "") if tedapi else "",
     )
 
 
@@ -152,14 +155,17 @@ class _LoginOnce:
     Calls of several resources run side by side, so after a gateway restart each
     would log in on its own. The first call logs in; the others wait for it (no
     longer than their deadline) and retry on its session; a call that began before
-    the last login finished uses that login instead of making another.
+    the last login finished uses that login instead of making another. A login the
+    gateway refused is nobody's session: the calls that relied on it hear the refusal
+    (its exchanges join their own record) and stop, instead of asking again.
     """
 
     def __init__(self, login: Callable[[], Any]) -> None:
         self._login = login
         self._lock = threading.Lock()
         self._running: threading.Event | None = None
-        self._done_at = -1.0
+        self._done_at = -1.0  # when the last login that worked finished
+        self._refused: tuple[float, list[Exchange]] = (-1.0, [])  # the last refused one
 
     def __call__(self) -> None:
         traffic = current()
@@ -168,18 +174,42 @@ class _LoginOnce:
             if self._done_at > began:
                 return  # a login finished after this call began: its session serves
             running = self._running
-            if running is None:
+            lead = running is None and self._refused[0] <= began
+            if lead:
                 mine = self._running = threading.Event()
+        if lead:
+            self._lead(traffic, mine)
+            return
         if running is not None:
             running.wait(max(0.0, traffic.remaining()) if traffic is not None else 10.0)
-            return
+        self._follow(traffic, began)
+
+    def _lead(self, traffic: Traffic | None, mine: threading.Event) -> None:
+        seen = len(traffic.exchanges) if traffic is not None else 0
+        worked = False
         try:
             self._login()
+            worked = True
         finally:
+            shown = list(traffic.exchanges[seen:]) if traffic is not None else []
             with self._lock:
-                self._done_at = time.monotonic()
+                if worked:
+                    self._done_at = time.monotonic()
+                else:
+                    self._refused = (time.monotonic(), shown)
                 self._running = None
             mine.set()
+
+    def _follow(self, traffic: Traffic | None, began: float) -> None:
+        """After waiting on another call's login: retry on its session, or share its refusal."""
+        with self._lock:
+            refused_at, shown = self._refused
+            refused = refused_at > began and refused_at > self._done_at
+        if refused:
+            for exchange in shown:
+                if traffic is not None:
+                    traffic.record(exchange)
+            raise ConnectionError("the gateway refused the login this call waited for")
 
 
 def _guard_logins(pw: Any) -> None:
@@ -291,3 +321,55 @@ def native_backoff(pw: Any) -> float:
     """Until when pypowerwall skips the local API's energy counters (TEDAPI mode)."""
     until = [getattr(obj, _NATIVE, 0.0) for obj in _objects(pw)]
     return max((float(u) for u in until if isinstance(u, (int, float))), default=0.0)
+
+
+def transports(pw: Any, control_pw: Any, control_wanted: bool, healthy: bool) -> dict[str, Any]:
+    """/health `transports`, as the reference reports them: per TEDAPI transport its status,
+    host and auth mode (v1r: the LAN failover too), and the control transport."""
+    tedapi = getattr(pw, "tedapi", None) if pw is not None else None
+    out: dict[str, Any] = {}
+    if tedapi and getattr(tedapi, "v1r", False):
+        out["v1r_lan"] = _v1r_lan(tedapi, healthy)
+        out["wifi_tedapi"] = _v1r_wifi(tedapi)
+    elif tedapi:
+        out["wifi_tedapi"] = {"active": True, "status": _ok(bool(tedapi.din) and healthy),
+                              "host": getattr(tedapi, "gw_ip", None),
+                              "auth_mode": str(getattr(tedapi, "auth_mode", "basic"))}
+    if control_pw is not None:
+        if tedapi and getattr(tedapi, "v1r", False):
+            out["lan_control"] = {"active": True, "status": "ok", "mode": "v1r_filestore"}
+        else:
+            out["cloud_control"] = {"active": True, "status": "ok",
+                                    "mode": str(getattr(control_pw, "mode", "unknown"))}
+    elif control_wanted:
+        out["cloud_control"] = {"active": False, "status": "failed"}
+    return out
+
+
+def _ok(ok: bool) -> str:
+    return "ok" if ok else "unavailable"
+
+
+def _v1r_lan(tedapi: Any, healthy: bool) -> dict[str, Any]:
+    failed_over = bool(getattr(tedapi, "lan_failed", False))
+    lan: dict[str, Any] = {"active": True, "status": _ok(bool(tedapi.din) and not failed_over and healthy),
+                           "host": getattr(tedapi, "gw_ip", None), "leader_din": tedapi.din,
+                           "failover": bool(getattr(tedapi, "failover", True)),
+                           "failed_over": failed_over}
+    last = getattr(tedapi, "lan_last_success", 0) or 0
+    if last:
+        lan["last_success_age_seconds"] = round(time.time() - last, 1)
+    if failed_over:
+        retry = float(getattr(tedapi, "lan_recover_after", 0) or 0) - time.time()
+        lan["lan_retry_in_seconds"] = max(0, round(retry))
+    return lan
+
+
+def _v1r_wifi(tedapi: Any) -> dict[str, Any]:
+    if not getattr(tedapi, "wifi_session", None):
+        return {"active": False}
+    cooldown = max(0.0, float(getattr(tedapi, "wifi_cooldown", 0) or 0) - time.time())
+    available = bool(getattr(tedapi, "wifi_available", False))
+    status = "ok" if available else ("degraded" if cooldown > 0 else "unavailable")
+    return {"active": True, "status": status, "host": getattr(tedapi, "wifi_host", None),
+            "available": available, "cooldown_remaining_seconds": round(cooldown)}

@@ -24,6 +24,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
+from proxy.gateway.connection import transport_problem
 from proxy.gateway.outcome import DEADLINE, TOO_LARGE, Exchange
 
 __all__ = ["AnswerTooLarge", "DeadlineExceeded", "Traffic", "install", "watching"]
@@ -236,7 +237,7 @@ def _retry_after(raw: str | None) -> float | None:
 
 
 def _error_name(exc: BaseException) -> str:
-    return DEADLINE if isinstance(exc, requests.exceptions.Timeout) else type(exc).__name__
+    return DEADLINE if isinstance(exc, requests.exceptions.Timeout) else transport_problem(exc)
 
 
 class _LibraryErrors(logging.Handler):

@@ -19,12 +19,12 @@ class SessionStore:
         self._clock = clock
         self._limit = limit
         self._lock = threading.Lock()
-        self._issued: OrderedDict[str, float] = OrderedDict()
+        self._issued: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
-    def issue(self) -> str:
+    def issue(self, role: str = "") -> str:
         token = secrets.token_urlsafe(48)
         with self._lock:
-            self._issued[token] = self._clock()
+            self._issued[token] = (self._clock(), role)
             while len(self._issued) > self._limit:
                 self._issued.popitem(last=False)
         return token
@@ -32,7 +32,14 @@ class SessionStore:
     def issued_at(self, token: str) -> float | None:
         """When `token` was issued, or None if it is unknown or revoked."""
         with self._lock:
-            return self._issued.get(token)
+            found = self._issued.get(token)
+        return found[0] if found else None
+
+    def role(self, token: str) -> str | None:
+        """Who logged in with `token` ("Home_Owner", "Provider_Engineer"), or None."""
+        with self._lock:
+            found = self._issued.get(token)
+        return found[1] if found else None
 
     def revoke(self, token: str) -> None:
         with self._lock:
