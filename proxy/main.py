@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,7 +318,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a YAML or JSON file with a 'gateways:' list (else PW_CONFIG)")
     parser.add_argument("--profile", metavar="NAME", default=None,
                         help="with --simulate: the simulated gateway's personality (default, "
-                             "pw2-legacy, pw3, sparse, http10, portal; see HELP.md)")
+                             "pw2-legacy, pw3, sparse, http10, portal, solar-only; see HELP.md)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings, try each gateway's login once, print one line "
+                             "per gateway with its state and exit: 0 when every gateway is ok, "
+                             "else 2")
     return parser.parse_args(argv)
 
 
@@ -385,6 +390,43 @@ def _reap_children(signum: int, frame: Any) -> None:
             return
 
 
+def check(config: Config, *, simulate: int = 0, out: Any = None) -> int:
+    """--check: one login attempt per gateway (side by side), one line each; 0 if all are ok."""
+    out = out or sys.stdout
+    simulators: list[Any] = []
+    tmp = None
+    if config.simulate or simulate:
+        config, simulators, tmp, _ = _simulated(config, max(1, simulate))
+    _trust_gateway_certificate(config)
+    logging.getLogger("proxy").setLevel(logging.WARNING)  # the lines below say it all
+    fleet = config.fleet()
+    gateways = [Gateway(g, simulated=bool(simulators), name=_gateway_name(g, len(fleet)))
+                for g in fleet]
+    try:
+        with ThreadPoolExecutor(max_workers=len(gateways)) as pool:
+            conditions = list(pool.map(lambda g: g.check(), gateways))
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for simulator in simulators:
+            simulator.stop()
+        if tmp is not None:
+            tmp.cleanup()
+    for gateway, condition in zip(gateways, conditions, strict=True):
+        print(_check_line(gateway, condition), file=out)
+    return 0 if all(c.state == "ok" for c in conditions) else 2
+
+
+def _check_line(gateway: Gateway, condition: Any) -> str:
+    """'gateway home (192.168.91.1): ok: connected, mode Local (full), site "Home"'."""
+    where = gateway.config.host or "cloud"
+    text = condition.text()
+    if condition.state == "ok":
+        site = f', site "{gateway.site_name}"' if gateway.site_name else ""
+        text = f"ok: connected, mode {gateway.info.mode}{site}"
+    return f"gateway {gateway.id} ({where}): {text}"
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parse_args(argv)
     problem = _profile_error(args)
@@ -401,6 +443,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     _setup_logging(config)
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
+    if args.check:
+        return check(config, simulate=args.simulate)
     _tame_malloc()
     raise_open_file_limit()  # before the server sizes its connection cap from it
     try:

@@ -51,7 +51,7 @@ from proxy.api.apidoc import (
 from proxy.api.app import App, Call, Route, json_response
 from proxy.api.forwarded import client_address, throttle_key
 from proxy.errors import GatewayUnavailable, HTTPError, NotSupported, ProxyError
-from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend, user_number
+from proxy.gateway import Kind, app_reserve, error_for, reserve_answer, reserve_for_backend, user_number
 from proxy.gateway.sources import LEVEL_SCALED
 from proxy.httpd.types import Response
 from proxy.site.site import Site, State
@@ -414,7 +414,7 @@ def _command(app: App, call: Call, name: str, getter: Callable[[Any], Any]) -> d
 
 
 def control_reserve(app: App, call: Call) -> Response:
-    fields = _command(app, call, "reserve", _get_reserve)
+    fields = _command(app, call, "reserve", app_reserve)
     if isinstance(fields, Response):
         return fields
     level = level_value(fields["value"])
@@ -510,7 +510,7 @@ def control_status(app: App, call: Call) -> Response:
         "mode": None,
     }
     if enabled:
-        reserve = _maybe(call, "reserve", _get_reserve)
+        reserve = _maybe(call, "reserve", app_reserve)
         status["reserve"] = user_number(reserve) if isinstance(reserve, (int, float)) else None
         status["mode"] = _maybe(call, "mode", _get_mode)
     return json_response(200, status)
@@ -527,10 +527,6 @@ def control_unknown(app: App, call: Call) -> Response:
     if call.request.method == "POST":
         _authorize(app, call)
     raise HTTPError(404, "Invalid Command Action")
-
-
-def _get_reserve(pw: Any) -> Any:
-    return pw.get_reserve()
 
 
 def _get_mode(pw: Any) -> Any:

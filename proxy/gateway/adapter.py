@@ -10,7 +10,6 @@ once, so a stalled gateway can hold a few request threads but never all.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from proxy.config import GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
 from proxy.gateway import connection, library
 from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway.connect import Connector
 from proxy.gateway.connection import Condition
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
@@ -33,7 +33,6 @@ from proxy.stats import Tally
 log = logging.getLogger("proxy.gateway")
 
 CONNECT_BACKOFF_START = 1.0  # then doubling, at most the gateway's probe_interval
-CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
 MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
@@ -81,8 +80,7 @@ class Gateway:
         self.lookups = Tally(limit=4)  # ("hit",): answered from this window's entry; ("miss",)
         self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version,
                                 tedapi_auth_mode=config.tedapi_auth_mode)
-        self.passwords = connection.passwords(config)  # which setting each password comes from
-        self.reconnects = connection.Reconnects()
+        self.connector = Connector(config, self._factory, self.cooldown, self.auth)
         self.pw: Any = None
         self.control_pw: Any = None
         self.control_error: str | None = None
@@ -94,10 +92,6 @@ class Gateway:
         self._failed_window: int | None = None
         self._library_window: int | None = None
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
-        self._connect_problem: Condition | None = None  # why the last connect attempt failed
-        self._trouble: Condition | None = None  # connected, but the last call got no answer
-        self._busy = ""  # what the gateway said when it asked for calm
-        self._partial: str | None = None  # hybrid: customer password refused, TEDAPI serving
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(config.pool_maxsize, MAX_PARALLEL)),
                                         thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
@@ -146,8 +140,6 @@ class Gateway:
         text = condition.text()
         repeated = text == self.info.connect_error
         self.info = replace(self.info, connect_error=text)
-        with self._lock:
-            self._connect_problem = condition
         if condition.state == connection.COOLING_DOWN:
             wait = self.refused(text, condition.retry_after)  # logs, counts a failure
         else:
@@ -157,66 +149,31 @@ class Gateway:
             else:
                 wait = delay
                 # Said at once, then again when it changes (and now and then while it lasts).
-                level = logging.DEBUG if repeated and self.reconnects.failures() % 10 else logging.WARNING
+                failures = self.connector.reconnects.failures()
+                level = logging.DEBUG if repeated and failures % 10 else logging.WARNING
                 log.log(level, "%s: %s; next attempt in %.0f s", self.name, text, wait)
-        self.reconnects.failed(wait)
+        self.connector.failed(condition, wait)
         return wait
 
     def _try_connect(self) -> Condition | None:
         """One connect attempt that proves the login too (the site name needs it); None: through."""
-        self.reconnects.attempt()
         self.info = replace(self.info, connect_attempts=self.info.connect_attempts + 1)
-        condition = self._attempt(self.client_kwargs())
-        if condition is not None and self._tedapi_may_serve(condition):
-            # Hybrid: the customer password is refused, the gateway password may still work.
-            self.pw = None
-            fallback = self._attempt(self.client_kwargs() | {"password": ""})
-            if fallback is not None:
-                self.pw = None  # next time, try the customer password again
-                return condition
-            with self._lock:
-                self._partial = (f"{condition.message}; serving TEDAPI data with "
-                                 f"{self.passwords.named('gateway')} meanwhile")
-            condition = None
+        self.pw, condition = self.connector.attempt(self.pw, self.client_kwargs())
         if condition is not None:
             return condition
         self.auth.reset()
-        self.reconnects.succeeded()
+        self.connector.succeeded()
         self._describe()
         self._init_control()
         self._connected.set()
         entry = self.read(SITE_NAME)  # through the window cache, as every reader will
         self.site_name = entry.verdict.value if entry.kind is Kind.DATA else None
         log.info("%s: connected, mode %s", self.name, self.info.mode)
-        if self._partial:
-            log.warning("%s: refused: %s", self.name, self._partial)
+        partial = self.connector.partial()
+        if partial:
+            self.health.failure(f"refused: {partial}")
+            log.warning("%s: refused: %s", self.name, partial)
         return None
-
-    def _attempt(self, kwargs: dict[str, Any]) -> Condition | None:
-        """Connect (or reconnect) the client and ask for the site name; None: through."""
-        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
-        value: Any = None
-        raised: BaseException | None = None
-        with watching(traffic):
-            try:
-                if self.pw is None:
-                    self.pw = self._factory(**kwargs)
-                else:
-                    self.pw.connect()
-                # pypowerwall keeps a half-made client when a login fails and logs in
-                # lazily: only a call that needs the login shows whether we are through.
-                if library.has_client(self.pw):
-                    value = SITE_NAME.fetch(self.pw)
-            except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
-                raised = exc
-        verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, SITE_NAME.contract)
-        return connection.after_connect(verdict, traffic.exchanges, self.passwords,
-                                        self.config.host, raised, library.has_client(self.pw))
-
-    def _tedapi_may_serve(self, condition: Condition) -> bool:
-        c = self.config
-        return (condition.refused == "customer" and bool(c.password) and bool(c.gw_pwd)
-                and not c.rsa_key_path and not (c.cloud_mode or c.fleetapi))
 
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
@@ -281,8 +238,9 @@ class Gateway:
         """Pick the control backend the way the reference does, plus local /api/operation writes."""
         if not self.control_enabled:
             return
-        if self._partial:
-            self.control_error = f"refused: {self._partial}"
+        partial = self.connector.partial()
+        if partial:
+            self.control_error = f"refused: {partial}"
             return
         info, c = self.info, self.config
         try:
@@ -399,7 +357,8 @@ class Gateway:
         if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
             self.auth.release()
             return verdict  # from the library's cache of this window: no news about the gateway
-        verdict = connection.explain(verdict, traffic.exchanges, self.passwords, self.config.host)
+        verdict = connection.explain(verdict, traffic.exchanges, self.connector.passwords,
+                                     self.config.host)
         return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
     def _blocked(self, window: int) -> Verdict | None:
@@ -437,7 +396,7 @@ class Gateway:
                 self.auth.release()  # e.g. /api/status needs no login: it proves nothing
             with self._lock:
                 self._failed_window = None
-                self._trouble = None
+            self.connector.answered(None)
         elif kind is Kind.BUSY:
             return replace(verdict, retry_after=self.refused(verdict.reason, verdict.retry_after))
         elif kind is Kind.AUTH:
@@ -449,11 +408,9 @@ class Gateway:
             self.auth.release()
             # Fail fast for the rest of the window in which the failure showed,
             # which is later than the one the call began in when it was slow to fail.
-            unreachable = verdict.reason.startswith(connection.UNREACHABLE + ": ")
             with self._lock:
                 self._failed_window = self.cache.window()
-                self._trouble = Condition(connection.UNREACHABLE,
-                                          verdict.reason.split(": ", 1)[1]) if unreachable else None
+            self.connector.answered(verdict.reason)
             log.debug("%s: %s", self.name, verdict.reason)
         else:
             self.auth.release()
@@ -521,8 +478,7 @@ class Gateway:
         extend the one cooldown every caller honours; returns its length in seconds."""
         seconds = self.cooldown.trip(retry_after)
         self.health.failure(reason)
-        with self._lock:
-            self._busy = reason.removeprefix(connection.COOLING_DOWN + ": ")
+        self.connector.busy(reason)
         log.warning("%s: %s; leaving it alone for %.0f s", self.name,
                     reason if reason.startswith(connection.COOLING_DOWN) else
                     f"{connection.COOLING_DOWN}: {reason}", seconds)
@@ -552,50 +508,31 @@ class Gateway:
         if not self._connected.is_set():
             return "degraded" if self.auth.steps() else "starting"
         if (self.cooldown.remaining() > 0 or self.auth.steps() or self.health.snapshot().failing
-                or self._partial):
+                or self.connector.partial()):
             return "degraded"
         return "ok"
 
     def connection(self) -> Condition:
         """How the connection stands, in the words of the log lines and the 503 bodies."""
-        remaining = self.cooldown.remaining()
-        with self._lock:
-            busy, problem, trouble, partial = (self._busy, self._connect_problem, self._trouble,
-                                               self._partial)
-        if remaining > 0:
-            return Condition(connection.COOLING_DOWN, f"{busy}; next request in {math.ceil(remaining)} s",
-                             retry_after=remaining)
-        if self.auth.steps():
-            refused = self.auth.reason().removeprefix(connection.REFUSED + ": ")
-            return Condition(connection.REFUSED,
-                             f"{refused}; next attempt in {math.ceil(self.auth.remaining())} s")
-        if not self._connected.is_set():
-            if problem is None:
-                return Condition(connection.STARTING,
-                                 f"connecting to the gateway at {self.config.host or 'the cloud'}")
-            wait = self.reconnects.next_in()
-            when = f"next attempt in {math.ceil(wait)} s" if wait > 0 else "trying again now"
-            return replace(problem, message=f"{problem.message}; {when}")
-        if partial:
-            return Condition(connection.REFUSED, partial)
-        return trouble or Condition(connection.OK)
+        return self.connector.condition(self._connected.is_set())
 
     def _not_connected(self) -> Verdict:
         """What a reader gets before the first connection: the reason, never cached."""
         condition = self.connection()
-        wait = max(2.0, self.reconnects.next_in(), self.auth.remaining(), self.cooldown.remaining())
+        wait = max(2.0, self.connector.reconnects.next_in(), self.auth.remaining(),
+                   self.cooldown.remaining())
         return Verdict(Kind.STARTING, reason=condition.text(), retry_after=wait)
 
     def transports(self) -> dict[str, Any]:
         """/health transports: each TEDAPI transport's state and auth mode, and control's."""
-        healthy = self.connection().state == connection.OK
+        healthy = not self.health.snapshot().failing and self.cooldown.remaining() == 0
         return library.transports(self.pw if self.connected else None, self.control_pw,
                                   self.control_enabled, healthy)
 
     def fallback_view(self) -> dict[str, Any]:
         """The reference's fallback_mode block: the connect loop, while it has not connected."""
         alive = None if self._connected.is_set() else self._loop.is_alive()
-        return self.reconnects.view(alive)
+        return self.connector.reconnects.view(alive)
 
     def reset_health(self) -> int:
         """/health/reset: forget counters, cooldowns and last-good data; returns entries dropped."""

@@ -94,6 +94,19 @@ def user_number(value: float) -> float | int:
     return int(rounded) if rounded.is_integer() else rounded
 
 
+def app_reserve(pw: Any) -> Any:
+    """The backup reserve on the Tesla app's scale, as the app shows it.
+
+    The library converts the gateway's raw percentage (app x 0.95 + 5) back with
+    floating point, so a reserve set to 41 reads 41.00000000000001: every reader of
+    the reserve (control, /pw/get_reserve, /pod, /json, OpenC2, MQTT) gets it here.
+    """
+    value = pw.get_reserve()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return user_number(value)
+    return value
+
+
 def reserve_answer(pw: Any, result: Any, level: int | None) -> Any:
     """The backend's reply to a write, its reserve on the user's (Tesla app) scale.
 
