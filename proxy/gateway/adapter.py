@@ -351,6 +351,7 @@ class Gateway:
                 value = source.fetch(client)
             except Exception as exc:
                 raised = exc
+        library.answered(client, traffic)
         pieced = self._pieced(client, traffic.exchanges, native_before)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
@@ -359,7 +360,8 @@ class Gateway:
             return verdict  # from the library's cache of this window: no news about the gateway
         verdict = connection.explain(verdict, traffic.exchanges, self.connector.passwords,
                                      self.config.host)
-        return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
+        logged_in = _logged_in(traffic.exchanges, self.auth.steps())
+        return self._account(source.key, verdict, logged_in, began=traffic.started)
 
     def _blocked(self, window: int) -> Verdict | None:
         """A verdict without asking the gateway: it is cooling down, refusing us, or unreachable."""
@@ -382,27 +384,29 @@ class Gateway:
             return Verdict(Kind.NO_ANSWER, reason=self.health.snapshot().last_error or "gateway unavailable")
         return None
 
-    def _account(self, key: str, verdict: Verdict, logged_in: bool = True) -> Verdict:
+    def _account(self, key: str, verdict: Verdict, logged_in: bool = True,
+                 began: float | None = None) -> Verdict:
         """Let health, cooldowns and fail-fast hear about a real verdict; `logged_in`: the
-        call showed that the gateway accepts our credentials."""
+        call (which `began` then) showed that the gateway accepts our credentials."""
         kind = verdict.kind
         self.endpoints.record(key, ok=kind in (Kind.DATA, Kind.ABSENT))
         if kind in (Kind.DATA, Kind.ABSENT):
             self.health.success()
             self.cooldown.reset()
             if logged_in:
-                self.auth.reset()
+                self.auth.reset(began)
             else:
                 self.auth.release()  # e.g. /api/status needs no login: it proves nothing
             with self._lock:
                 self._failed_window = None
             self.connector.answered(None)
         elif kind is Kind.BUSY:
-            return replace(verdict, retry_after=self.refused(verdict.reason, verdict.retry_after))
+            seconds = self.refused(verdict.reason, verdict.retry_after)
+            return replace(verdict, reason=self.connection().text(), retry_after=seconds)
         elif kind is Kind.AUTH:
             seconds = self.auth.trip(verdict.reason)
             self.health.failure(verdict.reason)
-            return replace(verdict, retry_after=seconds)
+            return replace(verdict, reason=self.connection().text(), retry_after=seconds)
         elif kind is Kind.NO_ANSWER:
             self.health.failure(verdict.reason)
             self.auth.release()

@@ -51,6 +51,7 @@ class Passwords:
     customer: str  # "PW_PASSWORD", or "gateway 'cabin' key 'password'"
     gateway: str  # "PW_GW_PWD", or "gateway 'cabin' key 'gw_pwd'"
     login: str  # the password /api/login/Basic carries: "customer" or "gateway"
+    bearer: bool = False  # TEDAPI authenticates with the login's token, not the password
 
     def named(self, which: str) -> str:
         """'the customer password (PW_PASSWORD)'."""
@@ -65,7 +66,7 @@ def passwords(config: GatewayConfig) -> Passwords:
     # Without a customer password the library logs in with the gateway password: as the
     # installer (bearer), or as the customer with its last five characters (TEDAPI, v1r).
     login = "customer" if config.password else "gateway"
-    return Passwords(customer, gateway, login)
+    return Passwords(customer, gateway, login, bearer=config.tedapi_auth_mode == "bearer")
 
 
 # ---- what went wrong on the wire --------------------------------------------------------
@@ -122,16 +123,23 @@ def _silent(exchanges: Sequence[Exchange]) -> Exchange | None:
 
 def refusal(exchanges: Sequence[Exchange], who: Passwords) -> Condition | None:
     """Which password the gateway refused, and where it is set; None if it refused none."""
-    for x in exchanges:
-        if x.is_login and x.status in (401, 403):
-            which = "gateway" if x.path.startswith("/tedapi") else who.login
-            return Condition(REFUSED, f"the gateway refused the login with {who.named(which)}: "
-                                      f"HTTP {x.status}", refused=which)
-    path = refused_twice(exchanges)
+    refused = [x for x in exchanges if x.is_login and x.status in (401, 403)]
+    login = next((x for x in refused if not x.path.startswith("/tedapi")), None)
+    if login is not None:
+        return _login_refused(who, who.login, login.status)
+    tedapi = next(iter(refused), None)
+    if tedapi is not None and not who.bearer:  # HTTP Basic: the password itself was refused
+        return _login_refused(who, "gateway", tedapi.status)
+    path = tedapi.path if tedapi is not None else refused_twice(exchanges)
     if path is not None:
         return Condition(REFUSED, f"the gateway accepts {who.named(who.login)} but answers HTTP 401 "
                                   f"to {path} even after a fresh login", refused=who.login)
     return None
+
+
+def _login_refused(who: Passwords, which: str, status: int | None) -> Condition:
+    return Condition(REFUSED, f"the gateway refused the login with {who.named(which)}: HTTP {status}",
+                     refused=which)
 
 
 def condition_of(verdict: Verdict, exchanges: Sequence[Exchange], who: Passwords,

@@ -73,6 +73,7 @@ class AuthBackoff:
         self._until = 0.0
         self._probing = False
         self._reason = ""
+        self._tripped_at = float("-inf")
 
     def trip(self, reason: str) -> float:
         """A login was refused: wait the next step (logged once per step); returns its length.
@@ -89,6 +90,7 @@ class AuthBackoff:
             self._until = now + seconds
             self._probing = False
             self._reason = reason
+            self._tripped_at = now
         log.warning("%s: %s; next attempt in %.0f s", self._name, reason, seconds)
         return seconds
 
@@ -119,9 +121,13 @@ class AuthBackoff:
         with self._lock:
             self._probing = False
 
-    def reset(self) -> None:
-        """A login (or any authenticated answer) worked."""
+    def reset(self, began: float | None = None) -> None:
+        """A login (or any authenticated answer) worked; with `began` (when the call that
+        showed it began, on this clock), only if it began after the last refusal: a call
+        already under way when the gateway refused us says nothing about that refusal."""
         with self._lock:
+            if began is not None and began <= self._tripped_at:
+                return
             if self._steps:
                 log.info("%s: the gateway accepts our login again", self._name)
             self._steps = 0

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from proxy.gateway.outcome import Exchange
+from proxy.gateway.logins import LoginOnce
 from proxy.gateway.traffic import Traffic, current
 
 CLOUD_AUTH_FILES = (".pypowerwall.auth", ".pypowerwall.fleetapi")
@@ -162,74 +162,32 @@ def _is_tedapi_session(pw: Any, session: requests.Session) -> bool:
                              or getattr(tedapi, "wifi_session", None) is session)
 
 
-class _LoginOnce:
-    """One login for many calls: the local client logs in again on every 401 it sees.
+def answered(pw: Any, traffic: Traffic) -> None:
+    """Tell the login guards how a call went: a fresh session proves itself by answering."""
+    for guard in _login_guards(pw):
+        guard.answered(traffic)
 
-    Calls of several resources run side by side, so after a gateway restart each
-    would log in on its own. The first call logs in; the others wait for it (no
-    longer than their deadline) and retry on its session; a call that began before
-    the last login finished uses that login instead of making another. A login the
-    gateway refused is nobody's session: the calls that relied on it hear the refusal
-    (its exchanges join their own record) and stop, instead of asking again.
-    """
 
-    def __init__(self, login: Callable[[], Any]) -> None:
-        self._login = login
-        self._lock = threading.Lock()
-        self._running: threading.Event | None = None
-        self._done_at = -1.0  # when the last login that worked finished
-        self._refused: tuple[float, list[Exchange]] = (-1.0, [])  # the last refused one
-
-    def __call__(self) -> None:
-        traffic = current()
-        began = traffic.started if traffic is not None else time.monotonic()
-        with self._lock:
-            if self._done_at > began:
-                return  # a login finished after this call began: its session serves
-            running = self._running
-            lead = running is None and self._refused[0] <= began
-            if lead:
-                mine = self._running = threading.Event()
-        if lead:
-            self._lead(traffic, mine)
-            return
-        if running is not None:
-            running.wait(max(0.0, traffic.remaining()) if traffic is not None else 10.0)
-        self._follow(traffic, began)
-
-    def _lead(self, traffic: Traffic | None, mine: threading.Event) -> None:
-        seen = len(traffic.exchanges) if traffic is not None else 0
-        worked = False
-        try:
-            self._login()
-            worked = True
-        finally:
-            shown = list(traffic.exchanges[seen:]) if traffic is not None else []
-            with self._lock:
-                if worked:
-                    self._done_at = time.monotonic()
-                else:
-                    self._refused = (time.monotonic(), shown)
-                self._running = None
-            mine.set()
-
-    def _follow(self, traffic: Traffic | None, began: float) -> None:
-        """After waiting on another call's login: retry on its session, or share its refusal."""
-        with self._lock:
-            refused_at, shown = self._refused
-            refused = refused_at > began and refused_at > self._done_at
-        if refused:
-            for exchange in shown:
-                if traffic is not None:
-                    traffic.record(exchange)
-            raise ConnectionError("the gateway refused the login this call waited for")
+def _login_guards(pw: Any) -> list[LoginOnce]:
+    client, tedapi = getattr(pw, "client", None), getattr(pw, "tedapi", None)
+    found = [obj.__dict__.get(name) for obj, name in ((client, "_get_session"),
+                                                      (tedapi, "_bearer_login"),
+                                                      (tedapi, "_customer_login")) if obj]
+    return [guard for guard in found if isinstance(guard, LoginOnce)]
 
 
 def _guard_logins(pw: Any) -> None:
     client = getattr(pw, "client", None)
     if client is not None and is_local_client(pw) and not isinstance(
-            client.__dict__.get("_get_session"), _LoginOnce):
-        client._get_session = _LoginOnce(client._get_session)
+            client.__dict__.get("_get_session"), LoginOnce):
+        client._get_session = LoginOnce(client._get_session)
+    tedapi = getattr(pw, "tedapi", None)
+    # TEDAPI logs in again on every 401 too: its bearer transport, and the customer login it
+    # makes for the local API's energy counters.
+    for name, serves in (("_bearer_login", "/tedapi/"), ("_customer_login", "/api/")):
+        method = getattr(tedapi, name, None) if tedapi else None
+        if method is not None and not isinstance(tedapi.__dict__.get(name), LoginOnce):
+            setattr(tedapi, name, LoginOnce(method, serves))
 
 
 class _OneAtATime:
