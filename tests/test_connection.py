@@ -12,7 +12,6 @@ import logging
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,11 +22,10 @@ from typing import Any
 
 import pytest
 
-from proxy.config import load_config
 from proxy.gateway import connection, library
-from proxy.main import start
 from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
-from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
+from tests.brokers import free_port, wait_for
+from tests.conftest import CONNECT_WAIT, Factory, ProxyHandle, settled
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "s3cret-token"
@@ -35,32 +33,10 @@ OC2 = "oc2-token"
 BOUND = 15.0  # how long a state may take to show on a loaded machine
 
 
-def wait_for(predicate: Callable[[], Any], what: str, bound: float = BOUND) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never saw {what}")
-        threading.Event().wait(0.05)
-
-
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., ProxyHandle]]:
-    """launch(env, **load_config kwargs) -> a started proxy, connected or not; stopped at the end."""
-    handles: list[ProxyHandle] = []
-
-    def factory(env: dict[str, str], **overrides: Any) -> ProxyHandle:
-        merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path),
-                  "PW_CACHE_FILE": str(tmp_path / ".powerwall"), **env}
-        handle = ProxyHandle(start(load_config(merged, **overrides)))
-        handles.append(handle)
-        return handle
-
-    yield factory
-    for handle in handles:
-        handle.stop()
+def launch(proxy_factory: Factory) -> Callable[..., ProxyHandle]:
+    """launch(env) -> a proxy for the gateway in `env`, returned at once, connected or not."""
+    return lambda env: proxy_factory(env, simulate=False, connected=False)
 
 
 @pytest.fixture
@@ -75,12 +51,6 @@ def solar() -> Iterator[Simulator]:
     """A solar-only gateway: TEDAPI only through the bearer login."""
     with Simulator(port=0, seed=4, profile="solar-only") as sim:
         yield sim
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -116,12 +86,12 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_unreachable_names_host_port_and_connection_refused_at_once(
         launch: Callable[..., ProxyHandle], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="proxy")
-    host = f"127.0.0.1:{closed_port()}"
+    host = f"127.0.0.1:{free_port()}"
     h = launch({"PW_HOST": host, "PW_PASSWORD": "pw"})
     why = f"cannot reach the gateway at {host} (connection refused)"
     wait_for(lambda: any(m.startswith(f"gateway: unreachable: {why}") for m in messages(caplog)),
-             "the log line", bound=5.0)  # as soon as it is known
-    body = wait_for(lambda: connection_is(h, "unreachable"), "unreachable in /health")
+             5.0, "the log line")  # as soon as it is known
+    body = wait_for(lambda: connection_is(h, "unreachable"), BOUND, "unreachable in /health")
     assert body["status"] == "starting"
     assert body["connection_health"]["last_error"] == f"unreachable: {why}"
     assert body["gateway"]["connection_error"].startswith(why + "; ")
@@ -141,7 +111,7 @@ def test_unreachable_names_a_gateway_that_never_answers_as_timed_out(
         launch: Callable[..., ProxyHandle]) -> None:
     with silent_gateway() as port:
         h = launch({"PW_HOST": f"127.0.0.1:{port}", "PW_GW_PWD": "x", "PW_TIMEOUT": "1"})
-        body = wait_for(lambda: connection_is(h, "unreachable"), "unreachable in /health")
+        body = wait_for(lambda: connection_is(h, "unreachable"), BOUND, "unreachable in /health")
         assert body["gateway"]["connection_error"].startswith(
             f"cannot reach the gateway at 127.0.0.1:{port} (timed out); ")
 
@@ -162,7 +132,7 @@ def test_refused_customer_password_names_the_variable_and_is_never_connected(
     caplog.set_level(logging.INFO, logger="proxy")
     h = launch({"PW_HOST": legacy.host, "PW_PASSWORD": "not-the-password"})
     why = "the gateway refused the login with the customer password (PW_PASSWORD): HTTP 401"
-    body = wait_for(lambda: connection_is(h, "refused"), "refused in /health")
+    body = wait_for(lambda: connection_is(h, "refused"), BOUND, "refused in /health")
     assert body["status"] == "degraded" and body["connection_health"]["last_error"] == f"refused: {why}"
     assert body["gateway"]["connection_error"].startswith(f"{why}; next attempt in ")
     reply = h.get("/soe")
@@ -178,7 +148,7 @@ def test_refused_gateway_password_of_a_listed_gateway_names_its_key(
         launch: Callable[..., ProxyHandle], simulator: Simulator) -> None:
     listed = json.dumps([{"id": "cabin", "host": simulator.host, "gw_pwd": "WRONGPWD99"}])
     h = launch({"PW_GATEWAYS": listed})
-    body = wait_for(lambda: connection_is(h, "refused"), "refused in /health")
+    body = wait_for(lambda: connection_is(h, "refused"), BOUND, "refused in /health")
     assert body["gateway"]["connection_error"].startswith(
         "the gateway refused the login with the gateway password (gateway 'cabin' key 'gw_pwd'): "
         "HTTP 403; ")
@@ -206,7 +176,7 @@ def test_cooling_down_says_what_the_gateway_answered(proxy_factory: Factory) -> 
     assert health(h)["connection"] == "ok" and health(h)["gateway"]["connection_error"] is None
     h.sim.set_fault("status", status=429, retry_after=20)
     window = h.gateway.cache.window()
-    wait_for(lambda: h.gateway.cache.window() != window, "a new cache window")
+    wait_for(lambda: h.gateway.cache.window() != window, BOUND, "a new cache window")
     reply = h.get("/vitals")  # never fetched before: no last good copy to serve
     assert reply.status == 503
     assert reply.json()["error"].startswith(
@@ -249,7 +219,7 @@ def test_check_prints_one_line_per_gateway_and_exits_0_or_2(tmp_path: Path, lega
     assert [line.split(" ")[1] for line in lines] == ["sim1", "sim2"]
     assert all(": ok: connected, mode Local" in line and 'site "Simulated Home"' in line
                for line in lines), lines
-    port = closed_port()
+    port = free_port()
     down = check(tmp_path, PW_HOST=f"127.0.0.1:{port}", PW_PASSWORD="pw")
     assert (down.returncode, down.stdout) == (2, (
         f"gateway default (127.0.0.1:{port}): unreachable: cannot reach the gateway at "
@@ -294,7 +264,7 @@ def test_no_login_storm_when_every_data_request_answers_401(
             with ThreadPoolExecutor(len(STORM_ROUTES)) as pool:
                 replies = list(pool.map(lambda p: h.get(p, timeout=BOUND), STORM_ROUTES))
             assert all(r.status in (200, 503) for r in replies)
-            wait_for(lambda w=window: h.gateway.cache.window() != w, "the next window")
+            wait_for(lambda w=window: h.gateway.cache.window() != w, BOUND, "the next window")
         assert logins(sim) - before <= 1, sim.stats()  # one re-login, then the backoff
         body = health(h)
         assert (body["connection"], body["gateway"]["login_backoff_steps"]) == ("refused", 1)
@@ -349,7 +319,7 @@ def test_bearer_on_a_solar_only_gateway_end_to_end(launch: Callable[..., ProxyHa
 def test_basic_auth_against_a_bearer_only_gateway_is_refused(launch: Callable[..., ProxyHandle],
                                                              solar: Simulator) -> None:
     h = launch({"PW_HOST": solar.host, "PW_GW_PWD": DEFAULT_GW_PWD})
-    body = wait_for(lambda: connection_is(h, "refused"), "refused in /health")
+    body = wait_for(lambda: connection_is(h, "refused"), BOUND, "refused in /health")
     assert "the gateway password (PW_GW_PWD): HTTP 401" in body["gateway"]["connection_error"]
 
 
@@ -414,7 +384,7 @@ def test_a_reserve_of_41_reads_41_everywhere(launch: Callable[..., ProxyHandle],
     assert h.post("/control/reserve", f"value=41&token={TOKEN}").status == 200
     assert h.sim.state()["reserve"] == pytest.approx(43.95)  # the gateway's own scale
     window = h.gateway.cache.window()
-    wait_for(lambda: h.gateway.cache.window() != window, "the next window")
+    wait_for(lambda: h.gateway.cache.window() != window, BOUND, "the next window")
     assert h.get("/control/reserve").body == b'{"reserve": 41}'
     assert h.get("/pw/get_reserve").body == b'{"reserve": 41}'
     assert h.get("/control/status").json()["reserve"] == 41
