@@ -122,7 +122,8 @@ def post_login_basic(site: Site, request: Request) -> Response:
     role = _role(site, fields)
     if role is None:
         return login_refused()
-    token = site.sessions.issue(role)
+    token = site.sessions.issue()
+    site.sessions.grant(token, role)
     record = {"email": fields.get("email", ""), "firstname": "Tesla", "lastname": "Energy",
               "roles": [role], "token": token, "provider": "Basic",
               "loginTime": iso_time(site.model.snapshot().wall_time)}
