@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from proxy.configfile import ConfigError as ConfigError
-from proxy.configfile import parse_json, read_document
+from proxy.configfile import Corrected, accept, parse_json, read_gateways_file
 
 MASK = "********"  # a fixed mask: never reveals a secret's length
 STYLES = ("clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar")
@@ -349,14 +349,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 # ---- TEDAPI transport and reconnects: settings the reference accepts with a correction ----
 
-@dataclass(frozen=True, slots=True)
-class Corrected:
-    """A value accepted in place of the one given, and the warning that says so."""
-
-    value: Any
-    warning: str
-
-
 def _tedapi_auth_mode(name: str, raw: str) -> Any:
     # The reference (and pypowerwall) fall back to basic with a warning rather than refuse.
     value = raw.strip().lower()
@@ -369,13 +361,6 @@ def _probe_interval(name: str, raw: str) -> Any:
     # The reference raises anything below 5 s to 5 s rather than refusing it.
     value = _int_parser(0)(name, raw)
     return value if value >= 5 else Corrected(5, f"{name} is {value}: using the minimum, 5 seconds")
-
-
-def _accept(value: Any, notes: list[str]) -> Any:
-    if isinstance(value, Corrected):
-        notes.append(value.warning)
-        return value.value
-    return value
 
 
 def _bearer_notes(gateways: tuple[GatewayConfig, ...], several: bool) -> list[str]:
@@ -400,7 +385,7 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     PW_GATEWAYS (a JSON list); else the plain PW_* variables as one gateway "default".
     """
     path = file or environ.get("PW_CONFIG", "").strip() or None
-    document = _read_file(path) if path else None
+    document = read_gateways_file(path) if path else None
     notes: list[str] = []
     values = _parse_variables(environ, notes)
     if document is not None:
@@ -425,7 +410,7 @@ def _parse_variables(environ: Mapping[str, str], notes: list[str]) -> dict[str, 
     for name, (attr, parse) in _VARIABLES.items():
         raw = environ.get(name)
         if raw is not None and (raw.strip() or attr in _EMPTY_MEANS_EMPTY):
-            values[attr] = _accept(parse(name, raw), notes)
+            values[attr] = accept(parse(name, raw), notes)
     return values
 
 
@@ -513,18 +498,6 @@ def _server_key(key: str) -> str | None:
     return None
 
 
-def _read_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON document with a `gateways:` list (a .json file is read as strict JSON)."""
-    document = read_document(path)
-    if not isinstance(document, dict):
-        raise ConfigError(f"config file {path}: must be a mapping with a 'gateways:' list")
-    extra = set(document) - {"server", "gateways"}
-    if extra:
-        raise ConfigError(f"config file {path}: unknown top-level key {sorted(extra)[0]!r} "
-                          "(known: server, gateways)")
-    return document
-
-
 def _scalar(where: str, value: Any) -> str:
     """A file value as the text a variable would hold (so one parser serves both)."""
     if isinstance(value, bool):
@@ -550,7 +523,7 @@ def _server_block(block: Any, path: str, environ: Mapping[str, str],
         if name is None:
             raise ConfigError(f"{where} is unknown (gateway settings belong in a 'gateways' entry)")
         attr, parse = _VARIABLES[name]
-        values[attr] = _accept(parse(where, _scalar(where, raw)), notes)
+        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
         if environ.get(name, "").strip():
             notes.append(f"{name} is set, but the config file's server key {key!r} wins")
     return values
@@ -593,7 +566,7 @@ def _gateway_entry(config: Config, entry: Any, index: int, source: str,
         if key not in _GATEWAY_KEYS:
             raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
         attr, parse = _GATEWAY_KEYS[key]
-        values[attr] = _accept(parse(where, _scalar(where, raw)), notes)
+        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
                 "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval}

@@ -14,9 +14,11 @@ import json
 import json.decoder
 import json.scanner
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SECRET_KEYS", "ConfigError", "parse_json", "read_document"]
+__all__ = ["SECRET_KEYS", "ConfigError", "Corrected", "accept", "parse_json", "read_document",
+           "read_gateways_file"]
 
 MAX_FILE = 1_000_000  # bytes; a gateways file is a few hundred
 # Keys whose values are passwords or tokens, wherever they appear in a document.
@@ -27,6 +29,22 @@ _YAML_KINDS = {"int": "a number", "float": "a number", "bool": "a boolean (yes/n
 
 class ConfigError(ValueError):
     """A setting the proxy cannot use; the message names it (and where it was written)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Corrected:
+    """A value accepted in place of the one given, and the warning that says so."""
+
+    value: Any
+    warning: str
+
+
+def accept(value: Any, notes: list[str]) -> Any:
+    """A parsed value; a Corrected one leaves its warning in `notes`."""
+    if isinstance(value, Corrected):
+        notes.append(value.warning)
+        return value.value
+    return value
 
 
 class _Refusal(Exception):
@@ -187,3 +205,15 @@ def read_document(path: str) -> Any:
     if path.endswith(".json"):
         return parse_json(text, where)
     return parse_yaml(text, where)
+
+
+def read_gateways_file(path: str) -> dict[str, Any]:
+    """A gateways file: a mapping with a `gateways:` list and perhaps a `server:` block."""
+    document = read_document(path)
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: must be a mapping with a 'gateways:' list")
+    extra = set(document) - {"server", "gateways"}
+    if extra:
+        raise ConfigError(f"config file {path}: unknown top-level key {sorted(extra)[0]!r} "
+                          "(known: server, gateways)")
+    return document
