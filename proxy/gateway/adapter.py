@@ -162,6 +162,7 @@ class Gateway:
         if condition is not None:
             return condition
         self.auth.reset()
+        self.health.success()  # the gateway answered a call that needed the login
         self.connector.succeeded()
         self._describe()
         self._init_control()
@@ -451,7 +452,7 @@ class Gateway:
         """Run one write through the control backend; later reads see its effect."""
         if self.control_pw is None:
             if not self._connected.is_set():
-                raise GatewayStarting("connecting to the gateway", retry_after=2.0)
+                raise _error(self._not_connected())
             raise GatewayUnavailable(self.control_error or "control backend unavailable")
         verdict = self._blocked(-1)
         if verdict is not None:
@@ -465,6 +466,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
+        library.answered(self.control_pw, traffic)
         with self._lock:
             self._library_window = None  # the next read starts with fresh library caches
         self.cache.invalidate()
