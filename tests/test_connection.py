@@ -323,10 +323,15 @@ def test_basic_auth_against_a_bearer_only_gateway_is_refused(launch: Callable[..
     assert "the gateway password (PW_GW_PWD): HTTP 401" in body["gateway"]["connection_error"]
 
 
-def test_simulated_solar_only_runs_with_bearer(tmp_path: Path) -> None:
-    run = check(tmp_path, "--simulate", "--profile", "solar-only", PW_TEDAPI_AUTH_MODE="bearer")
-    assert run.returncode == 0, (run.stdout, run.stderr)
-    assert run.stdout.startswith("gateway default (127.0.0.1:") and ": ok: connected" in run.stdout
+def test_simulated_solar_only_runs_with_bearer(proxy_factory: Factory) -> None:
+    """python3 -m proxy --simulate --profile solar-only, PW_TEDAPI_AUTH_MODE=bearer."""
+    h = proxy_factory({"PW_TEDAPI_AUTH_MODE": "bearer"}, simulate_profile="solar-only")
+    assert h.get("/aggregates").json()["battery"]["instant_power"] == 0
+    assert h.get("/soe").status == 200 and h.get("/vitals").status == 200
+    stats = h.get("/stats").json()
+    assert (stats["tedapi_auth_mode"], stats["tedapi_api_version"]) == ("bearer", "V2026_06")
+    assert health(h)["transports"]["wifi_tedapi"]["auth_mode"] == "bearer"
+    assert h.sim.profile.name == "solar-only" and h.sim.stats()["paths"]["/tedapi/v1"] >= 1
 
 
 # ---- /health blocks from the library and the connect loop ----------------------------------
