@@ -7,26 +7,25 @@ reference's defaults and fails at start with a message naming the variable.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
+
+from proxy.configfile import ConfigError as ConfigError
+from proxy.configfile import Corrected, accept, parse_json, read_gateways_file
 
 MASK = "********"  # a fixed mask: never reveals a secret's length
 STYLES = ("clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar")
 HTTPS_MODES = ("no", "http", "yes")
 AUTH_MODES = ("cookie", "token")
 TEDAPI_VERSIONS = ("V2024_06", "V2026_06")
+TEDAPI_AUTH_MODES = ("basic", "bearer")
 _TRUE = ("yes", "true", "1", "on")
 _FALSE = ("no", "false", "0", "off")
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """A variable has a value the proxy cannot use; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,8 @@ class GatewayConfig:
     rsa_key_path: str = ""
     wifi_host: str = ""
     tedapi_api_version: str = "V2024_06"
+    tedapi_auth_mode: str = "basic"  # "bearer": /api/login/Basic and AuthEnvelope (solar-only)
+    probe_interval: int = 30  # seconds between reconnect attempts, at most (PW_TEDAPI_PROBE_INTERVAL)
     siteid: str = ""
     auth_path: str = ""
     auth_mode: str = "cookie"
@@ -97,6 +98,7 @@ class Config:
     rsa_key_path: str = ""
     wifi_host: str = ""
     tedapi_api_version: str = "V2024_06"
+    tedapi_auth_mode: str = "basic"
     debug: bool = False
     cache_expire: int = 5
     browser_cache: int = 0
@@ -140,6 +142,9 @@ class Config:
     mqtt_prefix: str = "pypowerwall"
     mqtt_discovery_prefix: str = "homeassistant"
     mqtt_retain: bool = False
+    # Settings that were accepted with a correction (logged once at start), e.g. an unknown
+    # PW_TEDAPI_AUTH_MODE read as basic, as the reference does.
+    warnings: tuple[str, ...] = ()
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
@@ -177,8 +182,9 @@ class Config:
             "PW_HEALTH_CHECK": self.health_check,
             "PW_CACHE_TTL": self.cache_ttl,
             "PW_TEDAPI_RECOVERY": self.tedapi_recovery,
-            "PW_TEDAPI_PROBE_INTERVAL": self.tedapi_probe_interval,
+            "PW_TEDAPI_PROBE_INTERVAL": g.probe_interval,
             "PW_TEDAPI_API_VERSION": g.tedapi_api_version,
+            "PW_TEDAPI_AUTH_MODE": g.tedapi_auth_mode,
             "PROXY_BASE_URL": self.base_url,
             "PW_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
             "PW_MAX_STREAMS": self.max_streams,
@@ -205,7 +211,8 @@ class Config:
         return GatewayConfig(
             host=self.host, password=self.password, email=self.email, timezone=self.timezone,
             gw_pwd=self.gw_pwd, rsa_key_path=self.rsa_key_path, wifi_host=self.wifi_host,
-            tedapi_api_version=self.tedapi_api_version, siteid=self.siteid,
+            tedapi_api_version=self.tedapi_api_version, tedapi_auth_mode=self.tedapi_auth_mode,
+            probe_interval=self.tedapi_probe_interval, siteid=self.siteid,
             auth_path=self.auth_path, auth_mode=self.auth_mode, cache_file=self.cache_file,
             cache_expire=self.cache_expire, timeout=self.timeout, pool_maxsize=self.pool_maxsize,
         )
@@ -289,11 +296,6 @@ def _topic_prefix(name: str, raw: str) -> str:
     return value
 
 
-def _probe_interval(name: str, raw: str) -> int:
-    # The reference raises anything below 5 s to 5 s rather than refusing it.
-    return max(5, _int_parser(0)(name, raw))
-
-
 # variable -> (field, parser). Defaults come from the dataclass.
 _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_BIND_ADDRESS": ("bind_address", _text),
@@ -329,7 +331,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_HEALTH_CHECK": ("health_check", parse_bool),
     "PW_CACHE_TTL": ("cache_ttl", _int_parser(0)),
     "PW_TEDAPI_RECOVERY": ("tedapi_recovery", parse_bool),
-    "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
     "PW_TLS_CERT": ("tls_cert", _text),
     "PW_TLS_KEY": ("tls_key", _text),
     "PW_DEFAULT_GATEWAY": ("default_gateway", _text),
@@ -346,6 +347,36 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 }
 
 
+# ---- TEDAPI transport and reconnects: settings the reference accepts with a correction ----
+
+def _tedapi_auth_mode(name: str, raw: str) -> Any:
+    # The reference (and pypowerwall) fall back to basic with a warning rather than refuse.
+    value = raw.strip().lower()
+    if value in TEDAPI_AUTH_MODES:
+        return value
+    return Corrected("basic", f"{name} is {raw.strip()!r}, not basic or bearer: using basic")
+
+
+def _probe_interval(name: str, raw: str) -> Any:
+    # The reference raises anything below 5 s to 5 s rather than refusing it.
+    value = _int_parser(0)(name, raw)
+    return value if value >= 5 else Corrected(5, f"{name} is {value}: using the minimum, 5 seconds")
+
+
+def _bearer_notes(gateways: tuple[GatewayConfig, ...], several: bool) -> list[str]:
+    """Bearer needs the signed V2026_06 queries; the library warns too, less plainly."""
+    return [f"{f'gateway {g.id!r}: ' if several else ''}TEDAPI auth mode bearer needs "
+            f"{'tedapi_api_version' if several else 'PW_TEDAPI_API_VERSION'}=V2026_06 "
+            f"(got {g.tedapi_api_version}): the gateway may refuse the queries"
+            for g in gateways if g.tedapi_auth_mode == "bearer" and g.tedapi_api_version != "V2026_06"]
+
+
+_VARIABLES.update({
+    "PW_TEDAPI_AUTH_MODE": ("tedapi_auth_mode", _tedapi_auth_mode),
+    "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
+})
+
+
 def load_config(environ: Mapping[str, str], *, file: str | None = None, **overrides: Any) -> Config:
     """Parse the settings; keyword overrides win (e.g. simulate=True).
 
@@ -354,10 +385,11 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     PW_GATEWAYS (a JSON list); else the plain PW_* variables as one gateway "default".
     """
     path = file or environ.get("PW_CONFIG", "").strip() or None
-    document = _read_file(path) if path else None
-    values = _parse_variables(environ)
+    document = read_gateways_file(path) if path else None
+    notes: list[str] = []
+    values = _parse_variables(environ, notes)
     if document is not None:
-        values.update(_server_block(document.get("server"), path or ""))
+        values.update(_server_block(document.get("server"), path or "", environ, notes))
     values.update(overrides)
     if "cache_file" not in values:
         values["cache_file"] = _default_cache_file(values.get("auth_path", ""))
@@ -366,18 +398,19 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     config = Config(**values)
-    config = _with_gateways(config, document, path, environ.get("PW_GATEWAYS", "").strip())
+    config = _with_gateways(config, document, path, environ.get("PW_GATEWAYS", "").strip(), notes)
     _check_tls(config)
     _check_mqtt(config)
-    return config
+    notes += _bearer_notes(config.fleet(), bool(config.gateways))
+    return replace(config, warnings=tuple(notes))
 
 
-def _parse_variables(environ: Mapping[str, str]) -> dict[str, Any]:
+def _parse_variables(environ: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, (attr, parse) in _VARIABLES.items():
         raw = environ.get(name)
         if raw is not None and (raw.strip() or attr in _EMPTY_MEANS_EMPTY):
-            values[attr] = parse(name, raw)
+            values[attr] = accept(parse(name, raw), notes)
     return values
 
 
@@ -445,10 +478,15 @@ _GATEWAY_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "timeout": ("timeout", _int_parser(1, 300)),
     "pool_maxsize": ("pool_maxsize", _int_parser(0, 1000)),
 }
+_GATEWAY_KEYS.update({  # TEDAPI transport and reconnects (see _tedapi_auth_mode)
+    "tedapi_auth_mode": ("tedapi_auth_mode", _tedapi_auth_mode),
+    "tedapi_probe_interval": ("probe_interval", _probe_interval),
+})
 
 # Variables that describe one gateway: in a file they belong in a `gateways:` entry.
 _GATEWAY_VARIABLES = {"PW_HOST", "PW_PASSWORD", "PW_GW_PWD", "PW_RSA_KEY_PATH", "PW_WIFI_HOST",
-                      "PW_SITEID", "PW_TEDAPI_API_VERSION", "PW_CACHE_FILE", "PW_AUTH_MODE"}
+                      "PW_SITEID", "PW_TEDAPI_API_VERSION", "PW_CACHE_FILE", "PW_AUTH_MODE",
+                      "PW_TEDAPI_AUTH_MODE"}
 # `server:` keys are the PW_* variable names without the prefix, lower case, plus these.
 _SERVER_ALIASES = {"bind": "PW_BIND_ADDRESS", "base_url": "PROXY_BASE_URL"}
 
@@ -458,41 +496,6 @@ def _server_key(key: str) -> str | None:
     if name in _VARIABLES and name not in _GATEWAY_VARIABLES:
         return name
     return None
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON document (JSON is YAML; a .json file is read as strict JSON)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(1_000_000)
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    try:
-        if path.endswith(".json"):
-            document = json.loads(text)
-        else:
-            import yaml  # only needed for a YAML file
-
-            document = yaml.safe_load(text)
-    except (ValueError, ImportError) as exc:
-        raise ConfigError(f"config file {path}: not valid {_kind(path)}: {_first_line(exc)}") from None
-    except Exception as exc:  # yaml.YAMLError and its kin
-        raise ConfigError(f"config file {path}: not valid {_kind(path)}: {_first_line(exc)}") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"config file {path}: must be a mapping with a 'gateways:' list")
-    extra = set(document) - {"server", "gateways"}
-    if extra:
-        raise ConfigError(f"config file {path}: unknown top-level key {sorted(extra)[0]!r} "
-                          "(known: server, gateways)")
-    return document
-
-
-def _kind(path: str) -> str:
-    return "JSON" if path.endswith(".json") else "YAML"
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _scalar(where: str, value: Any) -> str:
@@ -506,7 +509,9 @@ def _scalar(where: str, value: Any) -> str:
     raise ConfigError(f"{where} must be a single value, not a {type(value).__name__}")
 
 
-def _server_block(block: Any, path: str) -> dict[str, Any]:
+def _server_block(block: Any, path: str, environ: Mapping[str, str],
+                  notes: list[str]) -> dict[str, Any]:
+    """The file's `server:` values; they win over the PW_* variables (a warning says which)."""
     if block is None:
         return {}
     if not isinstance(block, dict):
@@ -518,27 +523,26 @@ def _server_block(block: Any, path: str) -> dict[str, Any]:
         if name is None:
             raise ConfigError(f"{where} is unknown (gateway settings belong in a 'gateways' entry)")
         attr, parse = _VARIABLES[name]
-        values[attr] = parse(where, _scalar(where, raw))
+        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
+        if environ.get(name, "").strip():
+            notes.append(f"{name} is set, but the config file's server key {key!r} wins")
     return values
 
 
 def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | None,
-                   listed: str) -> Config:
+                   listed: str, notes: list[str]) -> Config:
     if document is not None:
         entries, source = document.get("gateways"), f"config file {path}"
     elif listed:
-        try:
-            entries = json.loads(listed)
-        except ValueError as exc:
-            raise ConfigError(f"PW_GATEWAYS is not valid JSON: {_first_line(exc)}") from None
-        source = "PW_GATEWAYS"
+        entries, source = parse_json(listed, "PW_GATEWAYS"), "PW_GATEWAYS"
     else:
         return _check_default(config, (config.gateway(),))
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{source}: 'gateways' must be a non-empty list of gateways")
     if len(entries) > MAX_GATEWAYS:
         raise ConfigError(f"{source}: at most {MAX_GATEWAYS} gateways (got {len(entries)})")
-    gateways = tuple(_gateway_entry(config, entry, i, source) for i, entry in enumerate(entries))
+    gateways = tuple(_gateway_entry(config, entry, i, source, notes)
+                     for i, entry in enumerate(entries))
     seen: set[str] = set()
     for g in gateways:
         if g.id in seen:
@@ -548,7 +552,8 @@ def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | 
     return _check_default(config, gateways)
 
 
-def _gateway_entry(config: Config, entry: Any, index: int, source: str) -> GatewayConfig:
+def _gateway_entry(config: Config, entry: Any, index: int, source: str,
+                   notes: list[str]) -> GatewayConfig:
     if not isinstance(entry, dict):
         raise ConfigError(f"{source}: gateway #{index + 1} must be a mapping of keys")
     label = f"gateway #{index + 1}"
@@ -561,10 +566,10 @@ def _gateway_entry(config: Config, entry: Any, index: int, source: str) -> Gatew
         if key not in _GATEWAY_KEYS:
             raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
         attr, parse = _GATEWAY_KEYS[key]
-        values[attr] = parse(where, _scalar(where, raw))
+        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
-                "pool_maxsize": config.pool_maxsize}
+                "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval}
     gateway = GatewayConfig(**(defaults | values))
     if "cache_file" not in values:
         gateway = replace(gateway, cache_file=_default_cache_file(gateway.auth_path))

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,14 +112,16 @@ def _fleet_member(i: int, profile: str) -> dict[str, Any]:
             "site": i + 1}
 
 
-def _credentials(simulator: Any) -> tuple[Secret, Secret]:
-    """(password, gw_pwd) for a simulator: its profile says which of the two a client uses.
-
-    The gateway password means full TEDAPI mode (the default profile), the customer
-    password local mode.
-    """
+def _credentials(simulator: Any) -> dict[str, Any]:
+    """How to log in to a simulator: its profile says which of the two passwords a client
+    uses (the gateway password means full TEDAPI mode, the customer password local mode),
+    and a bearer-only gateway needs the bearer login with the V2026_06 queries."""
     given = simulator.credentials()
-    return Secret(given.get("password", "")), Secret(given.get("gw_pwd", ""))
+    found: dict[str, Any] = {"password": Secret(given.get("password", "")),
+                             "gw_pwd": Secret(given.get("gw_pwd", ""))}
+    if simulator.profile.bearer:
+        found.update(tedapi_auth_mode="bearer", tedapi_api_version="V2026_06")
+    return found
 
 
 def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]:
@@ -131,9 +134,8 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
     cache_file = os.path.join(tmp.name, ".powerwall")
     if count <= 1:
         simulator = Simulator(port=0, profile=profile).start()
-        password, gw_pwd = _credentials(simulator)
         config = dataclasses.replace(
-            config, host=simulator.host, gw_pwd=gw_pwd, password=password,
+            config, host=simulator.host, **_credentials(simulator),
             cache_file=cache_file, gateways=(), source="simulator",
         )
         return config, [simulator], tmp, DEFAULT_PASSWORD
@@ -141,10 +143,9 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
     for i in range(count):
         simulator = Simulator(port=0, seed=1000 + i, **_fleet_member(i, profile)).start()
         simulators.append(simulator)
-        password, gw_pwd = _credentials(simulator)
         gateways.append(GatewayConfig(
             id=f"sim{i + 1}", name=f"Simulated gateway {i + 1}", host=simulator.host,
-            password=password, gw_pwd=gw_pwd, timezone=config.timezone, cache_file=cache_file,
+            **_credentials(simulator), timezone=config.timezone, cache_file=cache_file,
             cache_expire=config.cache_expire, timeout=config.timeout, pool_maxsize=config.pool_maxsize,
         ))
     config = dataclasses.replace(config, gateways=tuple(gateways), source=f"{count} simulators",
@@ -348,7 +349,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a YAML or JSON file with a 'gateways:' list (else PW_CONFIG)")
     parser.add_argument("--profile", metavar="NAME", default=None,
                         help="with --simulate: the simulated gateway's personality (default, "
-                             "pw2-legacy, pw3, sparse, http10, portal; see HELP.md)")
+                             "pw2-legacy, pw3, sparse, http10, portal, solar-only; see HELP.md)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings, try each gateway's login once, print one line "
+                             "per gateway with its state and exit: 0 when every gateway is ok, "
+                             "else 2")
     return parser.parse_args(argv)
 
 
@@ -416,6 +421,43 @@ def _reap_children(signum: int, frame: Any) -> None:
             return
 
 
+def check(config: Config, *, simulate: int = 0, out: Any = None) -> int:
+    """--check: one login attempt per gateway (side by side), one line each; 0 if all are ok."""
+    out = out or sys.stdout
+    simulators: list[Any] = []
+    tmp = None
+    if config.simulate or simulate:
+        config, simulators, tmp, _ = _simulated(config, max(1, simulate))
+    _trust_gateway_certificate(config)
+    logging.getLogger("proxy").setLevel(logging.WARNING)  # the lines below say it all
+    fleet = config.fleet()
+    gateways = [Gateway(g, simulated=bool(simulators), name=_gateway_name(g, len(fleet)))
+                for g in fleet]
+    try:
+        with ThreadPoolExecutor(max_workers=len(gateways)) as pool:
+            conditions = list(pool.map(lambda g: g.check(), gateways))
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for simulator in simulators:
+            simulator.stop()
+        if tmp is not None:
+            tmp.cleanup()
+    for gateway, condition in zip(gateways, conditions, strict=True):
+        print(_check_line(gateway, condition), file=out)
+    return 0 if all(c.state == "ok" for c in conditions) else 2
+
+
+def _check_line(gateway: Gateway, condition: Any) -> str:
+    """'gateway home (192.168.91.1): ok: connected, mode Local (full), site "Home"'."""
+    where = gateway.config.host or "cloud"
+    text = condition.text()
+    if condition.state == "ok":
+        site = f', site "{gateway.site_name}"' if gateway.site_name else ""
+        text = f"ok: connected, mode {gateway.info.mode}{site}"
+    return f"gateway {gateway.id} ({where}): {text}"
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parse_args(argv)
     problem = _profile_error(args)
@@ -430,6 +472,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
+    if args.check:
+        return check(config, simulate=args.simulate)
     _tame_malloc()
     raise_open_file_limit()  # before the server sizes its connection cap from it
     try:

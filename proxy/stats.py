@@ -15,6 +15,7 @@ class Counters:
     posts: int = 0
     errors: int = 0
     timeout: int = 0
+    starting: int = 0  # answered "not connected yet" before the gateway's first login
     uri: dict[str, int] = field(default_factory=dict)
     start: int = field(default_factory=lambda: int(time.time()))
     clear: int = field(default_factory=lambda: int(time.time()))
@@ -46,6 +47,10 @@ class Stats:
         with self._lock:
             self._c.timeout += 1
 
+    def count_starting(self) -> None:
+        with self._lock:
+            self._c.starting += 1
+
     def clear(self) -> None:
         """/stats/clear: as the reference, gets/errors/uri reset; posts and timeout kept."""
         with self._lock:
@@ -57,7 +62,8 @@ class Stats:
     def snapshot(self) -> Counters:
         with self._lock:
             c = self._c
-            return Counters(c.gets, c.posts, c.errors, c.timeout, dict(c.uri), c.start, c.clear)
+            return Counters(c.gets, c.posts, c.errors, c.timeout, c.starting, dict(c.uri), c.start,
+                            c.clear)
 
 
 Key = tuple[str, ...]

@@ -91,19 +91,24 @@ Factory = Callable[..., ProxyHandle]
 
 @pytest.fixture
 def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
-    """factory(env=None, simulate=True) -> ProxyHandle, stopped at teardown.
+    """factory(env=None, simulate=True, connected=True, **load_config overrides) -> ProxyHandle,
+    stopped at teardown.
 
     With simulate=True the proxy starts its own simulator (full TEDAPI mode).
     With simulate=False, pass PW_HOST etc. in env (e.g. pointing at a `simulator`).
+    With connected=False it returns at once, connected or not.
     """
     handles: list[ProxyHandle] = []
 
-    def factory(env: dict[str, str] | None = None, simulate: bool = True) -> ProxyHandle:
+    def factory(env: dict[str, str] | None = None, simulate: bool = True, connected: bool = True,
+                **overrides: Any) -> ProxyHandle:
         merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path),
                   "PW_CACHE_FILE": str(tmp_path / ".powerwall"), **(env or {})}
-        config = load_config(merged, simulate=simulate)
-        handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT))
+        config = load_config(merged, simulate=simulate, **overrides)
+        handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT if connected else 0.0))
         handles.append(handle)
+        if not connected:  # a gateway that may never let us in: the test watches it try
+            return handle
         assert handle.gateway.connected, f"gateway never connected: {handle.gateway.info.connect_error}"
         return settled(handle)
 

@@ -598,3 +598,19 @@ def test_docs_page_lists_the_document_offline(proxy_factory: Any, open_page: Any
     assert page.evaluate("document.getElementById('raw').getAttribute('href')") == "/pw-proxy/openapi.json"
     assert any(url == proxy.base + "openapi.json" for url in page.requests)
     assert_clean(page, proxy.base)
+
+
+def test_console_says_what_is_wrong_with_the_connection(proxy_factory: Any, open_page: Any) -> None:
+    from tests.brokers import free_port
+
+    host = f"127.0.0.1:{free_port()}"
+    proxy = proxy_factory({"PW_HOST": host, "PW_PASSWORD": "pw"}, simulate=False, connected=False)
+    page = open_page(1024, 768)
+    page.goto(proxy.base + "console?interval=1")
+    why = f"cannot reach the gateway at {host} (connection refused)"
+    page.wait_for("document.getElementById('problem').textContent.includes(" + json.dumps(why) + ")")
+    problem = page.evaluate("document.getElementById('problem').textContent")
+    assert problem.startswith(f"Gateway unreachable: {why}; ")
+    facts = page.evaluate("document.getElementById('gateway-facts').innerText")
+    assert f"unreachable: {why}" in facts
+    shoot(page, "console-unreachable")

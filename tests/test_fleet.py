@@ -109,11 +109,12 @@ def test_file_errors_name_gateway_and_key(tmp_path: Path, text: str, message: st
 def test_other_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it"):
         load_config({"PW_CONFIG": str(tmp_path / "missing.yaml")})
-    with pytest.raises(ConfigError, match="PW_GATEWAYS is not valid JSON"):
+    with pytest.raises(ConfigError, match="PW_GATEWAYS, line 1, column 3: not valid JSON"):
         load_config({"PW_GATEWAYS": "[{"})
     with pytest.raises(ConfigError, match="PW_DEFAULT_GATEWAY names no configured gateway"):
         load_config({"PW_GATEWAYS": '[{"id": "a", "host": "h"}]', "PW_DEFAULT_GATEWAY": "b"})
-    with pytest.raises(ConfigError, match="PW_GATEWAYS: gateway 'a' key 'password' must be"):
+    with pytest.raises(ConfigError, match="PW_GATEWAYS, line 1, column 39: 'password' is an "
+                                          "object, not text: quote it"):
         load_config({"PW_GATEWAYS": '[{"id": "a", "host": "h", "password": {"x": 1}}]'})
 
 

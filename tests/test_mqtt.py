@@ -255,11 +255,12 @@ def test_control_over_mqtt_uses_the_control_actions(proxy_factory: Factory, brok
                  what="the retained command ignored")
         listener.publish(f"{base}/reserve/set", "", retain=True)  # clear it from the broker
         assert h.get("/control/reserve").json() != {"reserve": 55}
-        listener.publish(f"{base}/reserve/set", "37.0")  # as Home Assistant's number may send it
+        listener.publish(f"{base}/reserve/set", "41.0")  # as Home Assistant's number may send it
         result = json.loads(wait_for(lambda: listener.last(f"{base}/reserve/result"), what="result"))
         assert result["ok"] is True
-        assert h.get("/control/reserve").json() == {"reserve": 37}
-        wait_for(lambda: listener.last(f"{PREFIX}/default/battery_reserve") == "37",
+        assert h.get("/control/reserve").json() == {"reserve": 41}
+        # As the app shows it: 41, not the 41.00000000000001 the gateway's scale gives back.
+        wait_for(lambda: listener.last(f"{PREFIX}/default/battery_reserve") == "41",
                  what="the new reserve published")
         assert h.get("/stats").json()["mqtt"]["commands"] == 1
         # a bad value answers an error and changes nothing

@@ -133,7 +133,7 @@ def split_head(raw: bytes) -> tuple[str, dict[str, str], bytes]:
 
 def test_profiles_are_named_rows_and_unknown_names_list_the_choices() -> None:
     assert NAMES[0] == "default" and len(set(NAMES)) == len(NAMES)
-    assert set(NAMES) == {"default", "pw2-legacy", "pw3", "sparse", "http10", "portal"}
+    assert set(NAMES) == {"default", "pw2-legacy", "pw3", "sparse", "http10", "portal", "solar-only"}
     with pytest.raises(ValueError) as caught:
         Simulator(profile="pw4")
     assert all(name in str(caught.value) for name in NAMES)
@@ -148,7 +148,7 @@ def test_credentials_follow_the_connection_mode(name: str) -> None:
     assert sim.profile.name == name
     expected = {"gw_pwd": "GWSECRET99"} if sim.profile.tedapi else {"password": "owner-pw"}
     assert sim.credentials() == expected
-    assert sim.profile.tedapi == (name in ("default", "pw3"))
+    assert sim.profile.tedapi == (name in ("default", "pw3", "solar-only"))
     assert sim.profile.http10 == (name == "http10")
 
 

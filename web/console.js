@@ -129,7 +129,11 @@
     fact(dl, "Mode", show(health.mode || stats.mode));
     if (has(gw.host)) fact(dl, "Host", show(gw.host));
     if (has(gw.connected)) fact(dl, "Connected", show(gw.connected), gw.connected ? "good" : "bad");
-    if (has(gw.connect_error)) fact(dl, "Connect error", show(gw.connect_error), "bad");
+    if (has(gw.connection)) {
+      fact(dl, "Connection", show(gw.connection) + (has(gw.connection_error) ? ": " + gw.connection_error : ""),
+        gw.connection === "ok" ? "good" : gw.connection === "starting" ? "" : "bad");
+    }
+    if (has(gw.connect_error) && !has(gw.connection)) fact(dl, "Connect error", show(gw.connect_error), "bad");
     if (has(health.tedapi_mode)) fact(dl, "TEDAPI", show(health.tedapi_mode));
     if (has(stats.site_name)) fact(dl, "Site", show(stats.site_name));
     var cd = cooldownText(health);
@@ -144,7 +148,12 @@
     if (has(conn.total_successes) || has(conn.total_failures)) {
       fact(dl, "Gateway ok / failed", show(conn.total_successes) + " / " + show(conn.total_failures));
     }
-    if (fb.is_fallback_mode) fact(dl, "Fallback mode", "since " + show(fb.fallback_since), "warn");
+    if (fb.is_fallback_mode) {
+      // The reference's name for "not connected yet": epoch seconds, shown as clock times.
+      var clock = function (t) { return new Date(t * 1000).toLocaleTimeString(); };
+      fact(dl, "Reconnecting", "since " + clock(fb.fallback_since) + (has(fb.next_attempt_at) ?
+        ", next attempt " + clock(fb.next_attempt_at) : ""), "warn");
+    }
     if (has(stats.uptime)) fact(dl, "Uptime", show(stats.uptime));
     if (has(health.startup_time)) {
       fact(dl, "Started", String(health.startup_time).replace("T", " ").replace(/\.\d+$/, ""));
@@ -231,6 +240,9 @@
     problem.setAttribute("data-level", status === "starting" ? "info" : "problem");
     if (healthRes.status === 0) {
       problem.textContent = "The proxy is not answering (" + healthRes.error + "). Retrying every " + interval + " s.";
+    } else if (obj(health.gateway).connection_error) {
+      // The connection state and what to change, as the log line and the 503 bodies say it.
+      problem.textContent = "Gateway " + health.connection + ": " + health.gateway.connection_error;
     } else if (status === "degraded") {
       problem.textContent = "Gateway degraded: clients get last-good data or 503 until it answers again.";
     } else if (status === "starting") {

@@ -137,6 +137,9 @@ _BOOL: Schema = {"type": "boolean"}
 _INT_OR_NULL: Schema = {"type": ["integer", "null"]}
 _STRINGS: Schema = {"type": "array", "items": _STR}
 _GATEWAY_STATUS: Schema = {"type": "string", "enum": ["starting", "ok", "degraded"]}
+_CONNECTION: Schema = {"type": "string", "enum": ["starting", "unreachable", "refused", "cooling_down",
+                                                  "ok"],
+                       "description": "The connection in one word; `connection_error` says why"}
 _GRID: Schema = {"type": ["string", "null"], "enum": ["DOWN", "SYNCING", "UP", None]}
 _COUNTS: Schema = {"type": "object", "additionalProperties": _INT}
 
@@ -155,7 +158,8 @@ _GATEWAY_ROW = _all_required(
 _AGG_COMMON = {"stale": _BOOL, "num_gateways": _INT, "timestamp": _INT, "missing": _STRINGS}
 _GATEWAY_STATE = _obj(
     ("id", "status", "connected", "simulated", "control"),
-    id=_STR, status=_GATEWAY_STATUS, connected=_BOOL, host=STRING_OR_NULL, simulated=_BOOL,
+    id=_STR, status=_GATEWAY_STATUS, connection=_CONNECTION, connection_error=STRING_OR_NULL,
+    connected=_BOOL, host=STRING_OR_NULL, simulated=_BOOL,
     cooldown_remaining_seconds=_NUM, cooldown_strikes=_INT, login_backoff_remaining_seconds=_NUM,
     login_backoff_steps=_INT, fetches_in_flight=_INT, connect_attempts=_INT,
     connect_error=STRING_OR_NULL, control=_BOOL,
@@ -196,7 +200,8 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["pypowerwall", "mode", "gets", "posts", "errors", "timeout", "uri", "ts",
                      "start", "clear", "uptime", "config", "gateway"],
         "properties": {"pypowerwall": _STR, "mode": _STR, "gets": _INT, "posts": _INT, "errors": _INT,
-                       "timeout": _INT, "uri": _COUNTS, "ts": _INT, "start": _INT, "clear": _INT,
+                       "timeout": _INT, "starting": _INT, "uri": _COUNTS, "ts": _INT, "start": _INT,
+                       "clear": _INT, "tedapi_auth_mode": _STR,
                        "uptime": _STR, "mem": _INT, "site_name": STRING_OR_NULL, "config": OBJECT,
                        "gateway": _GATEWAY_STATE,
                        "gateways": {"type": "object", "additionalProperties": _GATEWAY_STATE,
@@ -204,8 +209,10 @@ SCHEMAS: dict[str, Schema] = {
                        "server": OBJECT}},
     "Health": {
         "type": "object", "description": "ok only while the gateway (at the root: every gateway) is ok",
-        "required": ["status", "pypowerwall", "mode", "proxy_stats", "cached_data", "gateway"],
-        "properties": {"status": _GATEWAY_STATUS, "pypowerwall": _STR, "mode": _STR,
+        "required": ["status", "connection", "pypowerwall", "mode", "proxy_stats", "cached_data",
+                     "gateway"],
+        "properties": {"status": _GATEWAY_STATUS, "connection": _CONNECTION, "pypowerwall": _STR,
+                       "mode": _STR, "transports": OBJECT, "fallback_mode": OBJECT,
                        "tedapi_mode": STRING_OR_NULL, "startup_time": _STR, "current_time": _STR,
                        "proxy_stats": _COUNTS, "connection_health": OBJECT, "cached_data": OBJECT,
                        "endpoint_statistics": OBJECT, "gateway": _GATEWAY_STATE,

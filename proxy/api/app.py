@@ -22,7 +22,14 @@ from proxy.api.routing import Call, Mount, NotMounted, Route, Router, allow
 from proxy.api.tokens import TokenThrottle
 from proxy.api.web import WebFiles
 from proxy.config import Config
-from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
+from proxy.errors import (
+    GatewayError,
+    GatewayStarting,
+    GatewayUnavailable,
+    HTTPError,
+    NotSupported,
+    ProxyError,
+)
 from proxy.gateway import Gateway
 from proxy.httpd.types import Request, Response
 from proxy.reports import Reports
@@ -205,7 +212,9 @@ class App:
         return self.passthrough.get(path, call.request.target.partition("?")[2])
 
     def _count_error(self, exc: ProxyError) -> None:
-        if isinstance(exc, GatewayError):
+        if isinstance(exc, GatewayStarting):
+            self.stats.count_starting()  # before the first login: not a timeout, not an error
+        elif isinstance(exc, GatewayError):
             self.stats.count_timeout()
         elif exc.status >= 400 and not isinstance(exc, NotSupported) and exc.status != 404:
             self.stats.count_error()

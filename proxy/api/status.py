@@ -54,11 +54,13 @@ def _connection_health(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def _fallback_mode() -> dict[str, Any]:
-    # The reference's TEDAPI "SolarOnly" fallback flag. We never switch modes:
-    # outages show up as gateway status and stale/503 answers instead.
-    return {"is_fallback_mode": False, "fallback_since": None, "fallback_duration_seconds": None,
-            "recovery_attempts": 0, "last_recovery_attempt": None, "recovery_enabled": False}
+# How bad a connection state is, for the one word that speaks for several gateways.
+_SEVERITY = ("ok", "starting", "cooling_down", "unreachable", "refused")
+
+
+def connection_word(sites: list[Site]) -> str:
+    """The worst connection state among the gateways ("ok" only when all are)."""
+    return max((s.gateway.connection().state for s in sites), key=_SEVERITY.index)
 
 
 def _cache_view(gateway: Gateway) -> dict[str, Any]:
@@ -78,9 +80,12 @@ def _cache_view(gateway: Gateway) -> dict[str, Any]:
 def _gateway_view(app: App, site: Site) -> dict[str, Any]:
     gateway = site.gateway
     info = gateway.info
+    condition = gateway.connection()
     return {
         "id": site.id,
         "status": gateway.status(),
+        "connection": condition.state,
+        "connection_error": condition.message,
         "connected": gateway.connected,
         "host": site.config.host or None,
         "simulated": gateway.simulated,
@@ -93,16 +98,6 @@ def _gateway_view(app: App, site: Site) -> dict[str, Any]:
         "connect_error": info.connect_error,
         "control": bool(gateway.control_pw) and app.config.control_secret.reveal() != "",
     }
-
-
-def _transports(site: Site) -> dict[str, Any]:
-    info = site.gateway.info
-    out: dict[str, Any] = {}
-    if info.tedapi_mode in ("full", "hybrid", "v1r"):
-        key = "v1r_lan" if info.tedapi_mode == "v1r" else "wifi_tedapi"
-        out[key] = {"active": True, "status": "ok" if site.gateway.status() == "ok" else "unavailable",
-                    "host": site.config.host}
-    return out
 
 
 def _fleet(app: App, call: Call) -> bool:
@@ -126,7 +121,7 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
         "pypowerwall": build_label(),
         "mode": info.mode,
         "gets": c.gets, "posts": c.posts, "errors": c.errors, "timeout": c.timeout,
-        "uri": c.uri,
+        "starting": c.starting, "uri": c.uri,
         "ts": int(time.time()), "start": c.start, "clear": c.clear,
         "uptime": _uptime(c.start),
         "mem": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -134,13 +129,14 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
         "cloudmode": info.cloudmode, "fleetapi": info.fleetapi, "tedapi": info.tedapi,
         "pw3": info.pw3, "tedapi_mode": info.tedapi_mode,
         "tedapi_api_version": info.tedapi_api_version,
+        "tedapi_auth_mode": info.tedapi_auth_mode,
         "siteid": info.siteid, "counter": info.counter,
         "cf": site.config.cache_file,
         "config": app.config.reference_view(site.config),
     }
     if app.config.health_check:
         body["connection_health"] = _connection_health(gateway)
-    body["fallback_mode"] = _fallback_mode()
+    body["fallback_mode"] = gateway.fallback_view()
     body["mem_cache"] = {"entries": len(gateway.cache.snapshot())}
     body["authmode"] = site.config.auth_mode
     body["gateway"] = _gateway_view(app, site)
@@ -152,16 +148,19 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
 
 def _gateway_stats(app: App, site: Site) -> dict[str, Any]:
     c = site.stats.snapshot()
-    return {"gets": c.gets, "errors": c.errors, "timeout": c.timeout, "uri": c.uri,
-            **_gateway_view(app, site)}
+    return {"gets": c.gets, "errors": c.errors, "timeout": c.timeout, "starting": c.starting,
+            "uri": c.uri, **_gateway_view(app, site)}
 
 
 def health_body(app: App, call: Call) -> dict[str, Any]:
     config, site = app.config, call.site
     gateway = site.gateway
     c = (site.stats if call.mount else app.stats).snapshot()
+    fleet = _fleet(app, call)
     body: dict[str, Any] = {
-        "status": overall_status(app) if _fleet(app, call) else gateway.status(),
+        "status": overall_status(app) if fleet else gateway.status(),
+        # The connection in one word: ok, starting, unreachable, refused or cooling_down.
+        "connection": connection_word(list(app.sites) if fleet else [site]),
         "pypowerwall": build_label(),
         "mode": gateway.info.mode,
         "tedapi_mode": gateway.info.tedapi_mode,
@@ -172,17 +171,18 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
         "health_check_enabled": config.health_check,
         "startup_time": datetime.datetime.fromtimestamp(app.started).isoformat(),
         "current_time": datetime.datetime.now().isoformat(),
-        "transports": _transports(site),
+        "transports": gateway.transports(),
         "proxy_stats": {"total_gets": c.gets, "total_posts": c.posts,
-                        "total_errors": c.errors, "total_timeouts": c.timeout},
+                        "total_errors": c.errors, "total_timeouts": c.timeout,
+                        "total_starting": c.starting},
     }
     if config.health_check:
         body["connection_health"] = _connection_health(gateway)
-    body["fallback_mode"] = _fallback_mode()
+    body["fallback_mode"] = gateway.fallback_view()
     body["cached_data"] = _cache_view(gateway)
     body["endpoint_statistics"] = gateway.endpoints.view()
     body["gateway"] = _gateway_view(app, site)
-    if _fleet(app, call):
+    if fleet:
         body["gateways"] = {s.id: _gateway_health(s) for s in app.sites}
     body.update(app.reports.collect(HEALTH))
     return body
@@ -191,7 +191,10 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
 def _gateway_health(site: Site) -> dict[str, Any]:
     gateway = site.gateway
     health = gateway.health.snapshot()
-    return {"status": gateway.status(), "mode": gateway.info.mode, "online": gateway.status() == "ok",
+    condition = gateway.connection()
+    return {"status": gateway.status(), "connection": condition.state,
+            "connection_error": condition.message,
+            "mode": gateway.info.mode, "online": gateway.status() == "ok",
             "consecutive_failures": health.consecutive_failures, "last_error": health.last_error,
             "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
             "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1)}

@@ -7,8 +7,8 @@ out as verdicts (`outcome.Kind`) or typed errors (`proxy.errors`). It may import
 
 from proxy.gateway.adapter import Gateway, GatewayInfo, error_for
 from proxy.gateway.cache import Entry, WindowCache
-from proxy.gateway.library import reserve_answer, reserve_for_backend, user_number
+from proxy.gateway.library import app_reserve, reserve_answer, reserve_for_backend, user_number
 from proxy.gateway.outcome import Kind, Verdict
 
-__all__ = ["Entry", "Gateway", "GatewayInfo", "Kind", "Verdict", "WindowCache", "error_for",
+__all__ = ["Entry", "Gateway", "GatewayInfo", "Kind", "Verdict", "WindowCache", "app_reserve", "error_for",
            "reserve_answer", "reserve_for_backend", "user_number"]

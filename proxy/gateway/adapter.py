@@ -20,8 +20,10 @@ from typing import Any
 
 from proxy.config import GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
-from proxy.gateway import library
+from proxy.gateway import connection, library
 from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway.connect import Connector
+from proxy.gateway.connection import Condition
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
 from proxy.gateway.sources import ANY, SITE_NAME, Source
@@ -30,9 +32,7 @@ from proxy.stats import Tally
 
 log = logging.getLogger("proxy.gateway")
 
-CONNECT_BACKOFF_START = 1.0
-CONNECT_BACKOFF_CAP = 60.0
-CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
+CONNECT_BACKOFF_START = 1.0  # then doubling, at most the gateway's probe_interval
 MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
@@ -51,6 +51,7 @@ class GatewayInfo:
     tedapi: bool = False
     pw3: bool = False
     tedapi_api_version: str = "V2024_06"
+    tedapi_auth_mode: str = "basic"
     siteid: Any = None
     counter: Any = None
     connect_attempts: int = 0
@@ -77,7 +78,9 @@ class Gateway:
         self.health = Health()
         self.endpoints = EndpointStats()
         self.lookups = Tally(limit=4)  # ("hit",): answered from this window's entry; ("miss",)
-        self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version)
+        self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version,
+                                tedapi_auth_mode=config.tedapi_auth_mode)
+        self.connector = Connector(config, self._factory, self.cooldown, self.auth)
         self.pw: Any = None
         self.control_pw: Any = None
         self.control_error: str | None = None
@@ -93,12 +96,14 @@ class Gateway:
                                         thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
         self._probe = threading.Lock()  # one call at a time while the gateway is failing
+        self._loop = threading.Thread(target=self._connect_loop, name=f"{config.id}-connect",
+                                      daemon=True)
 
     # ---- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background so the HTTP server can answer at once."""
-        threading.Thread(target=self._connect_loop, name=f"{self.id}-connect", daemon=True).start()
+        self._loop.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -111,50 +116,64 @@ class Gateway:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def check(self) -> Condition:
+        """One connect attempt now, in this thread (python3 -m proxy --check)."""
+        condition = self._try_connect()
+        if condition is not None:
+            self.info = replace(self.info, connect_error=condition.text())
+            return condition
+        return self.connection()
+
     def _connect_loop(self) -> None:
         delay = CONNECT_BACKOFF_START
+        cap = float(self.config.probe_interval)  # PW_TEDAPI_PROBE_INTERVAL: at least 5 s
         while not self._stop.is_set():
-            refused = self._try_connect()
-            if refused is None:
+            condition = self._try_connect()
+            if condition is None:
                 return
-            if refused:
-                wait = self.auth.trip(self.info.connect_error or "login refused")
-            else:
-                wait, delay = delay, min(delay * 2, CONNECT_BACKOFF_CAP)
-                log.warning("%s: not connected (%s); retrying in %.0f s", self.name,
-                            self.info.connect_error, wait)
+            wait = self._connect_failed(condition, min(delay, cap))
+            delay = min(delay * 2, cap)
             self._stop.wait(wait)
 
-    def _try_connect(self) -> bool | None:
-        """None when connected; else whether the gateway refused our login."""
+    def _connect_failed(self, condition: Condition, delay: float) -> float:
+        """Record and log a failed connect; the seconds to wait before the next attempt."""
+        text = condition.text()
+        repeated = text == self.info.connect_error
+        self.info = replace(self.info, connect_error=text)
+        if condition.state == connection.COOLING_DOWN:
+            wait = self.refused(text, condition.retry_after)  # logs, counts a failure
+        else:
+            self.health.failure(text)
+            if condition.state == connection.REFUSED:
+                wait = self.auth.trip(text)  # one log line per backoff step
+            else:
+                wait = delay
+                # Said at once, then again when it changes (and now and then while it lasts).
+                failures = self.connector.reconnects.failures()
+                level = logging.DEBUG if repeated and failures % 10 else logging.WARNING
+                log.log(level, "%s: %s; next attempt in %.0f s", self.name, text, wait)
+        self.connector.failed(condition, wait)
+        return wait
+
+    def _try_connect(self) -> Condition | None:
+        """One connect attempt that proves the login too (the site name needs it); None: through."""
         self.info = replace(self.info, connect_attempts=self.info.connect_attempts + 1)
-        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
-        error = None
-        with watching(traffic):
-            try:
-                if self.pw is None:
-                    self.pw = self._factory(**self.client_kwargs())
-                else:
-                    self.pw.connect()
-                # pypowerwall keeps a half-made client when a login fails, so ask
-                # the gateway itself whether we are really through.
-                if not (library.has_client(self.pw) and _answers(self.pw)):
-                    error = "the gateway did not answer"
-            except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
-                error = f"{type(exc).__name__}: {exc}"
-        refused = _login_refused(traffic.exchanges)
-        if refused is not None:
-            error = refused
-        if error is not None:
-            self.info = replace(self.info, connect_error=error)
-            return refused is not None
+        self.pw, condition = self.connector.attempt(self.pw, self.client_kwargs())
+        if condition is not None:
+            return condition
         self.auth.reset()
+        self.health.success()  # the gateway answered a call that needed the login
+        self.connector.succeeded()
         self._describe()
         self._init_control()
         self._connected.set()
-        entry = self.read(SITE_NAME)  # best effort: its failure is not news
+        entry = self.read(SITE_NAME)  # through the window cache, as every reader will
         self.site_name = entry.verdict.value if entry.kind is Kind.DATA else None
         log.info("%s: connected, mode %s", self.name, self.info.mode)
+        partial = self.connector.partial()
+        if partial:
+            self.health.failure(f"refused: {partial}")
+            log.warning("%s: refused: %s", self.name, partial)
         return None
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -183,6 +202,7 @@ class Gateway:
             "rsa_key_path": c.rsa_key_path or None,
             "wifi_host": c.wifi_host or None,
             "tedapi_api_version": c.tedapi_api_version,
+            "tedapi_auth_mode": c.tedapi_auth_mode,
             # A local gateway that is briefly down must not flip us into cloud mode.
             "failover": not c.host or cloud,
             **({"cloudmode": c.cloud_mode, "fleetapi": c.fleetapi} if cloud else {}),
@@ -192,6 +212,7 @@ class Gateway:
         d = library.describe(self.pw)
         self.info = replace(self.info, connected=True, cloudmode=d.cloudmode, fleetapi=d.fleetapi,
                             tedapi_mode=d.tedapi_mode, tedapi=d.tedapi, pw3=d.pw3, siteid=d.siteid,
+                            tedapi_auth_mode=d.tedapi_auth_mode or self.config.tedapi_auth_mode,
                             counter=d.counter, connect_error=None)
         self.info = replace(self.info, mode=self._mode_label())
 
@@ -217,6 +238,10 @@ class Gateway:
     def _init_control(self) -> None:
         """Pick the control backend the way the reference does, plus local /api/operation writes."""
         if not self.control_enabled:
+            return
+        partial = self.connector.partial()
+        if partial:
+            self.control_error = f"refused: {partial}"
             return
         info, c = self.info, self.config
         try:
@@ -250,7 +275,7 @@ class Gateway:
     def read(self, source: Source, wait: float | None = None) -> Entry:
         """The window-cached verdict on one source; waits at most PW_TIMEOUT + 1 s (or `wait`)."""
         if not self._connected.is_set() or self.pw is None:
-            return self._unready(source.key, Verdict(Kind.STARTING, reason="connecting to the gateway"))
+            return self._unready(source.key, self._not_connected())
         entry = self.cache.fresh(source.key)
         if entry is not None:
             self.lookups.add(HIT)
@@ -301,9 +326,14 @@ class Gateway:
         # finds out, and the others fail fast behind it instead of each waiting out
         # another timeout against a dead gateway.
         if not self._probe.acquire(timeout=float(self.config.timeout)):
+            self.auth.release()  # an admitted login attempt that never went out
             return Verdict(Kind.NO_ANSWER, reason=self.health.snapshot().last_error or "gateway unavailable")
         try:
-            return self._blocked(self.cache.window()) or self._call(source, pw)
+            held = self._held(self.cache.window())  # the login gate already let this call by
+            if held is not None:
+                self.auth.release()
+                return held
+            return self._call(source, pw)
         finally:
             self._probe.release()
 
@@ -322,50 +352,62 @@ class Gateway:
                 value = source.fetch(client)
             except Exception as exc:
                 raised = exc
+        library.answered(client, traffic)
         pieced = self._pieced(client, traffic.exchanges, native_before)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
         if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
+            self.auth.release()
             return verdict  # from the library's cache of this window: no news about the gateway
-        return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
+        verdict = connection.explain(verdict, traffic.exchanges, self.connector.passwords,
+                                     self.config.host)
+        logged_in = _logged_in(traffic.exchanges, self.auth.steps())
+        return self._account(source.key, verdict, logged_in, began=traffic.started)
 
     def _blocked(self, window: int) -> Verdict | None:
         """A verdict without asking the gateway: it is cooling down, refusing us, or unreachable."""
+        held = self._held(window)
+        if held is not None:
+            return held
+        if not self.auth.admit():
+            return Verdict(Kind.AUTH, reason=self.connection().text(), retry_after=self.auth.remaining())
+        return None
+
+    def _held(self, window: int) -> Verdict | None:
         remaining = self.cooldown.remaining()
         if remaining > 0:
-            return Verdict(Kind.BUSY, reason="gateway cooling down after refusing requests",
-                           retry_after=remaining)
+            return Verdict(Kind.BUSY, reason=self.connection().text(), retry_after=remaining)
         with self._lock:
             failed = window != -1 and self._failed_window == window
         if failed:
             # It did not answer earlier in this window: do not queue every other
             # resource behind another full timeout.
             return Verdict(Kind.NO_ANSWER, reason=self.health.snapshot().last_error or "gateway unavailable")
-        if not self.auth.admit():
-            return Verdict(Kind.AUTH, reason="the gateway refused our login; waiting before trying again",
-                           retry_after=self.auth.remaining())
         return None
 
-    def _account(self, key: str, verdict: Verdict, logged_in: bool = True) -> Verdict:
+    def _account(self, key: str, verdict: Verdict, logged_in: bool = True,
+                 began: float | None = None) -> Verdict:
         """Let health, cooldowns and fail-fast hear about a real verdict; `logged_in`: the
-        call showed that the gateway accepts our credentials."""
+        call (which `began` then) showed that the gateway accepts our credentials."""
         kind = verdict.kind
         self.endpoints.record(key, ok=kind in (Kind.DATA, Kind.ABSENT))
         if kind in (Kind.DATA, Kind.ABSENT):
             self.health.success()
             self.cooldown.reset()
             if logged_in:
-                self.auth.reset()
+                self.auth.reset(began)
             else:
                 self.auth.release()  # e.g. /api/status needs no login: it proves nothing
             with self._lock:
                 self._failed_window = None
+            self.connector.answered(None)
         elif kind is Kind.BUSY:
-            return replace(verdict, retry_after=self.refused(verdict.reason, verdict.retry_after))
+            seconds = self.refused(verdict.reason, verdict.retry_after)
+            return replace(verdict, reason=self.connection().text(), retry_after=seconds)
         elif kind is Kind.AUTH:
             seconds = self.auth.trip(verdict.reason)
             self.health.failure(verdict.reason)
-            return replace(verdict, retry_after=seconds)
+            return replace(verdict, reason=self.connection().text(), retry_after=seconds)
         elif kind is Kind.NO_ANSWER:
             self.health.failure(verdict.reason)
             self.auth.release()
@@ -373,6 +415,7 @@ class Gateway:
             # which is later than the one the call began in when it was slow to fail.
             with self._lock:
                 self._failed_window = self.cache.window()
+            self.connector.answered(verdict.reason)
             log.debug("%s: %s", self.name, verdict.reason)
         else:
             self.auth.release()
@@ -409,7 +452,7 @@ class Gateway:
         """Run one write through the control backend; later reads see its effect."""
         if self.control_pw is None:
             if not self._connected.is_set():
-                raise GatewayStarting("connecting to the gateway", retry_after=2.0)
+                raise _error(self._not_connected())
             raise GatewayUnavailable(self.control_error or "control backend unavailable")
         verdict = self._blocked(-1)
         if verdict is not None:
@@ -423,6 +466,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
+        library.answered(self.control_pw, traffic)
         with self._lock:
             self._library_window = None  # the next read starts with fresh library caches
         self.cache.invalidate()
@@ -440,7 +484,10 @@ class Gateway:
         extend the one cooldown every caller honours; returns its length in seconds."""
         seconds = self.cooldown.trip(retry_after)
         self.health.failure(reason)
-        log.warning("%s: %s; leaving it alone for %.0f s", self.name, reason, seconds)
+        self.connector.busy(reason)
+        log.warning("%s: %s; leaving it alone for %.0f s", self.name,
+                    reason if reason.startswith(connection.COOLING_DOWN) else
+                    f"{connection.COOLING_DOWN}: {reason}", seconds)
         return seconds
 
     @contextmanager
@@ -466,9 +513,32 @@ class Gateway:
         """starting | ok | degraded."""
         if not self._connected.is_set():
             return "degraded" if self.auth.steps() else "starting"
-        if self.cooldown.remaining() > 0 or self.auth.steps() or self.health.snapshot().failing:
+        if (self.cooldown.remaining() > 0 or self.auth.steps() or self.health.snapshot().failing
+                or self.connector.partial()):
             return "degraded"
         return "ok"
+
+    def connection(self) -> Condition:
+        """How the connection stands, in the words of the log lines and the 503 bodies."""
+        return self.connector.condition(self._connected.is_set())
+
+    def _not_connected(self) -> Verdict:
+        """What a reader gets before the first connection: the reason, never cached."""
+        condition = self.connection()
+        wait = max(2.0, self.connector.reconnects.next_in(), self.auth.remaining(),
+                   self.cooldown.remaining())
+        return Verdict(Kind.STARTING, reason=condition.text(), retry_after=wait)
+
+    def transports(self) -> dict[str, Any]:
+        """/health transports: each TEDAPI transport's state and auth mode, and control's."""
+        healthy = not self.health.snapshot().failing and self.cooldown.remaining() == 0
+        return library.transports(self.pw if self.connected else None, self.control_pw,
+                                  self.control_enabled, healthy)
+
+    def fallback_view(self) -> dict[str, Any]:
+        """The reference's fallback_mode block: the connect loop, while it has not connected."""
+        alive = None if self._connected.is_set() else self._loop.is_alive()
+        return self.connector.reconnects.view(alive)
 
     def reset_health(self) -> int:
         """/health/reset: forget counters, cooldowns and last-good data; returns entries dropped."""
@@ -492,17 +562,10 @@ def error_for(verdict: Verdict, gateway: Gateway | None = None) -> GatewayUnavai
 
 def _error(verdict: Verdict) -> GatewayUnavailable | GatewayBusy:
     if verdict.kind is Kind.STARTING:
-        return GatewayStarting(verdict.reason, retry_after=2.0)
+        return GatewayStarting(verdict.reason, retry_after=verdict.retry_after or 2.0)
     if verdict.kind in (Kind.BUSY, Kind.AUTH):
         return GatewayBusy(verdict.reason, retry_after=verdict.retry_after or 5.0)
     return GatewayUnavailable(verdict.reason or "gateway unavailable")
-
-
-def _answers(pw: Any) -> bool:
-    try:
-        return bool(pw.is_connected())
-    except Exception:
-        return False
 
 
 def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
@@ -511,10 +574,3 @@ def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
     if not backoff_steps:
         return True
     return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
-
-
-def _login_refused(exchanges: list[Exchange]) -> str | None:
-    for x in exchanges:
-        if x.is_login and x.status in (401, 403):
-            return f"login refused with HTTP {x.status}"
-    return None

@@ -72,9 +72,14 @@ class AuthBackoff:
         self._steps = 0
         self._until = 0.0
         self._probing = False
+        self._reason = ""
+        self._tripped_at = float("-inf")
 
     def trip(self, reason: str) -> float:
-        """A login was refused: wait the next step (logged once per step); returns its length."""
+        """A login was refused: wait the next step (logged once per step); returns its length.
+
+        `reason` says what was refused, starting with the connection state ("refused: ...").
+        """
         with self._lock:
             now = self._clock()
             if self._steps and now < self._until and not self._probing:
@@ -84,9 +89,15 @@ class AuthBackoff:
             self._steps += 1
             self._until = now + seconds
             self._probing = False
-        log.warning("%s: the gateway refused the login (%s); next attempt in %.0f s",
-                    self._name, reason, seconds)
+            self._reason = reason
+            self._tripped_at = now
+        log.warning("%s: %s; next attempt in %.0f s", self._name, reason, seconds)
         return seconds
+
+    def reason(self) -> str:
+        """What the last refusal was ("" when no backoff is running)."""
+        with self._lock:
+            return self._reason if self._steps else ""
 
     def remaining(self) -> float:
         """Seconds until the next login may be tried (0 when no backoff is running)."""
@@ -110,9 +121,13 @@ class AuthBackoff:
         with self._lock:
             self._probing = False
 
-    def reset(self) -> None:
-        """A login (or any authenticated answer) worked."""
+    def reset(self, began: float | None = None) -> None:
+        """A login (or any authenticated answer) worked; with `began` (when the call that
+        showed it began, on this clock), only if it began after the last refusal: a call
+        already under way when the gateway refused us says nothing about that refusal."""
         with self._lock:
+            if began is not None and began <= self._tripped_at:
+                return
             if self._steps:
                 log.info("%s: the gateway accepts our login again", self._name)
             self._steps = 0

@@ -14,7 +14,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from proxy.gateway.traffic import current
+from proxy.gateway.logins import LoginOnce
+from proxy.gateway.traffic import Traffic, current
 
 CLOUD_AUTH_FILES = (".pypowerwall.auth", ".pypowerwall.fleetapi")
 _NATIVE = "_native_fail_until"  # TEDAPI mode's 5-minute backoff after a failed local-API energy fetch
@@ -40,6 +41,7 @@ class Description:
     pw3: bool = False
     siteid: Any = None
     counter: Any = None
+    tedapi_auth_mode: str = ""  # the live TEDAPI transport's: "basic" or "bearer"
 
 
 def describe(pw: Any) -> Description:
@@ -54,6 +56,7 @@ def describe(pw: Any) -> Description:
         pw3=bool(getattr(tedapi, "pw3", False)) if tedapi else False,
         siteid=getattr(client, "siteid", None) if cloudmode else None,
         counter=getattr(client, "counter", None) if cloudmode else None,
+        tedapi_auth_mode=str(getattr(tedapi, "auth_mode", "") or "") if tedapi else "",
     )
 
 
@@ -89,6 +92,19 @@ def user_number(value: float) -> float | int:
     """A percentage as a person writes it: 30, not 30.000000000000004; 12.5 stays 12.5."""
     rounded = round(float(value), 2)
     return int(rounded) if rounded.is_integer() else rounded
+
+
+def app_reserve(pw: Any) -> Any:
+    """The backup reserve on the Tesla app's scale, as the app shows it.
+
+    The library converts the gateway's raw percentage (app x 0.95 + 5) back with
+    floating point, so a reserve set to 41 reads 41.00000000000001: every reader of
+    the reserve (control, /pw/get_reserve, /pod, /json, OpenC2, MQTT) gets it here.
+    """
+    value = pw.get_reserve()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return user_number(value)
+    return value
 
 
 def reserve_answer(pw: Any, result: Any, level: int | None) -> Any:
@@ -146,47 +162,32 @@ def _is_tedapi_session(pw: Any, session: requests.Session) -> bool:
                              or getattr(tedapi, "wifi_session", None) is session)
 
 
-class _LoginOnce:
-    """One login for many calls: the local client logs in again on every 401 it sees.
+def answered(pw: Any, traffic: Traffic) -> None:
+    """Tell the login guards how a call went: a fresh session proves itself by answering."""
+    for guard in _login_guards(pw):
+        guard.answered(traffic)
 
-    Calls of several resources run side by side, so after a gateway restart each
-    would log in on its own. The first call logs in; the others wait for it (no
-    longer than their deadline) and retry on its session; a call that began before
-    the last login finished uses that login instead of making another.
-    """
 
-    def __init__(self, login: Callable[[], Any]) -> None:
-        self._login = login
-        self._lock = threading.Lock()
-        self._running: threading.Event | None = None
-        self._done_at = -1.0
-
-    def __call__(self) -> None:
-        traffic = current()
-        began = traffic.started if traffic is not None else time.monotonic()
-        with self._lock:
-            if self._done_at > began:
-                return  # a login finished after this call began: its session serves
-            running = self._running
-            if running is None:
-                mine = self._running = threading.Event()
-        if running is not None:
-            running.wait(max(0.0, traffic.remaining()) if traffic is not None else 10.0)
-            return
-        try:
-            self._login()
-        finally:
-            with self._lock:
-                self._done_at = time.monotonic()
-                self._running = None
-            mine.set()
+def _login_guards(pw: Any) -> list[LoginOnce]:
+    client, tedapi = getattr(pw, "client", None), getattr(pw, "tedapi", None)
+    found = [obj.__dict__.get(name) for obj, name in ((client, "_get_session"),
+                                                      (tedapi, "_bearer_login"),
+                                                      (tedapi, "_customer_login")) if obj]
+    return [guard for guard in found if isinstance(guard, LoginOnce)]
 
 
 def _guard_logins(pw: Any) -> None:
     client = getattr(pw, "client", None)
     if client is not None and is_local_client(pw) and not isinstance(
-            client.__dict__.get("_get_session"), _LoginOnce):
-        client._get_session = _LoginOnce(client._get_session)
+            client.__dict__.get("_get_session"), LoginOnce):
+        client._get_session = LoginOnce(client._get_session)
+    tedapi = getattr(pw, "tedapi", None)
+    # TEDAPI logs in again on every 401 too: its bearer transport, and the customer login it
+    # makes for the local API's energy counters.
+    for name, serves in (("_bearer_login", "/tedapi/"), ("_customer_login", "/api/")):
+        method = getattr(tedapi, name, None) if tedapi else None
+        if method is not None and not isinstance(tedapi.__dict__.get(name), LoginOnce):
+            setattr(tedapi, name, LoginOnce(method, serves))
 
 
 class _OneAtATime:
@@ -291,3 +292,55 @@ def native_backoff(pw: Any) -> float:
     """Until when pypowerwall skips the local API's energy counters (TEDAPI mode)."""
     until = [getattr(obj, _NATIVE, 0.0) for obj in _objects(pw)]
     return max((float(u) for u in until if isinstance(u, (int, float))), default=0.0)
+
+
+def transports(pw: Any, control_pw: Any, control_wanted: bool, healthy: bool) -> dict[str, Any]:
+    """/health `transports`, as the reference reports them: per TEDAPI transport its status,
+    host and auth mode (v1r: the LAN failover too), and the control transport."""
+    tedapi = getattr(pw, "tedapi", None) if pw is not None else None
+    out: dict[str, Any] = {}
+    if tedapi and getattr(tedapi, "v1r", False):
+        out["v1r_lan"] = _v1r_lan(tedapi, healthy)
+        out["wifi_tedapi"] = _v1r_wifi(tedapi)
+    elif tedapi:
+        out["wifi_tedapi"] = {"active": True, "status": _ok(bool(tedapi.din) and healthy),
+                              "host": getattr(tedapi, "gw_ip", None),
+                              "auth_mode": str(getattr(tedapi, "auth_mode", "basic"))}
+    if control_pw is not None:
+        if tedapi and getattr(tedapi, "v1r", False):
+            out["lan_control"] = {"active": True, "status": "ok", "mode": "v1r_filestore"}
+        else:
+            out["cloud_control"] = {"active": True, "status": "ok",
+                                    "mode": str(getattr(control_pw, "mode", "unknown"))}
+    elif control_wanted:
+        out["cloud_control"] = {"active": False, "status": "failed"}
+    return out
+
+
+def _ok(ok: bool) -> str:
+    return "ok" if ok else "unavailable"
+
+
+def _v1r_lan(tedapi: Any, healthy: bool) -> dict[str, Any]:
+    failed_over = bool(getattr(tedapi, "lan_failed", False))
+    lan: dict[str, Any] = {"active": True, "status": _ok(bool(tedapi.din) and not failed_over and healthy),
+                           "host": getattr(tedapi, "gw_ip", None), "leader_din": tedapi.din,
+                           "failover": bool(getattr(tedapi, "failover", True)),
+                           "failed_over": failed_over}
+    last = getattr(tedapi, "lan_last_success", 0) or 0
+    if last:
+        lan["last_success_age_seconds"] = round(time.time() - last, 1)
+    if failed_over:
+        retry = float(getattr(tedapi, "lan_recover_after", 0) or 0) - time.time()
+        lan["lan_retry_in_seconds"] = max(0, round(retry))
+    return lan
+
+
+def _v1r_wifi(tedapi: Any) -> dict[str, Any]:
+    if not getattr(tedapi, "wifi_session", None):
+        return {"active": False}
+    cooldown = max(0.0, float(getattr(tedapi, "wifi_cooldown", 0) or 0) - time.time())
+    available = bool(getattr(tedapi, "wifi_available", False))
+    status = "ok" if available else ("degraded" if cooldown > 0 else "unavailable")
+    return {"active": True, "status": status, "host": getattr(tedapi, "wifi_host", None),
+            "available": available, "cooldown_remaining_seconds": round(cooldown)}

@@ -6,7 +6,8 @@ resource asked for. No I/O, no library: tested without a network.
 
 The rules, in one place:
 - the gateway asked for calm (429/503)                   -> BUSY (cooldown)
-- it refused our login (401/403 on a login or TEDAPI)    -> AUTH (auth backoff)
+- it refused our login (401/403 on a login or TEDAPI),
+  or a data path said 401 again after a fresh login      -> AUTH (auth backoff)
 - no answer: connect error, timeout, deadline, 5xx       -> NO_ANSWER (health failure)
 - the library cannot ask this in this mode               -> NOT_SUPPORTED (404)
 - a 200 that is not the resource: a web page, text or a
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-__all__ = ["Contract", "Exchange", "Kind", "Shape", "Verdict", "judge"]
+__all__ = ["Contract", "Exchange", "Kind", "Shape", "Verdict", "judge", "refused_twice"]
 
 
 class Shape(Enum):
@@ -153,6 +154,25 @@ def _auth(exchanges: Sequence[Exchange]) -> Verdict | None:
     for x in exchanges:
         if x.is_login and x.status in (401, 403):
             return Verdict(Kind.AUTH, reason=f"login refused with HTTP {x.status}")
+    path = refused_twice(exchanges)
+    if path is not None:
+        return Verdict(Kind.AUTH, reason=f"HTTP 401 on {path} after a fresh login")
+    return None
+
+
+def refused_twice(exchanges: Sequence[Exchange]) -> str | None:
+    """A data path that answered 401 twice in one call, or None.
+
+    The library logs in again after a 401 and asks once more: a second 401 on the same
+    path means the gateway takes the password but not the session, and another login
+    (a login storm) would not help.
+    """
+    seen: set[str] = set()
+    for x in exchanges:
+        if not x.is_login and x.status == 401:
+            if x.path in seen:
+                return x.path
+            seen.add(x.path)
     return None
 
 

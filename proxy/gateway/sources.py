@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.gateway.library import app_reserve
 from proxy.gateway.outcome import Contract, Shape
 
 Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
@@ -53,7 +54,7 @@ STRINGS = Source("strings", lambda pw: pw.strings(), OBJECT_OR_EMPTY)
 TEMPS = Source("temps", lambda pw: pw.temps(), OBJECT_OR_EMPTY)
 ALERTS = Source("alerts", lambda pw: pw.alerts(), LIST_OR_EMPTY)
 SYSTEM_STATUS = Source("system_status", lambda pw: pw.system_status(), OBJECT)
-RESERVE = Source("reserve", lambda pw: pw.get_reserve(), NUMBER)
+RESERVE = Source("reserve", app_reserve, NUMBER)
 TIME_REMAINING = Source("time_remaining", lambda pw: pw.get_time_remaining(), NUMBER)
 VERSION = Source("version", lambda pw: pw.version(), TEXT)
 SITE_NAME = Source("site_name", lambda pw: pw.site_name(), TEXT)

@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 import urllib3.exceptions
+from urllib3.util.retry import Retry
 
+from proxy.gateway.connection import transport_problem
 from proxy.gateway.outcome import DEADLINE, TOO_LARGE, Exchange
 
 __all__ = ["AnswerTooLarge", "DeadlineExceeded", "Traffic", "install", "watching"]
@@ -110,10 +112,20 @@ def install() -> None:
             traffic = _traffic()
             if traffic is None:
                 return send(adapter, request, *args, **kwargs)
+            _no_retries(adapter)
             return _exchange(lambda *a, **k: send(adapter, *a, **k), request, traffic, args, kwargs)
 
         requests.adapters.HTTPAdapter.send = watched_send  # type: ignore[method-assign,assignment]
         logging.getLogger("pypowerwall").addHandler(_LibraryErrors(logging.ERROR))
+
+
+def _no_retries(adapter: Any) -> None:
+    """One exchange, one request: the call's deadline bounds it, and urllib3's own retries
+    (TEDAPI sessions retry five times with backoff, even while the library is still being
+    built) would wait past that deadline in a silent gateway's sockets."""
+    retries = getattr(adapter, "max_retries", None)
+    if isinstance(retries, Retry) and (retries.total or retries.connect or retries.read):
+        adapter.max_retries = Retry(0, read=False)
 
 
 def _exchange(send: Callable[..., Any], request: Any, traffic: Traffic,
@@ -236,7 +248,7 @@ def _retry_after(raw: str | None) -> float | None:
 
 
 def _error_name(exc: BaseException) -> str:
-    return DEADLINE if isinstance(exc, requests.exceptions.Timeout) else type(exc).__name__
+    return DEADLINE if isinstance(exc, requests.exceptions.Timeout) else transport_problem(exc)
 
 
 class _LibraryErrors(logging.Handler):

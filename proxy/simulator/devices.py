@@ -61,6 +61,8 @@ def _split_int(total: int, weights: list[int]) -> list[int]:
 
 def units(snapshot: Snapshot, layout: Layout) -> list[UnitReading]:
     """Battery power, stored energy, temperature and fans for each Powerwall."""
+    if not layout.units:
+        return []  # solar only
     weights = [unit.full_pack_wh for unit in layout.units]
     energies = _split_int(snapshot.remaining_wh, weights)
     share = snapshot.flows.battery / len(layout.units)

@@ -8,7 +8,8 @@ Kinds: `down` (connection dropped), `slow` (answer after `delay` s), `status` (a
 error `status`, optional `retry_after`), `expire_session`, `malformed` (200 bodies
 cut in half), `grid_outage`, `drip` (200 bodies written `chunk` bytes at a time,
 `delay` s apart), `oversize` (200 bodies padded with whitespace to `size` bytes,
-streamed), `login_401` (every login refused as a wrong password).
+streamed), `login_401` (every login refused as a wrong password), `data_401` (logins
+accepted, every request that needs one answered 401: a session the gateway will not honour).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 DOWN, SLOW, STATUS = "down", "slow", "status"
 EXPIRE_SESSION, MALFORMED, GRID_OUTAGE = "expire_session", "malformed", "grid_outage"
-DRIP, OVERSIZE, LOGIN_401 = "drip", "oversize", "login_401"
-KINDS = (DOWN, SLOW, STATUS, EXPIRE_SESSION, MALFORMED, GRID_OUTAGE, DRIP, OVERSIZE, LOGIN_401)
+DRIP, OVERSIZE, LOGIN_401, DATA_401 = "drip", "oversize", "login_401", "data_401"
+KINDS = (DOWN, SLOW, STATUS, EXPIRE_SESSION, MALFORMED, GRID_OUTAGE, DRIP, OVERSIZE, LOGIN_401,
+         DATA_401)
 MAX_FAULTS = 64
 MAX_PATHS = 64
 MAX_SECONDS = 7 * 24 * 3600.0

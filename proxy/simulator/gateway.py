@@ -122,8 +122,13 @@ class Gateway:
 
     def _access_denied(self, route: routes.Route, request: Request,
                        active: list[Fault]) -> Response | None:
+        needs_login = route.access in (routes.SESSION, routes.BEARER)
+        if needs_login and any(f.kind == fk.DATA_401 for f in active):
+            return gateway_error(401, "Authorization Required", "User is not logged in")
         if route.access == routes.SESSION and not self._session_ok(request, active):
             return gateway_error(401, "Authorization Required", "User is not logged in")
+        if route.access == routes.BEARER and not self._session_ok(request, active, routes.INSTALLER):
+            return gateway_error(401, "Authorization Required", "Installer login required")
         if route.access == routes.TEDAPI and not self.site.tedapi_auth_ok(
                 request.header("authorization")):
             verb = request.method
@@ -131,10 +136,10 @@ class Gateway:
                                  "User does not have adequate access rights")
         return None
 
-    def _session_ok(self, request: Request, active: list[Fault]) -> bool:
-        token = routes.session_token(request)
+    def _session_ok(self, request: Request, active: list[Fault], role: str = "") -> bool:
+        token = request.bearer_token() if role else routes.session_token(request)
         issued = self.site.sessions.issued_at(token) if token else None
-        if token is None or issued is None:
+        if token is None or issued is None or (role and self.site.sessions.role(token) != role):
             return False
         # expire_session: sessions that existed when the fault began are dropped on
         # their next request here; logging in again gives a session that works.

@@ -5,13 +5,15 @@ Two layouts mirror what the library knows how to read:
   Backup Gateway 2; the leader Powerwall 3 is the site controller.
 - ``pw2``: a Powerwall+ and a Powerwall 2 behind a Backup Gateway 2, with the
   Powerwall+ solar inverter (PVAC/PVS) on the esCan bus.
+- ``solar``: a solar-only site: a Tesla solar inverter (PVAC/PVS) behind the gateway,
+  no Powerwall.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-MODELS = ("pw2", "pw3")
+MODELS = ("pw2", "pw3", "solar")
 FIRMWARE_VERSION = "25.10.2 8a1d7e3f"
 GIT_HASH = "8a1d7e3f5c0b9d2e4a6f8b1c3d5e7f9a0b2c4d6e"
 SITE_NAME = "Simulated Home"
@@ -101,12 +103,20 @@ def _pw2_layout() -> Layout:
                   (plus, classic), pvac, 7600)
 
 
+def _solar_layout() -> Layout:
+    pvac = SolarInverter("1538100-00-F", "TG1250000001PV", 7600, ("A", "B", "C", "D"))
+    return Layout("solar", "1232100-00-E", "TG1250000000GW", "1493315-07-F", "JBL25000000001",
+                  (), pvac, 7600)
+
+
 def layout_for(model: str) -> Layout:
-    """The device layout of a simulated `model` ("pw2" or "pw3")."""
+    """The device layout of a simulated `model` ("pw2", "pw3" or "solar")."""
     if model == "pw3":
         return _pw3_layout()
     if model == "pw2":
         return _pw2_layout()
+    if model == "solar":
+        return _solar_layout()
     raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
 
 
@@ -123,6 +133,8 @@ def with_units(layout: Layout, count: int) -> Layout:
     if not 1 <= count <= MAX_UNITS:
         raise ValueError(f"units must be between 1 and {MAX_UNITS}, not {count}")
     base = layout.units
+    if not base:
+        return layout  # a solar-only site has no Powerwall to multiply
     units = tuple(replace(base[i % len(base)], serial=_nth(base[i % len(base)].serial, i),
                           module_serial=_nth(base[i % len(base)].module_serial, i))
                   if i >= len(base) else base[i] for i in range(count))

@@ -83,7 +83,8 @@ class Snapshot:
 
     @property
     def soe_percent(self) -> float:
-        return self.remaining_wh / self.full_pack_wh * 100.0
+        # A solar-only site stores nothing: 0 %, as its gateway reports.
+        return self.remaining_wh / self.full_pack_wh * 100.0 if self.full_pack_wh else 0.0
 
     @property
     def grid_status(self) -> str:
@@ -233,7 +234,8 @@ class HomeModel:
             return self._cache[1]
 
     def _soe(self) -> float:
-        return self._remaining / self.layout.full_pack_wh * 100.0
+        full = self.layout.full_pack_wh
+        return self._remaining / full * 100.0 if full else 0.0
 
     def _flows_at(self, tick: int, islanded: bool) -> Flows:
         t = tick * self._tick_seconds

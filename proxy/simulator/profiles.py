@@ -44,6 +44,9 @@ class Profile:
     model: str  # hardware layout: "pw2" or "pw3"
     firmware: str  # "<release> <short git hash>", as /api/status reports it
     tedapi: bool  # clients connect with the gateway password (TEDAPI), else the customer password
+    # TEDAPI only through the bearer login (/api/login/Basic as installer with the gateway
+    # password) and AuthEnvelope bodies carrying the V2026_06 signed queries; Basic is refused.
+    bearer: bool = False
     http10: bool = False  # HTTP/1.0 without keep-alive: "Connection: close" on every answer
     vitals: bool = False  # /api/devices/vitals serves protobuf (firmware before 23.44)
     missing: tuple[str, ...] = ()  # paths answering 404
@@ -106,6 +109,11 @@ PROFILES: tuple[Profile, ...] = (
     Profile("portal", "a captive portal answering system_status, site_name and operation with "
             "an HTML login page (200 text/html)", model="pw3", firmware=FIRMWARE_VERSION,
             tedapi=False, portal=PORTAL_PATHS),
+    Profile("solar-only", "a solar-only gateway (Tesla solar inverter, no Powerwall) on firmware "
+            "25.26: TEDAPI only with the bearer login (/api/login/Basic as installer with the "
+            "gateway password) and authenticated envelopes carrying the V2026_06 signed queries "
+            "(PW_TEDAPI_AUTH_MODE=bearer, PW_TEDAPI_API_VERSION=V2026_06); HTTP Basic is refused",
+            model="solar", firmware="25.26.2 7c3b1e94", tedapi=True, bearer=True),
 )
 NAMES: tuple[str, ...] = tuple(profile.name for profile in PROFILES)
 DEFAULT = PROFILES[0]

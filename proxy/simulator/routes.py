@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import legacy_vitals, local_api, profiles, tedapi_data, tedapi_wire, web
+from . import legacy_vitals, local_api, profiles, tedapi_bearer, tedapi_data, tedapi_wire, web
 from .devices import iso_time
 from .layout import Layout
 from .messages import Request, Response, gateway_error, json_response, not_found
@@ -22,12 +22,14 @@ from .model import Snapshot
 from .profiles import Profile
 from .site import Site
 
-PUBLIC, SESSION, TEDAPI = "public", "session", "tedapi"
+# Access rules: none, a local-API login, TEDAPI's HTTP Basic, an installer's bearer token.
+PUBLIC, SESSION, TEDAPI, BEARER = "public", "session", "tedapi", "bearer"
 GET, POST = frozenset({"GET"}), frozenset({"POST"})
 GET_POST = GET | POST
 ANY_METHOD = frozenset({"GET", "POST", "PUT", "DELETE"})
 DEVICE_PREFIX, DEVICE_SUFFIX = "/tedapi/device/", "/v1"
 LOGIN_PATH = "/api/login/Basic"
+INSTALLER = "Provider_Engineer"  # the role of an installer's login (the gateway password)
 PROTOBUF = "application/octet-stream"
 
 Handler = Callable[[Site, Request], Response]
@@ -36,7 +38,7 @@ Handler = Callable[[Site, Request], Response]
 @dataclass(frozen=True)
 class Route:
     methods: frozenset[str]
-    access: str  # PUBLIC, SESSION (local-API login) or TEDAPI (HTTP Basic)
+    access: str  # PUBLIC, SESSION, TEDAPI or BEARER
     handler: Handler
 
 
@@ -106,7 +108,7 @@ def _role(site: Site, fields: dict[str, str]) -> str | None:
     if username == "customer" and site.customer_password_ok(password):
         return "Home_Owner"
     if username == "installer" and site.installer_password_ok(password):
-        return "Provider_Engineer"
+        return INSTALLER
     return None
 
 
@@ -121,6 +123,7 @@ def post_login_basic(site: Site, request: Request) -> Response:
     if role is None:
         return login_refused()
     token = site.sessions.issue()
+    site.sessions.grant(token, role)
     record = {"email": fields.get("email", ""), "firstname": "Tesla", "lastname": "Energy",
               "roles": [role], "token": token, "provider": "Basic",
               "loginTime": iso_time(site.model.snapshot().wall_time)}
@@ -203,10 +206,14 @@ def _query_document(site: Site, snapshot: Snapshot, request: tedapi_wire.TedapiR
     if request.query_name != "ComponentsQuery":
         return None
     if layout.model != "pw3":
-        return {"pw3Can": None, "components": {g: [] for g in ("pws", "pch", "bms", "hvp",
-                                                                  "baggr")}}
+        return _no_pw3()
     index = _unit_index(layout, request.recipient) if unit_index is None else unit_index
     return tedapi_data.components(snapshot, layout, index, request.variables)
+
+
+def _no_pw3() -> dict[str, Any]:
+    """The components query on a site without a Powerwall 3."""
+    return {"pw3Can": None, "components": {g: [] for g in ("pws", "pch", "bms", "hvp", "baggr")}}
 
 
 def _tedapi_answer(site: Site, body: bytes, unit_index: int | None) -> Response:
@@ -232,6 +239,34 @@ def _tedapi_answer(site: Site, body: bytes, unit_index: int | None) -> Response:
 
 def post_tedapi_v1(site: Site, request: Request) -> Response:
     return _tedapi_answer(site, request.body, None)
+
+
+def _signed_document(site: Site, name: str) -> dict[str, Any] | None:
+    """The answer to a V2026_06 signed query, by operation name; None: not one we run."""
+    snapshot, layout = site.model.snapshot(), site.layout
+    if name == "DeviceControllerQuery":
+        return tedapi_data.device_controller(snapshot, layout, True)
+    if name == "PW3Query":
+        return tedapi_data.components(snapshot, layout, 0, {}) if layout.model == "pw3" else _no_pw3()
+    return None
+
+
+def post_tedapi_bearer(site: Site, request: Request) -> Response:
+    """POST /tedapi/v1 behind the bearer login: an AuthEnvelope in, an AuthEnvelope out."""
+    try:
+        asked = tedapi_bearer.parse(tedapi_bearer.unwrap(request.body))
+    except ValueError as exc:
+        return gateway_error(400, "Bad Request", str(exc))
+    if asked.kind == tedapi_bearer.LEGACY:
+        legacy = _tedapi_answer(site, asked.legacy, None)
+        if legacy.status != 200:
+            return legacy
+        body = tedapi_bearer.bare(legacy.body)
+    elif asked.kind == tedapi_bearer.SYSTEM_INFO:
+        body = tedapi_bearer.system_info_answer(site.layout)
+    else:
+        body = tedapi_bearer.query_answer(site.layout.din, _signed_document(site, asked.name))
+    return Response(200, tedapi_bearer.wrap(body), PROTOBUF)
 
 
 def post_tedapi_device(site: Site, request: Request) -> Response:
@@ -297,6 +332,11 @@ ROUTES: dict[str, Route] = {
 }
 
 DEVICE_ROUTE = Route(POST, TEDAPI, post_tedapi_device)
+# A bearer-only gateway (profile.bearer): TEDAPI behind an installer's login.
+BEARER_ROUTES: dict[str, Route] = {
+    "/tedapi/din": Route(GET, BEARER, get_tedapi_din),
+    "/tedapi/v1": Route(POST, BEARER, post_tedapi_bearer),
+}
 
 # A profile's special answers (profiles.py), in place of the normal route.
 ANSWERS: dict[str, Route] = {
@@ -313,6 +353,8 @@ def find(path: str, profile: Profile = profiles.DEFAULT) -> Route | None:
     answer = profile.answer(path)
     if answer is not None:
         return ANSWERS[answer]
+    if profile.bearer and path.startswith("/tedapi/"):
+        return BEARER_ROUTES.get(path)
     route = ROUTES.get(path)
     if route is None and path.startswith(DEVICE_PREFIX) and path.endswith(DEVICE_SUFFIX) \
             and len(path) > len(DEVICE_PREFIX) + len(DEVICE_SUFFIX):

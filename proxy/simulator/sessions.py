@@ -20,14 +20,26 @@ class SessionStore:
         self._limit = limit
         self._lock = threading.Lock()
         self._issued: OrderedDict[str, float] = OrderedDict()
+        self._roles: dict[str, str] = {}  # who logged in, for the tokens still issued
 
     def issue(self) -> str:
         token = secrets.token_urlsafe(48)
         with self._lock:
             self._issued[token] = self._clock()
             while len(self._issued) > self._limit:
-                self._issued.popitem(last=False)
+                old, _ = self._issued.popitem(last=False)
+                self._roles.pop(old, None)
         return token
+
+    def grant(self, token: str, role: str) -> None:
+        """Record who logged in with `token` ("Home_Owner", "Provider_Engineer")."""
+        with self._lock:
+            if token in self._issued:
+                self._roles[token] = role
+
+    def role(self, token: str) -> str | None:
+        with self._lock:
+            return self._roles.get(token)
 
     def issued_at(self, token: str) -> float | None:
         """When `token` was issued, or None if it is unknown or revoked."""
@@ -37,7 +49,9 @@ class SessionStore:
     def revoke(self, token: str) -> None:
         with self._lock:
             self._issued.pop(token, None)
+            self._roles.pop(token, None)
 
     def clear(self) -> None:
         with self._lock:
             self._issued.clear()
+            self._roles.clear()

@@ -21,6 +21,14 @@ from .layout import Layout
 CONFIG, FIRMWARE, QUERY = "config", "firmware", "query"
 DEVICE_TYPE_SITECONTROLLER = 4
 CONFIG_SIGNATURE = bytes.fromhex("3045022100") + b"\x11" * 32
+UPDATE_IDLE, UPDATE_SUCCEEDED = 1, 2  # systemUpdate.updateStatus, .lastUpdateResult
+RADIO = ("Murata", "Type 1MW", "VPYLB1MW", "772C-LB1MW")  # maker, model, FCC id, IC id
+
+
+def set_radio(device: Any, fields: tuple[str, str, str, str]) -> None:
+    """Fill one radio's regulatory identity; the two protobuf sets name the fields apart."""
+    for name, value in zip(fields, RADIO, strict=True):
+        getattr(device, name).value = value
 
 
 @functools.cache
@@ -119,11 +127,7 @@ def firmware_response(layout: Layout, tail: int) -> bytes:
     system.version.text = layout.firmware
     system.version.githash = layout.git_hash[:8].encode("ascii")
     system.deviceType = DEVICE_TYPE_SITECONTROLLER
-    system.systemUpdate.updateStatus = 1  # idle
-    system.systemUpdate.lastUpdateResult = 2  # succeeded
-    radio = system.wireless.device.add()
-    radio.company.value = "Murata"
-    radio.model.value = "Type 1MW"
-    radio.fcc_id.value = "VPYLB1MW"
-    radio.ic.value = "772C-LB1MW"
+    system.systemUpdate.updateStatus = UPDATE_IDLE
+    system.systemUpdate.lastUpdateResult = UPDATE_SUCCEEDED
+    set_radio(system.wireless.device.add(), ("company", "model", "fcc_id", "ic"))
     return bytes(message.SerializeToString())

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from proxy import payloads
 from proxy.errors import BadValue, GatewayUnavailable, NotSupported, WriteFailed
-from proxy.gateway import Kind, error_for, reserve_answer, reserve_for_backend
+from proxy.gateway import Kind, app_reserve, error_for, reserve_answer, reserve_for_backend
 from proxy.gateway.sources import LEVEL_SCALED
 from proxy.reports import Reports
 from proxy.site.site import Site, State
@@ -166,7 +166,7 @@ class Action(Generic[V]):
 
 
 RESERVE: Action[int] = Action(
-    "reserve", "reserve", level, _reserve_call, _said("reserve"), read=lambda pw: pw.get_reserve(),
+    "reserve", "reserve", level, _reserve_call, _said("reserve"), read=app_reserve,
     openc2="backup_reserve", reports="backup_reserve_percent", mqtt=True)
 MODE: Action[Mode] = Action(
     "mode", "mode", mode, _mode_call, _said("mode"), read=lambda pw: pw.get_mode() or "unknown",
