@@ -45,6 +45,8 @@ DEFAULT_START = {"README.md": "", "HELP.md": (
     "PW_CONTROL_SECRET=demo PW_OPENC2_TOKEN=demo2 python3 -m proxy --simulate")}
 DOCUMENTED = re.compile(r"\b(?:localhost|127\.0\.0\.1):8675\b")
 CONFIG = re.compile(r"^(?:scrape_configs|services):|^listener ")  # blocks that are files, not commands
+# Blocks that show what the proxy prints (log lines, refusals, answer bodies): nothing to run.
+OUTPUT = re.compile(r"^(?:configuration error: |(?:DEBUG|INFO|WARNING|ERROR) proxy\b|\{\")")
 START = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*python3 -m proxy(?:\s|$)(?!.*--check)")
 RUNNABLE = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:curl|python3 -m proxy)\s")
 SKIPS = (  # (pattern, reason): documented commands that cannot run here, and why
@@ -123,6 +125,8 @@ def examples(doc: str) -> list[Example]:
     found: list[tuple[int, str]] = []
     for first, block in _blocks(lines):
         text = "\n".join(block).strip()
+        if OUTPUT.match(text):
+            continue
         if CONFIG.match(text):
             found.append((first, text))
         else:
