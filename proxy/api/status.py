@@ -60,7 +60,7 @@ def _cache_view(gateway: Gateway) -> dict[str, Any]:
     for key, entry in cache.snapshot().items():
         entries[str(key)] = {
             "age_seconds": round(cache.age(entry.at), 1),
-            "is_expired": entry.window != cache.window(),
+            "is_expired": entry.window != cache.window(key),
             "ok": entry.kind in (Kind.DATA, Kind.ABSENT),
             "outcome": entry.kind.value,
             "last_good_age_seconds": round(cache.age(entry.good_at), 1) if entry.good is not None else None,
@@ -82,6 +82,7 @@ def _gateway_view(app: App, site: Site) -> dict[str, Any]:
         "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1),
         "login_backoff_steps": gateway.auth.steps(),
         "fetches_in_flight": gateway.cache.in_flight(),
+        "calls": gateway.lanes.view(),
         "connect_attempts": info.connect_attempts,
         "connect_error": info.connect_error,
         "control": bool(gateway.control_pw) and app.config.control_secret.reveal() != "",

@@ -1,10 +1,13 @@
 """`Gateway`: one Powerwall gateway behind the proxy, and the only caller of pypowerwall.
 
 Library calls go in; verdicts come out (`proxy.gateway.outcome`). Each call
-runs in the gateway's own small thread pool under a deadline (PW_TIMEOUT for the
-whole exchange), at most one per resource at a time and several resources in
-parallel. Readers wait a bounded time, and only a bounded number of them at
-once, so a stalled gateway can hold a few request threads but never all.
+runs in the gateway's own thread pool, at most one per resource at a time and
+at most PW_GATEWAY_CONCURRENCY at once (`proxy.gateway.lanes`: writes first and
+alone, reads oldest first), under a deadline (PW_TIMEOUT for the whole exchange)
+that starts when the call is sent. The same gateway request is sent once per
+window whatever asks (`proxy.gateway.book`). Readers wait a bounded time, and
+only a bounded number of them at once, so a stalled gateway can hold a few
+request threads but never all.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from proxy.config import GatewayConfig
+from proxy.config import ConfigError, GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
 from proxy.gateway import library
-from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway.book import AnswerBook
+from proxy.gateway.cache import Claim, Entry, WindowCache
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
+from proxy.gateway.lanes import Lanes, concurrency
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
-from proxy.gateway.sources import ANY, SITE_NAME, Source
+from proxy.gateway.sources import ANY, SITE_NAME, Source, unknown_resources
 from proxy.gateway.traffic import Traffic, install, watching
 from proxy.stats import Tally
 
@@ -33,9 +38,10 @@ log = logging.getLogger("proxy.gateway")
 CONNECT_BACKOFF_START = 1.0
 CONNECT_BACKOFF_CAP = 60.0
 CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
-MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
-FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
+POOL_THREADS = 32  # calls of different resources under way (waiting for a lane, or in one)
+FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch once it is sent
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
+WRITES_AHEAD = 8  # a write waits for at most this many calls' deadlines before it is refused
 HIT, MISS = ("hit",), ("miss",)  # window-cache lookups, counted for /metrics
 
 
@@ -71,7 +77,9 @@ class Gateway:
         self.control_enabled = control_enabled
         self._control_password = control_password  # --simulate: local writes, TEDAPI reads
         self._factory = factory or library.factory
-        self.cache = WindowCache(float(config.cache_expire))
+        self.cache = WindowCache(float(config.cache_expire), periods=_periods(config))
+        self.book = AnswerBook(self.cache.window)
+        self.lanes = Lanes(concurrency(config.concurrency, config.pool_maxsize))
         self.cooldown = Cooldown()
         self.auth = AuthBackoff(name=self.name)
         self.health = Health()
@@ -83,14 +91,15 @@ class Gateway:
         self.control_error: str | None = None
         self.site_name: Any = None
         self.wait = float(config.timeout) + FOLLOWER_GRACE
+        # The longest a reader waits for its fetch to be sent (then `wait` for its answer).
+        self.queue_wait = max(float(config.cache_expire), float(config.timeout)) + float(config.timeout)
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the three fields below
         self._failed_window: int | None = None
         self._library_window: int | None = None
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(config.pool_maxsize, MAX_PARALLEL)),
-                                        thread_name_prefix=f"gw-{config.id}")
+        self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
         self._probe = threading.Lock()  # one call at a time while the gateway is failing
 
@@ -248,7 +257,8 @@ class Gateway:
     # ---- reads -------------------------------------------------------------
 
     def read(self, source: Source, wait: float | None = None) -> Entry:
-        """The window-cached verdict on one source; waits at most PW_TIMEOUT + 1 s (or `wait`)."""
+        """The window-cached verdict on one source. A reader waits at most PW_TIMEOUT + 1 s (or
+        `wait`) once the fetch is sent, and a bounded time for its turn before that."""
         if not self._connected.is_set() or self.pw is None:
             return self._unready(source.key, Verdict(Kind.STARTING, reason="connecting to the gateway"))
         entry = self.cache.fresh(source.key)
@@ -257,24 +267,43 @@ class Gateway:
             return entry
         self.lookups.add(MISS)
         wait = self.wait if wait is None else wait
-        fetch = partial(self.call, source)
+        late = Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer")
+        for _ in range(2):  # a fetch that waited out its window was dropped: ask in this one
+            found = self.cache.claim(source.key, partial(self._fetch, source), self._pool.submit)
+            if isinstance(found, Entry):
+                return found
+            entry = self._await(found, wait)
+            if entry is not None:
+                return entry
+            late = self._late(found)
+            if not found.done.is_set():
+                break
+        return self._unready(source.key, late)
+
+    def _await(self, claim: Claim, wait: float) -> Entry | None:
         # A normal fetch is over in well under GRACE: everyone waits for it. Past that
-        # the gateway is slow, and only so many request threads may keep waiting on it;
-        # the rest get the last good copy or a 503 at once, so /health and the other
-        # routes always find a free worker.
-        entry = self.cache.get(source.key, fetch, self._pool.submit, min(wait, WAIT_GRACE))
-        if entry is not None:
-            return entry
-        if wait <= WAIT_GRACE or not self._waiters.acquire(blocking=False):
-            return self._unready(source.key, Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer"))
-        try:
-            entry = self.cache.get(source.key, fetch, self._pool.submit, wait - WAIT_GRACE)
-        finally:
-            self._waiters.release()
-        if entry is None:
-            timed_out = Verdict(Kind.NO_ANSWER, reason="timed out waiting for the gateway")
-            return self._unready(source.key, timed_out)
-        return entry
+        # the gateway is slow (or busy with other calls), and only so many request threads
+        # may keep waiting on it; the rest get the last good copy or a 503 at once, so
+        # /health and the other routes always find a free worker.
+        if self.cache.wait(claim, min(wait, WAIT_GRACE)) or wait <= WAIT_GRACE:
+            return claim.entry
+        with self.waiter() as allowed:
+            if not allowed:
+                return None
+            began = self.cache.now()
+            # Our own queue is not the gateway's slowness: the wait starts when it is sent.
+            if not self.cache.wait_sent(claim, self.queue_wait):
+                return None
+            start = max(began, claim.sent_at or began)
+            self.cache.wait(claim, start + wait - WAIT_GRACE - self.cache.now())
+        return claim.entry
+
+    def _late(self, claim: Claim) -> Verdict:
+        """Why a reader got no verdict in time (never cached, never news about health)."""
+        if not claim.sent.is_set():
+            return Verdict(Kind.NO_ANSWER, reason="waiting for a turn at the gateway "
+                           f"({self.lanes.view()['waiting']} calls in line)")
+        return Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer")
 
     def prefetch(self, sources: Sequence[Source]) -> None:
         """Start the fetches of several sources without waiting, so they run side by side."""
@@ -282,7 +311,7 @@ class Gateway:
             return
         for source in sources:
             if self.cache.fresh(source.key) is None:
-                self.cache.get(source.key, partial(self.call, source), self._pool.submit, 0.0)
+                self.cache.claim(source.key, partial(self._fetch, source), self._pool.submit)
 
     def _unready(self, key: str, verdict: Verdict) -> Entry:
         """An answer for a reader that did not get a verdict in time (never cached)."""
@@ -290,8 +319,17 @@ class Gateway:
         now = self.cache.now()
         return Entry(-2, now, verdict, last.good if last else None, last.good_at if last else 0.0)
 
+    def _fetch(self, source: Source, claim: Claim) -> Verdict | None:
+        """A claimed fetch: wait for a lane, then call; None when it was no longer needed."""
+        with self.lanes.turn(timeout=2 * self.queue_wait,
+                             needed=partial(self.cache.needed, claim)) as admitted:
+            if not admitted:
+                return None
+            self.cache.sent(claim)
+            return self.call(source)
+
     def call(self, source: Source, pw: Any = None) -> Verdict:
-        """Run one library call now, under the deadline, and judge it."""
+        """Run one library call now, under the deadline, and judge it (the caller holds a lane)."""
         blocked = self._blocked(self.cache.window())
         if blocked is not None:
             return blocked
@@ -314,7 +352,8 @@ class Gateway:
         library.forget_refusals(client)
         library.prepare(client, self.config.pool_maxsize)
         native_before = library.native_backoff(client)
-        traffic = Traffic(float(self.config.timeout), close_connections=self.config.pool_maxsize == 0)
+        traffic = Traffic(float(self.config.timeout), close_connections=self.config.pool_maxsize == 0,
+                          book=self.book)
         value: Any = None
         raised: BaseException | None = None
         with watching(traffic):
@@ -325,8 +364,11 @@ class Gateway:
         pieced = self._pieced(client, traffic.exchanges, native_before)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
-        if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
-            return verdict  # from the library's cache of this window: no news about the gateway
+        if not any(not x.shared for x in traffic.exchanges) and (
+                traffic.exchanges or verdict.kind in (Kind.DATA, Kind.ABSENT)):
+            # From the library's cache, or answers another call got from the gateway in this
+            # window (that call told health): no news about the gateway.
+            return verdict
         return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
     def _blocked(self, window: int) -> Verdict | None:
@@ -406,7 +448,14 @@ class Gateway:
     # ---- control -----------------------------------------------------------
 
     def control(self, action: Callable[[Any], Any]) -> Any:
-        """Run one write through the control backend; later reads see its effect."""
+        """Run one write through the control backend; later reads see its effect.
+
+        Writes to one gateway go one at a time, in the order they came, ahead of waiting
+        reads and with no read in flight (`proxy.gateway.lanes`), whichever front door
+        they came from. Each reads the gateway's settings afresh: the library's local
+        write fills the field it was not given from its own cache, which is emptied
+        first. A write the gateway refused answers None (the caller reports it refused).
+        """
         if self.control_pw is None:
             if not self._connected.is_set():
                 raise GatewayStarting("connecting to the gateway", retry_after=2.0)
@@ -414,19 +463,32 @@ class Gateway:
         verdict = self._blocked(-1)
         if verdict is not None:
             raise _error(verdict)
-        library.prepare(self.control_pw, self.config.pool_maxsize)
-        traffic = Traffic(float(self.config.timeout))
+        wait = float(self.config.timeout) * WRITES_AHEAD
+        with self.lanes.turn(write=True, timeout=wait) as admitted:
+            if not admitted:
+                raise GatewayBusy("too many control writes are waiting for the gateway",
+                                  retry_after=float(self.config.timeout))
+            try:
+                result, refused = self._write(self.control_pw, action)
+            finally:
+                with self._lock:
+                    self._library_window = None  # the next read starts with fresh library caches
+                self.cache.invalidate()
+        return None if refused else result
+
+    def _write(self, pw: Any, action: Callable[[Any], Any]) -> tuple[Any, bool]:
+        """The action's result, and whether the gateway refused the write itself."""
+        library.prepare(pw, self.config.pool_maxsize)
+        library.empty_caches(pw, keep_native_backoff=True)
+        traffic = Traffic(float(self.config.timeout))  # no shared answers: reads made now are fresh
         with watching(traffic):
             try:
-                result = action(self.control_pw)
+                result = action(pw)
             except (ValueError, TypeError):
                 raise
             except Exception as exc:
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
-        with self._lock:
-            self._library_window = None  # the next read starts with fresh library caches
-        self.cache.invalidate()
-        return result
+        return result, _write_refused(traffic.exchanges)
 
     def control_read(self, key: str, fetch: Callable[[Any], Any]) -> Entry:
         """A read through the control backend (GET /control/*), window cached."""
@@ -511,6 +573,24 @@ def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
     if not backoff_steps:
         return True
     return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
+
+
+def _write_refused(exchanges: list[Exchange]) -> bool:
+    """Did the gateway answer the write (its last request that is not a GET or a login) with an
+    error status? (An earlier 401 the library answered with a login and a retry is no refusal.)"""
+    writes = [x for x in exchanges if x.method != "GET" and not x.is_login]
+    return bool(writes) and writes[-1].status is not None and writes[-1].status >= 400
+
+
+def _periods(config: GatewayConfig) -> dict[str, float]:
+    """The owner's per-resource periods; a name that is no resource fails at start."""
+    names = [name for name, _ in config.periods]
+    unknown = unknown_resources(names)
+    if unknown:
+        raise ConfigError(f"gateway {config.id!r}: PW_CACHE_PERIODS (or the file's 'periods') names "
+                          f"{unknown[0]!r}, which is no resource; use the names /health lists "
+                          "under cached_data.endpoints, e.g. vitals or poll:/api/meters/aggregates")
+    return {name: float(seconds) for name, seconds in config.periods}
 
 
 def _login_refused(exchanges: list[Exchange]) -> str | None:

@@ -73,6 +73,7 @@ class Exchange:
     content_type: str = ""
     length: int = 0
     retry_after: float | None = None
+    shared: bool = False  # another call's answer to the same request, handed on (no new news)
 
     @property
     def failed(self) -> bool:

@@ -9,7 +9,7 @@ reaches a client as data.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +105,21 @@ FLEETAPI_SOURCES: dict[str, Source] = {
     "/fleetapi/info": Source("/fleetapi/info", lambda pw: pw.client.get_site_info(), JSON),
     "/fleetapi/status": Source("/fleetapi/status", lambda pw: pw.client.get_live_status(), JSON),
 }
+
+
+def _static_keys() -> set[str]:
+    tables = (PW_SOURCES, TEDAPI_SOURCES, CLOUD_SOURCES, FLEETAPI_SOURCES)
+    fixed = (AGGREGATES, SOE, GRID_STATUS_RAW, LEVEL, LEVEL_SCALED, GRID_STATUS, GRID_STATUS_NUMERIC,
+             VITALS, STRINGS, TEMPS, ALERTS, SYSTEM_STATUS, RESERVE, TIME_REMAINING, VERSION,
+             SITE_NAME, FANS)
+    return {s.key for s in fixed} | {s.key for table in tables for s in table.values()}
+
+
+# Resources named by a prefix: any mirrored gateway path, any control read.
+_NAMED_BY_PREFIX = ("poll:/api/", "control:")
+
+
+def unknown_resources(names: Iterable[str]) -> list[str]:
+    """The names that are no resource (as /stats and /health list them)."""
+    known = _static_keys()
+    return [n for n in names if n not in known and not n.startswith(_NAMED_BY_PREFIX)]
