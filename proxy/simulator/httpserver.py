@@ -17,7 +17,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .gateway import Gateway
+from .gateway import Gateway, is_control
 from .messages import Request, Response, gateway_error
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,21 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
-        self.server.gateway.count(urllib.parse.urlsplit(self.path).path)
+        path = urllib.parse.urlsplit(self.path).path
+        self.server.gateway.count(path)
+        if not is_control(path):
+            self.server.gateway.counter.arrived()
+            self._answering = True
         return True
+
+    def handle_one_request(self) -> None:
+        """One request; counted as being answered until its answer is written (or dropped)."""
+        self._answering = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._answering:
+                self.server.gateway.counter.answered()
 
     def do_GET(self) -> None:
         self._serve()
