@@ -137,7 +137,7 @@ class Gateway:
     def _try_connect(self) -> bool | None:
         """None when connected; else whether the gateway refused our login."""
         self.info = replace(self.info, connect_attempts=self.info.connect_attempts + 1)
-        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
+        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS, book=self.book)
         error = None
         with watching(traffic):
             try:
@@ -175,9 +175,10 @@ class Gateway:
             "password": c.password.reveal(),
             "email": c.email,
             "timezone": c.timezone,
-            # The proxy's window cache is the only time-based cache; the library's
-            # cache only coalesces calls inside one window (see _sync_library).
-            "pwcacheexpire": max(c.cache_expire, 0),
+            # The proxy's window cache is the only time-based cache, and its answer book
+            # coalesces the library's repeat requests at the transport, where every answer
+            # (a web page too) is seen: the library's own caches stay off.
+            "pwcacheexpire": 0,
             "timeout": c.timeout,
             # Our transport watch needs a requests.Session; PW_POOL_MAXSIZE=0 ("no
             # keep-alive") is honoured by asking the gateway to close instead.

@@ -17,14 +17,13 @@ from proxy.gateway.outcome import Contract, Shape
 
 Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
 
-OBJECT = Contract(Shape.OBJECT)
-OBJECT_OR_EMPTY = Contract(Shape.OBJECT, empty_is_data=True)
-LIST_OR_EMPTY = Contract(Shape.LIST, empty_is_data=True)
+OBJECT = OBJECT_OR_EMPTY = Contract(Shape.OBJECT)  # {} is an answer: e.g. no string data
+LIST_OR_EMPTY = Contract(Shape.LIST)  # [] is an answer: e.g. no alerts
 JSON = Contract(Shape.JSON)
 NUMBER = Contract(Shape.NUMBER)
 TEXT = Contract(Shape.TEXT)
 BOOL = Contract(Shape.BOOL)
-ANY = Contract(Shape.ANY, empty_is_data=True)
+ANY = Contract(Shape.ANY)
 
 
 @dataclass(frozen=True, slots=True)
