@@ -132,6 +132,10 @@ def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
                                  "(their own or one already in flight)", labels=gw)
     stale = CounterMetricFamily(f"{PROXY}_stale_answers", "Answers served from the last good "
                                 "copy while the gateway failed (X-Cache: STALE)", labels=gw)
+    in_flight = GaugeMetricFamily(f"{PROXY}_gateway_calls_in_flight", "Library calls the gateway "
+                                  "is answering now (at most PW_GATEWAY_CONCURRENCY)", labels=gw)
+    waiting = GaugeMetricFamily(f"{PROXY}_gateway_calls_waiting", "Library calls waiting for "
+                                "their turn at the gateway", labels=gw)
     for site in app.sites:
         gateway, labels = site.gateway, [site.id]
         health = gateway.health.snapshot()
@@ -142,7 +146,10 @@ def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
         hits.add_metric(labels, gateway.lookups.get(("hit",)))
         misses.add_metric(labels, gateway.lookups.get(("miss",)))
         stale.add_metric(labels, app.stale_answers.get((site.id,)))
-    yield from (calls, failures, cooldown, backoff, hits, misses, stale)
+        lanes = gateway.lanes.view()
+        in_flight.add_metric(labels, lanes["in_flight"])
+        waiting.add_metric(labels, lanes["waiting"])
+    yield from (calls, failures, cooldown, backoff, hits, misses, stale, in_flight, waiting)
 
     age = GaugeMetricFamily(f"{PROXY}_data_age_seconds", "Age of the newest gateway data "
                             "behind the measurements", labels=gw)

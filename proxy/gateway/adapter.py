@@ -23,7 +23,7 @@ from typing import Any
 
 from proxy.config import ConfigError, GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
-from proxy.gateway import library
+from proxy.gateway import cookies, library
 from proxy.gateway.book import AnswerBook
 from proxy.gateway.cache import Claim, Entry, WindowCache
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
@@ -142,9 +142,11 @@ class Gateway:
         with watching(traffic):
             try:
                 if self.pw is None:
-                    self.pw = self._factory(**self.client_kwargs())
+                    self.pw = self._client(self.client_kwargs())
                 else:
+                    cookies.vouch(self.client_kwargs())
                     self.pw.connect()
+                    cookies.stamp(self.client_kwargs())
                 # pypowerwall keeps a half-made client when a login fails, so ask
                 # the gateway itself whether we are really through.
                 if not (library.has_client(self.pw) and _answers(self.pw)):
@@ -165,6 +167,13 @@ class Gateway:
         self.site_name = entry.verdict.value if entry.kind is Kind.DATA else None
         log.info("%s: connected, mode %s", self.name, self.info.mode)
         return None
+
+    def _client(self, kwargs: dict[str, Any]) -> Any:
+        """A new library client; its saved login only if these credentials made it."""
+        cookies.vouch(kwargs)
+        client = self._factory(**kwargs)
+        cookies.stamp(kwargs)
+        return client
 
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
@@ -239,8 +248,8 @@ class Gateway:
                 self.control_pw = self._factory(**self._cloud_control_kwargs())
             elif c.password or self._control_password:
                 password = c.password.reveal() or self._control_password
-                self.control_pw = self._factory(**(self.client_kwargs() | {
-                    "password": password, "gw_pwd": None, "rsa_key_path": None}))
+                self.control_pw = self._client(self.client_kwargs() | {
+                    "password": password, "gw_pwd": None, "rsa_key_path": None})
             else:
                 self.control_error = "Unable to connect to cloud mode - Run Setup"
         except Exception as exc:

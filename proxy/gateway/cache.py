@@ -82,6 +82,9 @@ class WindowCache:
         """The period of one key: its own where the owner set one, else the base period."""
         return self._periods.get(key, self._period) if isinstance(key, str) else self._period
 
+    def longest_period(self) -> float:
+        return max((self._period, *self._periods.values()))
+
     def window(self, key: Hashable | None = None) -> int:
         """The current window number of `key` (or the base one); -1, never stored, when caching
         is off."""

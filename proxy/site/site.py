@@ -2,8 +2,9 @@
 
 Routes, streams, scrapes and MQTT read a site, never the gateway adapter
 directly. `read` applies the degradation rule in one place: data, absent
-(`None`), the last good copy marked stale while it is younger than PW_CACHE_TTL,
-or the typed error.
+(`None`), the last good copy marked stale while it is younger than PW_CACHE_TTL
+(plus, for a resource the owner slowed down, how much longer its period is), or
+the typed error.
 """
 
 from __future__ import annotations
@@ -116,6 +117,18 @@ class Site:
             return 1.0
         return period - cache.now() % period
 
+    def ttl(self, key: str) -> float:
+        """How old a last good copy may be and still be served: PW_CACHE_TTL past the end of the
+        resource's own period (a resource with a longer period is older when it is fresh)."""
+        cache = self.gateway.cache
+        return self.cache_ttl + max(0.0, cache.period_of(key) - cache.period)
+
+    @property
+    def stale_ttl(self) -> float:
+        """The longest `ttl` of any resource (for answers made of several)."""
+        cache = self.gateway.cache
+        return self.cache_ttl + max(0.0, cache.longest_period() - cache.period)
+
     def read(self, source: Source, wait: float | None = None) -> Reading:
         """Data, absent, the last good copy (stale) within PW_CACHE_TTL, or the error."""
         entry = self.gateway.read(source, wait)
@@ -126,7 +139,7 @@ class Site:
             return Reading(State.ABSENT, None, entry.at)
         if kind is Kind.NOT_SUPPORTED:
             raise NotSupported(entry.verdict.reason)
-        if self.graceful and entry.good is not None and self.age(entry.good_at) <= self.cache_ttl:
+        if self.graceful and entry.good is not None and self.age(entry.good_at) <= self.ttl(source.key):
             return Reading(State.DATA, entry.good, entry.good_at, stale=True)
         return Reading(State.UNAVAILABLE, error=error_for(entry.verdict, self.gateway))
 
