@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from proxy.config import ConfigError, load_config
 from proxy.simulator import Simulator
 from tests.conftest import Factory, ProxyHandle
 from tests.stub_gateway import StubGateway
@@ -188,3 +190,44 @@ def test_a_resource_with_a_longer_period_is_asked_once_in_it(proxy_factory: Fact
     assert all(r.status == 200 and r.header("X-Cache") == "HIT" for r in within)
     assert max(int(r.header("Age") or 0) for r in within) >= 2  # ... served from one fetch
     assert asked <= 1, asked  # (one: a reply that met the next 4 s window)
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+def test_concurrency_and_periods_settings(tmp_path: Path) -> None:
+    plain = load_config({"PW_GATEWAY_CONCURRENCY": "3",
+                         "PW_CACHE_PERIODS": " vitals:30 , poll:/api/status:60"})
+    (gateway,) = plain.fleet()
+    assert gateway.concurrency == 3
+    assert gateway.periods == (("poll:/api/status", 60), ("vitals", 30))
+    assert plain.reference_view()["PW_CACHE_PERIODS"] == "poll:/api/status:60,vitals:30"
+    assert load_config({}).fleet()[0].concurrency == 2 and load_config({}).fleet()[0].periods == ()
+    path = tmp_path / "gw.yaml"
+    path.write_text("gateways:\n  - id: a\n    host: h\n    concurrency: 1\n    periods: {vitals: 20}\n"
+                    "  - id: b\n    host: i\n")
+    a, b = load_config({"PW_GATEWAY_CONCURRENCY": "4"}, file=str(path)).fleet()
+    assert (a.concurrency, a.periods, b.concurrency, b.periods) == (1, (("vitals", 20),), 4, ())
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PW_GATEWAY_CONCURRENCY": "0"}, "PW_GATEWAY_CONCURRENCY must be between 1 and 16"),
+    ({"PW_GATEWAY_CONCURRENCY": "17"}, "PW_GATEWAY_CONCURRENCY must be between 1 and 16"),
+    ({"PW_GATEWAY_CONCURRENCY": "two"}, "PW_GATEWAY_CONCURRENCY must be an integer"),
+    ({"PW_CACHE_PERIODS": "vitals"}, "PW_CACHE_PERIODS must be resource:seconds pairs"),
+    ({"PW_CACHE_PERIODS": "vitals:0"}, "PW_CACHE_PERIODS (vitals) must be between 1 and 3600"),
+    ({"PW_CACHE_PERIODS": "vitals:soon"}, "PW_CACHE_PERIODS (vitals) must be an integer"),
+    ({"PW_CACHE_PERIODS": "vi tals:5"}, "PW_CACHE_PERIODS must be resource:seconds pairs"),
+])
+def test_bad_concurrency_or_periods_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env)
+    assert message in str(err.value)
+
+
+def test_a_period_for_no_resource_stops_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.main import main
+
+    assert main([], environ={"PW_HOST": "127.0.0.1:9", "PW_PASSWORD": "x", "PW_PORT": "0",
+                             "PW_BIND_ADDRESS": "127.0.0.1", "PW_CACHE_PERIODS": "vitalz:30"}) == 2
+    err = capsys.readouterr().err
+    assert "'vitalz'" in err and "PW_CACHE_PERIODS" in err

@@ -90,6 +90,7 @@ class Gateway:
         self.control_pw: Any = None
         self.control_error: str | None = None
         self.site_name: Any = None
+        self._cookie_kwargs: dict[str, Any] = {}  # the client whose login is saved in a file
         self.wait = float(config.timeout) + FOLLOWER_GRACE
         # The longest a reader waits for its fetch to be sent (then `wait` for its answer).
         self.queue_wait = max(float(config.cache_expire), float(config.timeout)) + float(config.timeout)
@@ -153,6 +154,7 @@ class Gateway:
                     error = "the gateway did not answer"
             except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
                 error = f"{type(exc).__name__}: {exc}"
+        self._stamp_logins(traffic.exchanges)
         refused = _login_refused(traffic.exchanges)
         if refused is not None:
             error = refused
@@ -171,9 +173,16 @@ class Gateway:
     def _client(self, kwargs: dict[str, Any]) -> Any:
         """A new library client; its saved login only if these credentials made it."""
         cookies.vouch(kwargs)
+        if cookies.applies(kwargs):
+            self._cookie_kwargs = kwargs
         client = self._factory(**kwargs)
         cookies.stamp(kwargs)
         return client
+
+    def _stamp_logins(self, exchanges: list[Exchange]) -> None:
+        """After a call that logged in, the cookie file it wrote is vouched for."""
+        if self._cookie_kwargs and cookies.logged_in((x.path, x.status) for x in exchanges):
+            cookies.stamp(self._cookie_kwargs)
 
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
@@ -371,6 +380,7 @@ class Gateway:
                 value = source.fetch(client)
             except Exception as exc:
                 raised = exc
+        self._stamp_logins(traffic.exchanges)
         pieced = self._pieced(client, traffic.exchanges, native_before)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
@@ -498,6 +508,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
+        self._stamp_logins(traffic.exchanges)
         return result, _write_refused(traffic.exchanges)
 
     def control_read(self, key: str, fetch: Callable[[Any], Any]) -> Entry:

@@ -6,7 +6,8 @@ by another run would let a wrong or changed password "work" until the gateway
 drops the session. So the file gets a fingerprint beside it: an HMAC of host,
 auth mode and password under a random key kept next to it (never the password
 itself). Before the library reads the file, one whose fingerprint is missing or
-does not match is removed; after a login, the file is stamped. The cloud and
+does not match is removed; after each login (the library logs in when it first
+needs to, and again when the gateway forgets the session) the file is stamped. The cloud and
 FleetAPI auth files are not touched.
 """
 
@@ -18,13 +19,25 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger("proxy.gateway")
 
+LOGIN_PATH = "/api/login"
 KEY_SUFFIX = ".key"
 FINGERPRINT_SUFFIX = ".fingerprint"
+
+
+def applies(kwargs: Mapping[str, Any]) -> bool:
+    """Does a client made with these arguments keep a saved login in a file?"""
+    return _applies(kwargs) is not None
+
+
+def logged_in(paths_and_statuses: Iterable[tuple[str, int | None]]) -> bool:
+    """Did a call log in (and so write the cookie file afresh)?"""
+    return any(path.startswith(LOGIN_PATH) and status is not None and 200 <= status < 300
+               for path, status in paths_and_statuses)
 
 
 def _applies(kwargs: Mapping[str, Any]) -> str | None:
