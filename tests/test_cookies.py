@@ -70,40 +70,32 @@ def test_a_wrong_password_is_not_masked_by_the_cookie_a_right_one_left(sim: Simu
         again.stop()
 
 
+def one_run(sim: Simulator, folder: Path, password: str = DEFAULT_PASSWORD) -> int:
+    """Start, read, stop; the logins the gateway saw meanwhile."""
+    before = logins(sim)
+    running = run(sim, folder, password)
+    try:
+        assert soe(running).status == 200
+    finally:
+        running.stop()
+    return logins(sim) - before
+
+
 def test_the_same_credentials_reuse_their_cookie(sim: Simulator, tmp_path: Path) -> None:
-    for _ in range(2):
-        running = run(sim, tmp_path, DEFAULT_PASSWORD)
-        try:
-            assert soe(running).status == 200
-        finally:
-            running.stop()
-    assert logins(sim) == 1  # the second start used the saved login
+    assert one_run(sim, tmp_path) == 1
+    assert one_run(sim, tmp_path) == 0  # the second start used the saved login
 
 
 def test_a_cookie_without_a_fingerprint_is_discarded(sim: Simulator, tmp_path: Path) -> None:
-    first = run(sim, tmp_path, DEFAULT_PASSWORD)
-    assert soe(first).status == 200
-    first.stop()
+    one_run(sim, tmp_path)
     Path(tmp_path / f".powerwall{FINGERPRINT_SUFFIX}").unlink()  # e.g. left by another tool
-    before = logins(sim)
-    running = run(sim, tmp_path, DEFAULT_PASSWORD)
-    try:
-        assert soe(running).status == 200 and logins(sim) == before + 1
-    finally:
-        running.stop()
+    assert one_run(sim, tmp_path) == 1
 
 
 def test_a_cookie_for_another_gateway_is_discarded(sim: Simulator, tmp_path: Path) -> None:
-    first = run(sim, tmp_path, DEFAULT_PASSWORD)
-    assert soe(first).status == 200
-    first.stop()
+    one_run(sim, tmp_path)
     with Simulator(port=0, seed=10, profile="pw2-legacy") as other:
-        before = logins(other)
-        running = run(other, tmp_path, DEFAULT_PASSWORD)
-        try:
-            assert soe(running).status == 200 and logins(other) == before + 1
-        finally:
-            running.stop()
+        assert one_run(other, tmp_path) == 1
 
 
 def test_an_explicit_cache_file_wins_and_cloud_files_are_untouched(sim: Simulator,

@@ -30,23 +30,19 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    mosquitto = Mosquitto().start()
+def doors(proxy_factory: Factory) -> Iterator[tuple[ProxyHandle, Listener]]:
+    """A proxy taking writes over HTTP, OpenC2 and MQTT (a real Mosquitto), and a listener."""
+    broker = Mosquitto().start()
     try:
-        yield mosquitto
+        h = proxy_factory({"PW_CONTROL_SECRET": SECRET, "PW_OPENC2_TOKEN": "oc2-query-token",
+                           **broker.env()})
+        listener = Listener(broker, (f"{CONTROL}/#",))
+        try:
+            yield h, listener
+        finally:
+            listener.close()
     finally:
-        mosquitto.close()
-
-
-@pytest.fixture
-def doors(proxy_factory: Factory, broker: Mosquitto) -> Iterator[tuple[ProxyHandle, Listener]]:
-    h = proxy_factory({"PW_CONTROL_SECRET": SECRET, "PW_OPENC2_TOKEN": "oc2-query-token",
-                       **broker.env()})
-    listener = Listener(broker, (f"{CONTROL}/#",))
-    try:
-        yield h, listener
-    finally:
-        listener.close()
+        broker.close()
 
 
 def at_once(*writes: Callable[[], Any]) -> list[Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from proxy.config import ConfigError, GatewayConfig
+from proxy.config import GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
 from proxy.gateway import cookies, library
 from proxy.gateway.book import AnswerBook
@@ -29,8 +29,9 @@ from proxy.gateway.cache import Claim, Entry, WindowCache
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
 from proxy.gateway.lanes import Lanes, concurrency
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
-from proxy.gateway.sources import ANY, SITE_NAME, Source, unknown_resources
+from proxy.gateway.sources import ANY, SITE_NAME, Source, periods
 from proxy.gateway.traffic import Traffic, install, watching
+from proxy.gateway.writes import Writes
 from proxy.stats import Tally
 
 log = logging.getLogger("proxy.gateway")
@@ -41,7 +42,6 @@ CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its d
 POOL_THREADS = 32  # calls of different resources under way (waiting for a lane, or in one)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch once it is sent
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
-WRITES_AHEAD = 8  # a write waits for at most this many calls' deadlines before it is refused
 HIT, MISS = ("hit",), ("miss",)  # window-cache lookups, counted for /metrics
 
 
@@ -77,9 +77,10 @@ class Gateway:
         self.control_enabled = control_enabled
         self._control_password = control_password  # --simulate: local writes, TEDAPI reads
         self._factory = factory or library.factory
-        self.cache = WindowCache(float(config.cache_expire), periods=_periods(config))
+        self.cache = WindowCache(float(config.cache_expire), periods=periods(config))
         self.book = AnswerBook(self.cache.window)
         self.lanes = Lanes(concurrency(config.concurrency, config.pool_maxsize))
+        self.writes = Writes(self.lanes, float(config.timeout), config.pool_maxsize, self._written)
         self.cooldown = Cooldown()
         self.auth = AuthBackoff(name=self.name)
         self.health = Health()
@@ -468,14 +469,9 @@ class Gateway:
     # ---- control -----------------------------------------------------------
 
     def control(self, action: Callable[[Any], Any]) -> Any:
-        """Run one write through the control backend; later reads see its effect.
-
-        Writes to one gateway go one at a time, in the order they came, ahead of waiting
-        reads and with no read in flight (`proxy.gateway.lanes`), whichever front door
-        they came from. Each reads the gateway's settings afresh: the library's local
-        write fills the field it was not given from its own cache, which is emptied
-        first. A write the gateway refused answers None (the caller reports it refused).
-        """
+        """Run one write through the control backend (`proxy.gateway.writes`: one at a time,
+        in order, ahead of reads, the settings read afresh); later reads see its effect.
+        None when the gateway refused it."""
         if self.control_pw is None:
             if not self._connected.is_set():
                 raise GatewayStarting("connecting to the gateway", retry_after=2.0)
@@ -483,33 +479,14 @@ class Gateway:
         verdict = self._blocked(-1)
         if verdict is not None:
             raise _error(verdict)
-        wait = float(self.config.timeout) * WRITES_AHEAD
-        with self.lanes.turn(write=True, timeout=wait) as admitted:
-            if not admitted:
-                raise GatewayBusy("too many control writes are waiting for the gateway",
-                                  retry_after=float(self.config.timeout))
-            try:
-                result, refused = self._write(self.control_pw, action)
-            finally:
-                with self._lock:
-                    self._library_window = None  # the next read starts with fresh library caches
-                self.cache.invalidate()
-        return None if refused else result
+        return self.writes.run(self.control_pw, action)
 
-    def _write(self, pw: Any, action: Callable[[Any], Any]) -> tuple[Any, bool]:
-        """The action's result, and whether the gateway refused the write itself."""
-        library.prepare(pw, self.config.pool_maxsize)
-        library.empty_caches(pw, keep_native_backoff=True)
-        traffic = Traffic(float(self.config.timeout))  # no shared answers: reads made now are fresh
-        with watching(traffic):
-            try:
-                result = action(pw)
-            except (ValueError, TypeError):
-                raise
-            except Exception as exc:
-                raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
-        self._stamp_logins(traffic.exchanges)
-        return result, _write_refused(traffic.exchanges)
+    def _written(self, exchanges: list[Exchange]) -> None:
+        """After a write: the next read starts with fresh library caches and a new window."""
+        self._stamp_logins(exchanges)
+        with self._lock:
+            self._library_window = None
+        self.cache.invalidate()
 
     def control_read(self, key: str, fetch: Callable[[Any], Any]) -> Entry:
         """A read through the control backend (GET /control/*), window cached."""
@@ -594,24 +571,6 @@ def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
     if not backoff_steps:
         return True
     return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
-
-
-def _write_refused(exchanges: list[Exchange]) -> bool:
-    """Did the gateway answer the write (its last request that is not a GET or a login) with an
-    error status? (An earlier 401 the library answered with a login and a retry is no refusal.)"""
-    writes = [x for x in exchanges if x.method != "GET" and not x.is_login]
-    return bool(writes) and writes[-1].status is not None and writes[-1].status >= 400
-
-
-def _periods(config: GatewayConfig) -> dict[str, float]:
-    """The owner's per-resource periods; a name that is no resource fails at start."""
-    names = [name for name, _ in config.periods]
-    unknown = unknown_resources(names)
-    if unknown:
-        raise ConfigError(f"gateway {config.id!r}: PW_CACHE_PERIODS (or the file's 'periods') names "
-                          f"{unknown[0]!r}, which is no resource; use the names /health lists "
-                          "under cached_data.endpoints, e.g. vitals or poll:/api/meters/aggregates")
-    return {name: float(seconds) for name, seconds in config.periods}
 
 
 def _login_refused(exchanges: list[Exchange]) -> str | None:

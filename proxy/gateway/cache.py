@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,20 +127,20 @@ class WindowCache:
 
     def wait(self, claim: Claim, timeout: float) -> bool:
         """Wait (counted among its waiters, so it is not dropped) until the claim is done."""
-        with self._lock:
-            claim.waiters += 1
-        try:
+        with self._waiting(claim):
             return claim.done.wait(max(0.0, timeout))
-        finally:
-            with self._lock:
-                claim.waiters -= 1
 
     def wait_sent(self, claim: Claim, timeout: float) -> bool:
         """Wait (counted among its waiters) until the claim's fetch is sent, or done."""
+        with self._waiting(claim):
+            return claim.sent.wait(max(0.0, timeout))  # `_finish` sets it too
+
+    @contextmanager
+    def _waiting(self, claim: Claim) -> Iterator[None]:
         with self._lock:
             claim.waiters += 1
         try:
-            return claim.sent.wait(max(0.0, timeout))  # `_finish` sets it too
+            yield
         finally:
             with self._lock:
                 claim.waiters -= 1

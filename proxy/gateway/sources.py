@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config import ConfigError, GatewayConfig
 from proxy.gateway.outcome import Contract, Shape
 
 Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
@@ -122,3 +123,14 @@ def unknown_resources(names: Iterable[str]) -> list[str]:
     """The names that are no resource (as /stats and /health list them)."""
     known = _static_keys()
     return [n for n in names if n not in known and not n.startswith(_NAMED_BY_PREFIX)]
+
+
+def periods(config: GatewayConfig) -> dict[str, float]:
+    """The owner's per-resource periods; a name that is no resource fails at start."""
+    names = [name for name, _ in config.periods]
+    unknown = unknown_resources(names)
+    if unknown:
+        raise ConfigError(f"gateway {config.id!r}: PW_CACHE_PERIODS (or the file's 'periods') names "
+                          f"{unknown[0]!r}, which is no resource; use the names /stats lists "
+                          "under gateway.resources, e.g. vitals or poll:/api/meters/aggregates")
+    return {name: float(seconds) for name, seconds in config.periods}
