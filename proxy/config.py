@@ -568,7 +568,8 @@ def _gateway_entry(config: Config, entry: Any, index: int, source: str) -> Gatew
         if key not in _GATEWAY_KEYS:
             raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
         attr, parse = _GATEWAY_KEYS[key]
-        values[attr] = parse(where, _pairs(where, raw) if isinstance(raw, dict) else _scalar(where, raw))
+        mapping = key in _MAPPING_KEYS and isinstance(raw, dict)
+        values[attr] = parse(where, _pairs(where, raw) if mapping else _scalar(where, raw))
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
                 "pool_maxsize": config.pool_maxsize, "concurrency": config.gateway_concurrency,
@@ -633,3 +634,4 @@ _GATEWAY_KEYS.update({
     "concurrency": ("concurrency", _int_parser(1, MAX_CONCURRENCY)),
     "periods": ("periods", _periods),
 })
+_MAPPING_KEYS = {"periods"}  # gateway keys whose value may be a mapping (resource: seconds)

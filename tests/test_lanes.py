@@ -125,6 +125,17 @@ def test_a_read_that_waits_too_long_gives_up_without_a_lane() -> None:
     assert lanes.view()["waiting"] == 0 and lanes.view()["in_flight"] == 1
 
 
+def test_closing_sends_every_waiting_call_away() -> None:
+    lanes, order = Lanes(1), []
+    a = Taker(lanes, order, "a").start(lanes, 0)
+    wait_until(lambda: order == ["a"])
+    b = Taker(lanes, order, "b").start(lanes, 1)
+    lanes.close()
+    b.thread.join(WAIT)
+    assert b.got is False and not lanes.acquire(write=True, timeout=WAIT)
+    a.finish()
+
+
 # ---- the answer book -----------------------------------------------------------------------
 
 def request(url: str = "https://gw/api/status", method: str = "GET", body: Any = None,

@@ -113,6 +113,7 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+        self.lanes.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait_connected(self, timeout: float) -> bool:

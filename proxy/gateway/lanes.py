@@ -64,6 +64,7 @@ class Lanes:
         self._writing = False
         self._most = 0
         self._dropped = 0
+        self._closed = False
 
     @contextmanager
     def turn(self, *, write: bool = False, timeout: float,
@@ -81,7 +82,7 @@ class Lanes:
         ticket = _Ticket((0 if write else 1, next(self._arrivals)), write, needed)
         deadline = self._clock() + timeout
         with self._cond:
-            if len(self._line) >= self._max_waiting and not write:
+            if self._closed or (len(self._line) >= self._max_waiting and not write):
                 self._dropped += 1
                 return False
             heapq.heappush(self._line, ticket)
@@ -101,7 +102,7 @@ class Lanes:
                 self._take(ticket.write)
                 return True
             remaining = deadline - self._clock()
-            if remaining <= 0:
+            if remaining <= 0 or self._closed:
                 self._line.remove(ticket)
                 heapq.heapify(self._line)
                 return False
@@ -122,6 +123,12 @@ class Lanes:
             self._busy -= 1
             if write:
                 self._writing = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The gateway is stopping: every waiting call gives up now, and no new one waits."""
+        with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
     def view(self) -> dict[str, int]:
