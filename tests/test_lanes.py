@@ -125,6 +125,29 @@ def test_a_read_that_waits_too_long_gives_up_without_a_lane() -> None:
     assert lanes.view()["waiting"] == 0 and lanes.view()["in_flight"] == 1
 
 
+def test_submitted_reads_run_oldest_first_in_few_threads() -> None:
+    lanes, order = Lanes(1), []
+    gate = threading.Event()
+
+    def read(name: str) -> None:
+        with lanes.turn(timeout=WAIT) as got:
+            assert got
+            order.append(name)
+            if name == "0":
+                gate.wait(WAIT)
+
+    for i in range(8):
+        lanes.submit(lambda i=i: read(str(i)))
+    wait_until(lambda: order == ["0"])
+    assert lanes.view()["waiting"] == 7 and lanes.view()["in_flight"] == 1
+    before = threading.active_count()
+    gate.set()
+    wait_until(lambda: len(order) == 8)
+    assert order == [str(i) for i in range(8)]
+    assert threading.active_count() <= before  # the line costs no thread per waiting read
+    lanes.close()
+
+
 def test_closing_sends_every_waiting_call_away() -> None:
     lanes, order = Lanes(1), []
     a = Taker(lanes, order, "a").start(lanes, 0)

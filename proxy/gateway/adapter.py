@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -39,7 +38,6 @@ log = logging.getLogger("proxy.gateway")
 CONNECT_BACKOFF_START = 1.0
 CONNECT_BACKOFF_CAP = 60.0
 CONNECT_CALLS = 4  # a connect makes a few exchanges (login, status, DIN): its deadline covers them
-POOL_THREADS = 32  # calls of different resources under way (waiting for a lane, or in one)
 FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch once it is sent
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
 HIT, MISS = ("hit",), ("miss",)  # window-cache lookups, counted for /metrics
@@ -79,7 +77,7 @@ class Gateway:
         self._factory = factory or library.factory
         self.cache = WindowCache(float(config.cache_expire), periods=periods(config))
         self.book = AnswerBook(self.cache.window)
-        self.lanes = Lanes(concurrency(config.concurrency, config.pool_maxsize))
+        self.lanes = Lanes(concurrency(config.concurrency, config.pool_maxsize), name=f"gw-{config.id}")
         self.writes = Writes(self.lanes, float(config.timeout), config.pool_maxsize, self._written)
         self.cooldown = Cooldown()
         self.auth = AuthBackoff(name=self.name)
@@ -101,7 +99,6 @@ class Gateway:
         self._failed_window: int | None = None
         self._library_window: int | None = None
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
-        self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
         self._probe = threading.Lock()  # one call at a time while the gateway is failing
 
@@ -114,7 +111,6 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
         self.lanes.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -290,7 +286,7 @@ class Gateway:
         wait = self.wait if wait is None else wait
         late = Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer")
         for _ in range(2):  # a fetch that waited out its window was dropped: ask in this one
-            found = self.cache.claim(source.key, partial(self._fetch, source), self._pool.submit)
+            found = self.cache.claim(source.key, partial(self._fetch, source), self.lanes.submit)
             if isinstance(found, Entry):
                 return found
             entry = self._await(found, wait)
@@ -332,7 +328,7 @@ class Gateway:
             return
         for source in sources:
             if self.cache.fresh(source.key) is None:
-                self.cache.claim(source.key, partial(self._fetch, source), self._pool.submit)
+                self.cache.claim(source.key, partial(self._fetch, source), self.lanes.submit)
 
     def _unready(self, key: str, verdict: Verdict) -> Entry:
         """An answer for a reader that did not get a verdict in time (never cached)."""

@@ -13,6 +13,10 @@ network, TACO faults), so one gateway gets at most `limit` calls at once
 
 Waiting is the proxy's own business: the caller's deadline starts when its lane
 is taken, and a call that waited is never reported as the gateway failing.
+
+Reads run in the lanes' own few threads (`submit`): the limit plus a couple that
+wait at the front of the line; the rest of the line is work not yet started, so a
+slow gateway costs no thread per waiting read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,6 +35,7 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Lanes", "concurrency"]
 DEFAULT_LIMIT = 2
 MAX_LIMIT = 16
 MAX_WAITING = 256  # calls in line at once; past it a read is turned away at once
+SPARE_THREADS = 2  # reads waiting at the front of the line, ready to go the moment a lane frees
 
 
 def concurrency(wanted: int, pool_maxsize: int) -> int:
@@ -53,8 +59,11 @@ class Lanes:
     """The in-flight limit of one gateway; owns its condition (never held across I/O)."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT, clock: Callable[[], float] = time.monotonic,
-                 max_waiting: int = MAX_WAITING) -> None:
+                 max_waiting: int = MAX_WAITING, name: str = "lanes") -> None:
         self.limit = max(1, limit)
+        self._threads = ThreadPoolExecutor(max_workers=self.limit + SPARE_THREADS,
+                                           thread_name_prefix=name)
+        self._queued = 0  # submitted reads not yet started
         self._clock = clock
         self._max_waiting = max_waiting
         self._cond = threading.Condition()
@@ -65,6 +74,20 @@ class Lanes:
         self._most = 0
         self._dropped = 0
         self._closed = False
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run `work` (a read, which takes its own lane) in the lanes' threads, oldest first.
+        RuntimeError once closed."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the gateway is stopping")
+            self._queued += 1
+        self._threads.submit(self._started, work)
+
+    def _started(self, work: Callable[[], None]) -> None:
+        with self._cond:
+            self._queued -= 1
+        work()
 
     @contextmanager
     def turn(self, *, write: bool = False, timeout: float,
@@ -130,9 +153,11 @@ class Lanes:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def view(self) -> dict[str, int]:
         """In flight, waiting, the most in flight at once, and reads dropped (for /stats)."""
         with self._cond:
-            return {"limit": self.limit, "in_flight": self._busy, "waiting": len(self._line),
-                    "most_in_flight": self._most, "dropped": self._dropped}
+            return {"limit": self.limit, "in_flight": self._busy,
+                    "waiting": len(self._line) + self._queued, "most_in_flight": self._most,
+                    "dropped": self._dropped}
