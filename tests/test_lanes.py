@@ -227,3 +227,32 @@ def test_an_answer_that_arrives_in_the_next_window_is_not_kept() -> None:
     clock.window = 8
     book.settle("k", flight, ok())
     assert book.claim("k")[1]
+
+
+# ---- the window cache: what a waiting fetch is still needed for ---------------------------------
+
+def test_a_fetch_is_needed_in_its_window_or_while_someone_waits_and_files_where_it_was_sent() -> None:
+    from proxy.gateway.cache import Claim, WindowCache
+    from proxy.gateway.outcome import Kind, Verdict
+
+    now = [10.0]
+    cache = WindowCache(5.0, periods={"slow": 30.0}, clock=lambda: now[0])
+    held: list[Claim] = []
+    claim = cache.claim("k", lambda c: Verdict(Kind.DATA, 1), lambda work: held.append(work) or None)
+    assert isinstance(claim, Claim) and len(held) == 1  # its fetch is queued, not run
+    assert cache.needed(claim)
+    now[0] = 16.0  # the next window: nobody waits, so it is not needed any more ...
+    assert not cache.needed(claim)
+    waiter = threading.Thread(target=cache.wait, args=(claim, WAIT))
+    waiter.start()
+    wait_until(lambda: claim.waiters == 1)
+    assert cache.needed(claim)  # ... unless a reader still waits for it
+    cache.sent(claim)
+    held[0]()
+    waiter.join(WAIT)
+    entry = cache.fresh("k")
+    assert entry is not None and entry.window == cache.window("k")  # filed under the window it was sent in
+    assert cache.period_of("slow") == 30.0 and cache.period_of("k") == 5.0
+    dropped = cache.claim("gone", lambda c: None, lambda work: work())
+    assert isinstance(dropped, Claim) and dropped.done.is_set() and dropped.entry is None
+    assert cache.last("gone") is None  # a dropped fetch leaves no entry

@@ -1,10 +1,10 @@
 """`Gateway`: one Powerwall gateway behind the proxy, and the only caller of pypowerwall.
 
 Library calls go in; verdicts come out (`proxy.gateway.outcome`). Each call
-runs in the gateway's own thread pool, at most one per resource at a time and
-at most PW_GATEWAY_CONCURRENCY at once (`proxy.gateway.lanes`: writes first and
-alone, reads oldest first), under a deadline (PW_TIMEOUT for the whole exchange)
-that starts when the call is sent. The same gateway request is sent once per
+runs in the gateway's lanes (`proxy.gateway.lanes`: at most PW_GATEWAY_CONCURRENCY
+at once, writes first and alone, reads oldest first), at most one per resource at
+a time, under a deadline (PW_TIMEOUT for the whole exchange) that starts when the
+call is sent. The same gateway request is sent once per
 window whatever asks (`proxy.gateway.book`). Readers wait a bounded time, and
 only a bounded number of them at once, so a stalled gateway can hold a few
 request threads but never all.
@@ -298,6 +298,7 @@ class Gateway:
         return self._unready(source.key, late)
 
     def _await(self, claim: Claim, wait: float) -> Entry | None:
+        """The claim's entry, if it comes in time (None: dropped, or not in time)."""
         # A normal fetch is over in well under GRACE: everyone waits for it. Past that
         # the gateway is slow (or busy with other calls), and only so many request threads
         # may keep waiting on it; the rest get the last good copy or a 503 at once, so
