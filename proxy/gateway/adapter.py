@@ -386,7 +386,9 @@ class Gateway:
         if not any(not x.shared for x in traffic.exchanges) and (
                 traffic.exchanges or verdict.kind in (Kind.DATA, Kind.ABSENT)):
             # From the library's cache, or answers another call got from the gateway in this
-            # window (that call told health): no news about the gateway.
+            # window (that call told health): no news about the gateway, nor about our login
+            # (a login backoff lets the next call try).
+            self.auth.release()
             return verdict
         return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
@@ -480,8 +482,10 @@ class Gateway:
         return self.writes.run(self.control_pw, action)
 
     def _written(self, exchanges: list[Exchange]) -> None:
-        """After a write: the next read starts with fresh library caches and a new window."""
+        """After a write: the next read starts with fresh library caches and a new window (and a
+        login backoff that let the write through lets the next call try)."""
         self._stamp_logins(exchanges)
+        self.auth.release()
         with self._lock:
             self._library_window = None
         self.cache.invalidate()

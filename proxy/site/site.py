@@ -144,11 +144,11 @@ class Site:
         return Reading(State.UNAVAILABLE, error=error_for(entry.verdict, self.gateway))
 
     def read_all(self, sources: Sequence[Source]) -> list[Reading]:
-        """Several sources at once: their fetches run in parallel, the waits share one deadline."""
+        """Several sources at once: their fetches are all started (they run as the gateway's
+        lanes allow), and each is waited for from when it is sent, not from the first one."""
         if len(sources) > 1:
             self.gateway.prefetch(sources)
-        deadline = self.gateway.cache.now() + self.gateway.wait
-        return [self.read(s, max(0.0, deadline - self.gateway.cache.now())) for s in sources]
+        return [self.read(s) for s in sources]
 
 
 class Sites(Registry[Site]):
