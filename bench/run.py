@@ -55,6 +55,7 @@ TARGET_VITALS_RPS_16 = 3000.0
 TARGET_RSS_MB = 50.0  # megabytes (10^6), compared strictly
 TARGET_GROWTH_MIB = 5.0
 TARGET_STARTUP_S = 1.5
+TARGET_IN_FLIGHT = 2  # the proxy's default PW_GATEWAY_CONCURRENCY
 QUIET_PCT = 10.0  # other processes above this share of a core make a run noisy
 
 
@@ -245,12 +246,21 @@ class SimStats:
             self._conn = None
 
 
+TEDAPI_POSTS = ("/tedapi/v1", "/tedapi/device/")  # paths every TEDAPI query shares
+
+
 def resources_of(snapshot: dict[str, Any]) -> dict[str, int]:
-    """Per-resource counts: the tap's finer map when present, else per path."""
+    """Per-resource counts: the tap's finer map when present; else each path, with the TEDAPI
+    paths replaced by the simulator's count per query; else per path."""
     found = snapshot.get("resources")
     if isinstance(found, dict) and (found or not snapshot.get("paths")):
         return {str(k): int(v) for k, v in found.items()}
-    return {str(k): int(v) for k, v in snapshot.get("paths", {}).items()}
+    paths = {str(k): int(v) for k, v in snapshot.get("paths", {}).items()}
+    queries = snapshot.get("queries")
+    if not isinstance(queries, dict):
+        return paths
+    plain = {k: v for k, v in paths.items() if not k.startswith(TEDAPI_POSTS)}
+    return plain | {str(k): int(v) for k, v in queries.items()}
 
 
 class Sampler:
@@ -262,6 +272,7 @@ class Sampler:
         self.samples: list[tuple[float, dict[str, int]]] = []
         self.errors = 0
         self.per_resource = True  # False: the simulator only counts per path
+        self.most_in_flight: int | None = None  # gateway requests answered at once (since reset)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sim-sampler", daemon=True)
 
@@ -272,7 +283,11 @@ class Sampler:
         except (OSError, ValueError):
             self.errors += 1
             return
-        self.per_resource = self.per_resource and isinstance(snap.get("resources"), dict)
+        self.per_resource = self.per_resource and (isinstance(snap.get("resources"), dict)
+                                                   or isinstance(snap.get("queries"), dict))
+        most = snap.get("most_in_flight")
+        if isinstance(most, int):
+            self.most_in_flight = max(self.most_in_flight or 0, most)
         self.samples.append(((t_send + time.monotonic()) / 2, resources_of(snap)))
 
     def _loop(self) -> None:
@@ -307,6 +322,7 @@ class GatewayLoad:
     max_1s: dict[str, int] = field(default_factory=dict)  # most in any <=1 s interval
     at_expiry: dict[str, int] = field(default_factory=dict)  # most in the first second of a window
     boundaries: list[dict[str, Any]] = field(default_factory=list)  # the first second of each window
+    most_in_flight: int | None = None  # the most requests the gateway was answering at once
 
     def worst(self, attr: str) -> float | None:
         values: dict[str, Any] = getattr(self, attr)
@@ -694,6 +710,7 @@ class Bench:
             cell.sim_samples = sampler.samples
             cell.gateway = analyse_gateway(sampler.samples, self.period, duration)
             cell.gateway.per_resource = sampler.per_resource
+            cell.gateway.most_in_flight = sampler.most_in_flight
         if cell.before and cell.after:
             cell.cpu_s = cell.after.cpu_s - cell.before.cpu_s
         time.sleep(self.args.settle)
@@ -725,7 +742,7 @@ def fmt(value: float | None, spec: str = ".1f", none: str = "-") -> str:
 
 COLUMNS = ["route", "conns", "req/s", "p50 ms", "p99 ms", "errors", "non-2xx", "RSS MiB before→after",
            "CPU s (%)", "threads", "fds", "gw req", "gw/res/period", "gw max/res/window",
-           "gw max/res at expiry", "other CPU %"]
+           "gw max/res at expiry", "gw most in flight", "other CPU %"]
 
 
 def row(cell: Cell) -> list[str]:
@@ -742,7 +759,7 @@ def row(cell: Cell) -> list[str]:
         fds = f"{cell.before.fds}→{cell.idle.fds}"
     g = cell.gateway
     gw = [str(g.total), fmt(g.worst("per_period"), ".2f"), fmt(g.worst("max_per_window"), "d"),
-          fmt(g.worst("at_expiry"), "d")] if g else ["-"] * 4
+          fmt(g.worst("at_expiry"), "d"), fmt(g.most_in_flight, "d")] if g else ["-"] * 5
     return [cell.name, str(cell.conns), fmt(w.rps, ".0f") if w.ok else "FAILED", fmt(w.p50_ms, ".2f"),
             fmt(w.p99_ms, ".2f"), str(w.socket_errors), str(w.non_2xx), rss, cpu, threads, fds, *gw,
             fmt(cell.other_cpu_pct, ".0f") + (f" ({cell.attempts} runs)" if cell.attempts > 1 else "")]
@@ -783,7 +800,8 @@ def gateway_detail(cells: list[Cell], period: float) -> str:
             boundary = ", ".join(map(str, maxima)) or "-"
         parts.append(f"**{cell.name} @ {cell.conns} connections, {cell.duration} s** "
                      f"({g.full_windows} full {period:g}-s windows; most requests for one resource in "
-                     f"the first second after each window boundary: {boundary})\n\n"
+                     f"the first second after each window boundary: {boundary}; most gateway "
+                     f"requests in flight at once: {fmt(g.most_in_flight, 'd')})\n\n"
                      + md_table(["resource", "requests", "per period", "max/window",
                                  "min/full window", "max at expiry", "max in any 1 s"], rows))
     return "\n\n".join(parts)
@@ -829,6 +847,10 @@ def evaluate(cells: list[Cell], startup: list[dict[str, float | None]], baseline
         add("no bursts at expiry: ≤ 1 request per resource in the first second of every window",
             (mb is not None and mb <= 1) if exact else None,
             f"max {mb} ({worst_b.name} @{worst_b.conns}){note}")
+        most = [c.gateway.most_in_flight for c in with_gw if c.gateway and c.gateway.most_in_flight]
+        add(f"≤ {TARGET_IN_FLIGHT} gateway requests in flight at once (PW_GATEWAY_CONCURRENCY), every run",
+            max(most) <= TARGET_IN_FLIGHT if most else None,
+            f"most {max(most)}" if most else "not reported by the simulator")
         starved = [f"{c.name}@{c.conns}" for c in with_gw if c.gateway and c.gateway.full_windows
                    and min(c.gateway.min_per_full_window.values(), default=1) < 1]
         add("≥ 1 request per resource per full window (fresh data)", not starved,

@@ -79,6 +79,8 @@ class GatewayConfig:
     cache_expire: int = 5
     timeout: int = 5
     pool_maxsize: int = 15
+    concurrency: int = 2  # library calls in flight at once (PW_GATEWAY_CONCURRENCY)
+    periods: tuple[tuple[str, int], ...] = ()  # (resource, seconds) the owner slowed down
 
     def secrets(self) -> list[str]:
         return [f.reveal() for f in (self.password, self.gw_pwd) if f]
@@ -145,6 +147,8 @@ class Config:
     # Settings that were accepted with a correction (logged once at start), e.g. an unknown
     # PW_TEDAPI_AUTH_MODE read as basic, as the reference does.
     warnings: tuple[str, ...] = ()
+    gateway_concurrency: int = 2
+    cache_periods: tuple[tuple[str, int], ...] = ()
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
@@ -188,6 +192,8 @@ class Config:
             "PROXY_BASE_URL": self.base_url,
             "PW_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
             "PW_MAX_STREAMS": self.max_streams,
+            "PW_GATEWAY_CONCURRENCY": g.concurrency,
+            "PW_CACHE_PERIODS": periods_text(g.periods),
         }
 
     def secrets(self) -> list[str]:
@@ -215,6 +221,7 @@ class Config:
             probe_interval=self.tedapi_probe_interval, siteid=self.siteid,
             auth_path=self.auth_path, auth_mode=self.auth_mode, cache_file=self.cache_file,
             cache_expire=self.cache_expire, timeout=self.timeout, pool_maxsize=self.pool_maxsize,
+            concurrency=self.gateway_concurrency, periods=self.cache_periods,
         )
 
 
@@ -566,13 +573,15 @@ def _gateway_entry(config: Config, entry: Any, index: int, source: str,
         if key not in _GATEWAY_KEYS:
             raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
         attr, parse = _GATEWAY_KEYS[key]
-        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
+        mapping = key in _MAPPING_KEYS and isinstance(raw, dict)
+        values[attr] = accept(parse(where, _pairs(where, raw) if mapping else _scalar(where, raw)), notes)
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
-                "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval}
+                "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval,
+                "concurrency": config.gateway_concurrency, "periods": config.cache_periods}
     gateway = GatewayConfig(**(defaults | values))
     if "cache_file" not in values:
-        gateway = replace(gateway, cache_file=_default_cache_file(gateway.auth_path))
+        gateway = replace(gateway, cache_file=_gateway_cache_file(gateway.auth_path, gid))
     if not (gateway.host or gateway.cloud_mode or gateway.fleetapi):
         raise ConfigError(f"{source}: gateway {gid!r} needs 'host' (or cloud_mode/fleetapi: true)")
     return gateway
@@ -583,3 +592,51 @@ def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Confi
         raise ConfigError(f"PW_DEFAULT_GATEWAY names no configured gateway "
                           f"(got {config.default_gateway!r}; ids: {', '.join(g.id for g in gateways)})")
     return config
+
+
+# ---- how hard a gateway is asked: PW_GATEWAY_CONCURRENCY, PW_CACHE_PERIODS -----------------
+
+MAX_CONCURRENCY = 16
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+
+
+def _periods(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    """"vitals:30,strings:60": resource names as /stats lists them, each with its period in
+    seconds (the name may hold colons: the period is after the last one)."""
+    found: dict[str, int] = {}
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        resource, colon, seconds = text.rpartition(":")
+        if not colon or not RESOURCE_NAME.fullmatch(resource):
+            raise ConfigError(f"{name} must be resource:seconds pairs joined by commas, "
+                              f"e.g. vitals:30,strings:60 (got {text!r})")
+        found[resource] = _int_parser(1, 3600)(f"{name} ({resource})", seconds)
+    return tuple(sorted(found.items()))
+
+
+def periods_text(periods: tuple[tuple[str, int], ...]) -> str:
+    """The periods as PW_CACHE_PERIODS spells them."""
+    return ",".join(f"{resource}:{seconds}" for resource, seconds in periods)
+
+
+def _pairs(where: str, mapping: dict[Any, Any]) -> str:
+    """A file's mapping (periods: {vitals: 30}) as the text its variable would hold."""
+    return ",".join(f"{key}:{_scalar(f'{where} entry {key!r}', value)}" for key, value in mapping.items())
+
+
+def _gateway_cache_file(auth_path: str, gateway_id: str) -> str:
+    """Each gateway of a file its own cookie file, even when they share an auth path."""
+    return f"{_default_cache_file(auth_path)}-{gateway_id}"
+
+
+_VARIABLES.update({
+    "PW_GATEWAY_CONCURRENCY": ("gateway_concurrency", _int_parser(1, MAX_CONCURRENCY)),
+    "PW_CACHE_PERIODS": ("cache_periods", _periods),
+})
+_GATEWAY_KEYS.update({
+    "concurrency": ("concurrency", _int_parser(1, MAX_CONCURRENCY)),
+    "periods": ("periods", _periods),
+})
+_MAPPING_KEYS = {"periods"}  # gateway keys whose value may be a mapping (resource: seconds)

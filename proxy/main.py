@@ -145,7 +145,8 @@ def _simulated(config: Config, count: int) -> tuple[Config, list[Any], Any, str]
         simulators.append(simulator)
         gateways.append(GatewayConfig(
             id=f"sim{i + 1}", name=f"Simulated gateway {i + 1}", host=simulator.host,
-            **_credentials(simulator), timezone=config.timezone, cache_file=cache_file,
+            **_credentials(simulator), timezone=config.timezone,
+            cache_file=f"{cache_file}-sim{i + 1}",  # a cookie file each
             cache_expire=config.cache_expire, timeout=config.timeout, pool_maxsize=config.pool_maxsize,
         ))
     config = dataclasses.replace(config, gateways=tuple(gateways), source=f"{count} simulators",
@@ -480,6 +481,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     raise_open_file_limit()  # before the server sizes its connection cap from it
     try:
         running = start(config, simulate=args.simulate)
+    except ConfigError as exc:  # a setting only the gateway package can judge (PW_CACHE_PERIODS)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("cannot listen on port %s: %s", config.port, exc)
         return 1

@@ -10,7 +10,7 @@ import pytest
 from proxy.gateway.outcome import DEADLINE, TOO_LARGE, Contract, Exchange, Kind, Shape, judge
 
 OBJECT = Contract(Shape.OBJECT)
-LIST_OR_EMPTY = Contract(Shape.LIST, empty_is_data=True)
+LIST = Contract(Shape.LIST)
 NUMBER = Contract(Shape.NUMBER)
 JSON = Contract(Shape.JSON)
 
@@ -32,7 +32,11 @@ HTML = ok(ctype="text/html; charset=utf-8", length=900)
     # data
     ({"a": 1}, None, [ok()], 0, OBJECT, Kind.DATA),
     (42.5, None, [ok()], 0, NUMBER, Kind.DATA),
-    ([], None, [ok()], 0, LIST_OR_EMPTY, Kind.DATA),  # no alerts is an answer
+    ([], None, [ok()], 0, LIST, Kind.DATA),  # no alerts is an answer
+    ([], None, [ok()], 0, JSON, Kind.DATA),  # no grid faults
+    ({}, None, [ok()], 0, OBJECT, Kind.DATA),  # an object with no entries
+    ("[]", None, [ok(ctype="text/plain")], 0, JSON, Kind.DATA),  # text the library did not decode
+    ({}, None, [], 0, JSON, Kind.DATA),  # the library's own payload (TEDAPI mode's solar_powerwall)
     ('{"a": 1}', None, [ok()], 0, OBJECT, Kind.DATA),  # text the library did not decode
     ({"a": 1}, None, [], 0, OBJECT, Kind.DATA),  # from the library's own cache
     # busy and refused logins
@@ -47,7 +51,6 @@ HTML = ok(ctype="text/html; charset=utf-8", length=900)
     (None, ConnectionError("refused"), [], 0, OBJECT, Kind.NO_ANSWER),
     # answered, with nothing in it: absent, served as null
     (None, None, [ok(length=0)], 0, OBJECT, Kind.ABSENT),
-    ({}, None, [ok()], 0, OBJECT, Kind.ABSENT),
     ("null", None, [ok()], 0, JSON, Kind.ABSENT),
     (None, None, [status(404)], 1, OBJECT, Kind.ABSENT),
     (None, None, [ok("/api/status"), status(404, "/api/devices/vitals")], 1, OBJECT, Kind.ABSENT),
@@ -55,11 +58,13 @@ HTML = ok(ctype="text/html; charset=utf-8", length=900)
     # answered, but not the resource
     ("<html>login</html>", None, [HTML], 0, OBJECT, Kind.NOT_DATA),
     (None, None, [HTML], 1, OBJECT, Kind.NOT_DATA),
+    ({}, None, [HTML], 0, OBJECT, Kind.NOT_DATA),  # the library made nothing of a web page
     ("plain words", None, [ok(ctype="text/plain")], 0, OBJECT, Kind.NOT_DATA),
     ("a string", None, [ok()], 0, OBJECT, Kind.NOT_DATA),
     ([1, 2], None, [ok()], 0, OBJECT, Kind.NOT_DATA),
     ({"a": 1}, None, [ok()], 0, NUMBER, Kind.NOT_DATA),
     (None, None, [ok()], 1, OBJECT, Kind.NOT_DATA),  # the library logged an error, gave nothing
+    ({}, None, [ok()], 1, OBJECT, Kind.NOT_DATA),  # ... or an empty object it could not fill
     (None, json.JSONDecodeError("x", "doc", 0), [ok()], 0, OBJECT, Kind.NOT_DATA),
     (None, AttributeError("'str' has no get"), [], 0, NUMBER, Kind.NOT_DATA),  # cached garbage
     (None, None, [Exchange("GET", "/api/x", 200, error=TOO_LARGE)], 1, OBJECT, Kind.NOT_DATA),

@@ -612,7 +612,8 @@ def test_counters_are_exact(sim: Simulator, tmp_path: Path) -> None:
     request(sim, "GET", "/sim/state")
     request(sim, "POST", "/sim/clear")
     expected = {"total": 7, "paths": {"/api/status": 3, "/api/meters/aggregates": 1,
-                                      "/no/such/page": 1, "/tedapi/v1": 1, "/api/sitemaster": 1}}
+                                      "/no/such/page": 1, "/tedapi/v1": 1, "/api/sitemaster": 1},
+                "queries": {}, "in_flight": 0, "most_in_flight": 1}
     assert sim.stats() == expected
     assert request(sim, "GET", "/sim/stats").json() == expected
     pw = local_powerwall(sim, tmp_path)
@@ -621,7 +622,7 @@ def test_counters_are_exact(sim: Simulator, tmp_path: Path) -> None:
     hits = paths(sim)
     assert hits["/api/system_status/soe"] == 3 and hits["/api/login/Basic"] == 1
     assert request(sim, "POST", "/sim/reset").status == 200
-    assert sim.stats() == {"total": 0, "paths": {}}
+    assert sim.stats() == {"total": 0, "paths": {}, "queries": {}, "in_flight": 0, "most_in_flight": 0}
 
 
 def test_keep_alive_and_concurrent_clients_are_all_counted(sim: Simulator) -> None:

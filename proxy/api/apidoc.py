@@ -163,6 +163,13 @@ _GATEWAY_STATE = _obj(
     cooldown_remaining_seconds=_NUM, cooldown_strikes=_INT, login_backoff_remaining_seconds=_NUM,
     login_backoff_steps=_INT, fetches_in_flight=_INT, connect_attempts=_INT,
     connect_error=STRING_OR_NULL, control=_BOOL,
+    calls={**_obj(("limit", "in_flight", "waiting"), limit=_INT, in_flight=_INT, waiting=_INT,
+                  most_in_flight=_INT, dropped=_INT),
+           "description": "Library calls: the limit (PW_GATEWAY_CONCURRENCY), in flight, waiting "
+                          "their turn, the most in flight at once, waiting reads dropped unneeded"},
+    resources={"type": "object", "additionalProperties": _obj(("period_seconds",),
+                                                               period_seconds=_NUM),
+               "description": "Resources read so far by the names PW_CACHE_PERIODS takes"},
 )
 
 SCHEMAS: dict[str, Schema] = {

@@ -147,7 +147,7 @@ class App:
         headers = [("Content-Type", rendered.content_type), CORS]
         if rendered.data_at is not None:
             exact_age = site.age(rendered.data_at)
-            if rendered.stale and exact_age > site.cache_ttl:
+            if rendered.stale and exact_age > site.stale_ttl:
                 # A slow read of another value aged the copy past PW_CACHE_TTL.
                 raise GatewayUnavailable("gateway unavailable and the last good data is too old")
             age = int(exact_age)

@@ -114,6 +114,9 @@ GATEWAY_FAMILIES = (
     ("cache_hits", "cache_hits", True, "Reads answered from the window cache"),
     ("cache_misses", "cache_misses", True,
      "Reads that waited for a gateway fetch (their own or one already in flight)"),
+    ("calls_in_flight", "gateway_calls_in_flight", False,
+     "Library calls the gateway is answering now (at most PW_GATEWAY_CONCURRENCY)"),
+    ("calls_waiting", "gateway_calls_waiting", False, "Library calls waiting for their turn at the gateway"),
 )
 
 

@@ -324,7 +324,14 @@ class Passthrough:
         return Slot(answer, None, answer.at + keep), None
 
     def _download(self, url: str) -> _Fetched:
-        """GET with the body read in chunks: never more than max_body, never past the deadline."""
+        """GET with the body read in chunks: never more than max_body, never past the deadline;
+        in one of the gateway's lanes (its data calls and pages share the in-flight limit)."""
+        with self.gateway.lanes.turn(timeout=self.timeout) as admitted:
+            if not admitted:
+                raise _TooSlow
+            return self._get(url)
+
+    def _get(self, url: str) -> _Fetched:
         deadline = self._clock() + self.timeout
         session = self._session_for()
         with session.get(url, verify=False, timeout=self.timeout, stream=True, allow_redirects=False,

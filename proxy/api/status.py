@@ -69,7 +69,7 @@ def _cache_view(gateway: Gateway) -> dict[str, Any]:
     for key, entry in cache.snapshot().items():
         entries[str(key)] = {
             "age_seconds": round(cache.age(entry.at), 1),
-            "is_expired": entry.window != cache.window(),
+            "is_expired": entry.window != cache.window(key),
             "ok": entry.kind in (Kind.DATA, Kind.ABSENT),
             "outcome": entry.kind.value,
             "last_good_age_seconds": round(cache.age(entry.good_at), 1) if entry.good is not None else None,
@@ -94,10 +94,19 @@ def _gateway_view(app: App, site: Site) -> dict[str, Any]:
         "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1),
         "login_backoff_steps": gateway.auth.steps(),
         "fetches_in_flight": gateway.cache.in_flight(),
+        "calls": gateway.lanes.view(),
+        "resources": _resources(gateway),
         "connect_attempts": info.connect_attempts,
         "connect_error": info.connect_error,
         "control": bool(gateway.control_pw) and app.config.control_secret.reveal() != "",
     }
+
+
+def _resources(gateway: Gateway) -> dict[str, dict[str, float]]:
+    """Every resource read so far (or given a period), by the name PW_CACHE_PERIODS takes."""
+    cache = gateway.cache
+    keys = {str(k) for k in cache.snapshot()} | {name for name, _ in gateway.config.periods}
+    return {key: {"period_seconds": cache.period_of(key)} for key in sorted(keys)}
 
 
 def _fleet(app: App, call: Call) -> bool:

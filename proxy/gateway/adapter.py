@@ -1,10 +1,13 @@
 """`Gateway`: one Powerwall gateway behind the proxy, and the only caller of pypowerwall.
 
 Library calls go in; verdicts come out (`proxy.gateway.outcome`). Each call
-runs in the gateway's own small thread pool under a deadline (PW_TIMEOUT for the
-whole exchange), at most one per resource at a time and several resources in
-parallel. Readers wait a bounded time, and only a bounded number of them at
-once, so a stalled gateway can hold a few request threads but never all.
+runs in the gateway's lanes (`proxy.gateway.lanes`: at most PW_GATEWAY_CONCURRENCY
+at once, writes first and alone, reads oldest first), at most one per resource at
+a time, under a deadline (PW_TIMEOUT for the whole exchange) that starts when the
+call is sent. The same gateway request is sent once per
+window whatever asks (`proxy.gateway.book`). Readers wait a bounded time, and
+only a bounded number of them at once, so a stalled gateway can hold a few
+request threads but never all.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,21 +22,23 @@ from typing import Any
 
 from proxy.config import GatewayConfig
 from proxy.errors import GatewayBusy, GatewayStarting, GatewayUnavailable
-from proxy.gateway import connection, library
-from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway import connection, cookies, library
+from proxy.gateway.book import AnswerBook
+from proxy.gateway.cache import Claim, Entry, WindowCache
 from proxy.gateway.connect import Connector
 from proxy.gateway.connection import Condition
 from proxy.gateway.health import AuthBackoff, Cooldown, EndpointStats, Health
+from proxy.gateway.lanes import Lanes, concurrency
 from proxy.gateway.outcome import Exchange, Kind, Verdict, judge
-from proxy.gateway.sources import ANY, SITE_NAME, Source
+from proxy.gateway.sources import ANY, SITE_NAME, Source, periods
 from proxy.gateway.traffic import Traffic, install, watching
+from proxy.gateway.writes import Writes
 from proxy.stats import Tally
 
 log = logging.getLogger("proxy.gateway")
 
 CONNECT_BACKOFF_START = 1.0  # then doubling, at most the gateway's probe_interval
-MAX_PARALLEL = 16  # gateway calls of different resources in flight at once (PW_POOL_MAXSIZE caps)
-FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch in flight
+FOLLOWER_GRACE = 1.0  # a reader waits PW_TIMEOUT plus this for a fetch once it is sent
 WAIT_GRACE = 0.25  # any reader waits this long; longer only within the gateway's waiter limit
 HIT, MISS = ("hit",), ("miss",)  # window-cache lookups, counted for /metrics
 
@@ -72,7 +76,10 @@ class Gateway:
         self.control_enabled = control_enabled
         self._control_password = control_password  # --simulate: local writes, TEDAPI reads
         self._factory = factory or library.factory
-        self.cache = WindowCache(float(config.cache_expire))
+        self.cache = WindowCache(float(config.cache_expire), periods=periods(config))
+        self.book = AnswerBook(self.cache.window)
+        self.lanes = Lanes(concurrency(config.concurrency, config.pool_maxsize), name=f"gw-{config.id}")
+        self.writes = Writes(self.lanes, float(config.timeout), config.pool_maxsize, self._written)
         self.cooldown = Cooldown()
         self.auth = AuthBackoff(name=self.name)
         self.health = Health()
@@ -80,20 +87,22 @@ class Gateway:
         self.lookups = Tally(limit=4)  # ("hit",): answered from this window's entry; ("miss",)
         self.info = GatewayInfo(tedapi_api_version=config.tedapi_api_version,
                                 tedapi_auth_mode=config.tedapi_auth_mode)
-        self.connector = Connector(config, self._factory, self.cooldown, self.auth)
+        self.connector = Connector(config, lambda **kwargs: self._client(kwargs), self.cooldown,
+                                   self.auth, book=self.book, exchanged=self._stamp_logins)
         self.pw: Any = None
         self.control_pw: Any = None
         self.control_error: str | None = None
         self.site_name: Any = None
+        self._cookie_kwargs: dict[str, Any] = {}  # the client whose login is saved in a file
         self.wait = float(config.timeout) + FOLLOWER_GRACE
+        # The longest a reader waits for its fetch to be sent (then `wait` for its answer).
+        self.queue_wait = max(float(config.cache_expire), float(config.timeout)) + float(config.timeout)
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the three fields below
         self._failed_window: int | None = None
         self._library_window: int | None = None
         self._native_refused = False  # the gateway said 4xx to the library's local-API energy fetch
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(config.pool_maxsize, MAX_PARALLEL)),
-                                        thread_name_prefix=f"gw-{config.id}")
         self._waiters = threading.BoundedSemaphore(max(1, waiters))
         self._probe = threading.Lock()  # one call at a time while the gateway is failing
         self._loop = threading.Thread(target=self._connect_loop, name=f"{config.id}-connect",
@@ -107,7 +116,7 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.lanes.close()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -176,6 +185,20 @@ class Gateway:
             log.warning("%s: refused: %s", self.name, partial)
         return None
 
+    def _client(self, kwargs: dict[str, Any]) -> Any:
+        """A new library client; its saved login only if these credentials made it."""
+        cookies.vouch(kwargs)
+        if cookies.applies(kwargs):
+            self._cookie_kwargs = kwargs
+        client = self._factory(**kwargs)
+        cookies.stamp(kwargs)
+        return client
+
+    def _stamp_logins(self, exchanges: list[Exchange]) -> None:
+        """After a call that logged in, the cookie file it wrote is vouched for."""
+        if self._cookie_kwargs and cookies.logged_in((x.path, x.status) for x in exchanges):
+            cookies.stamp(self._cookie_kwargs)
+
     def client_kwargs(self) -> dict[str, Any]:
         """pypowerwall's constructor arguments, from the gateway's settings."""
         c = self.config
@@ -185,9 +208,10 @@ class Gateway:
             "password": c.password.reveal(),
             "email": c.email,
             "timezone": c.timezone,
-            # The proxy's window cache is the only time-based cache; the library's
-            # cache only coalesces calls inside one window (see _sync_library).
-            "pwcacheexpire": max(c.cache_expire, 0),
+            # The proxy's window cache is the only time-based cache, and its answer book
+            # coalesces the library's repeat requests at the transport, where every answer
+            # (a web page too) is seen: the library's own caches stay off.
+            "pwcacheexpire": 0,
             "timeout": c.timeout,
             # Our transport watch needs a requests.Session; PW_POOL_MAXSIZE=0 ("no
             # keep-alive") is honoured by asking the gateway to close instead.
@@ -254,8 +278,8 @@ class Gateway:
                 self.control_pw = self._factory(**self._cloud_control_kwargs())
             elif c.password or self._control_password:
                 password = c.password.reveal() or self._control_password
-                self.control_pw = self._factory(**(self.client_kwargs() | {
-                    "password": password, "gw_pwd": None, "rsa_key_path": None}))
+                self.control_pw = self._client(self.client_kwargs() | {
+                    "password": password, "gw_pwd": None, "rsa_key_path": None})
             else:
                 self.control_error = "Unable to connect to cloud mode - Run Setup"
         except Exception as exc:
@@ -273,7 +297,8 @@ class Gateway:
     # ---- reads -------------------------------------------------------------
 
     def read(self, source: Source, wait: float | None = None) -> Entry:
-        """The window-cached verdict on one source; waits at most PW_TIMEOUT + 1 s (or `wait`)."""
+        """The window-cached verdict on one source. A reader waits at most PW_TIMEOUT + 1 s (or
+        `wait`) once the fetch is sent, and a bounded time for its turn before that."""
         if not self._connected.is_set() or self.pw is None:
             return self._unready(source.key, self._not_connected())
         entry = self.cache.fresh(source.key)
@@ -282,24 +307,44 @@ class Gateway:
             return entry
         self.lookups.add(MISS)
         wait = self.wait if wait is None else wait
-        fetch = partial(self.call, source)
+        late = Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer")
+        for _ in range(2):  # a fetch that waited out its window was dropped: ask in this one
+            found = self.cache.claim(source.key, partial(self._fetch, source), self.lanes.submit)
+            if isinstance(found, Entry):
+                return found
+            entry = self._await(found, wait)
+            if entry is not None:
+                return entry
+            late = self._late(found)
+            if not found.done.is_set():
+                break
+        return self._unready(source.key, late)
+
+    def _await(self, claim: Claim, wait: float) -> Entry | None:
+        """The claim's entry, if it comes in time (None: dropped, or not in time)."""
         # A normal fetch is over in well under GRACE: everyone waits for it. Past that
-        # the gateway is slow, and only so many request threads may keep waiting on it;
-        # the rest get the last good copy or a 503 at once, so /health and the other
-        # routes always find a free worker.
-        entry = self.cache.get(source.key, fetch, self._pool.submit, min(wait, WAIT_GRACE))
-        if entry is not None:
-            return entry
-        if wait <= WAIT_GRACE or not self._waiters.acquire(blocking=False):
-            return self._unready(source.key, Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer"))
-        try:
-            entry = self.cache.get(source.key, fetch, self._pool.submit, wait - WAIT_GRACE)
-        finally:
-            self._waiters.release()
-        if entry is None:
-            timed_out = Verdict(Kind.NO_ANSWER, reason="timed out waiting for the gateway")
-            return self._unready(source.key, timed_out)
-        return entry
+        # the gateway is slow (or busy with other calls), and only so many request threads
+        # may keep waiting on it; the rest get the last good copy or a 503 at once, so
+        # /health and the other routes always find a free worker.
+        if self.cache.wait(claim, min(wait, WAIT_GRACE)) or wait <= WAIT_GRACE:
+            return claim.entry
+        with self.waiter() as allowed:
+            if not allowed:
+                return None
+            began = self.cache.now()
+            # Our own queue is not the gateway's slowness: the wait starts when it is sent.
+            if not self.cache.wait_sent(claim, self.queue_wait):
+                return None
+            start = max(began, claim.sent_at or began)
+            self.cache.wait(claim, start + wait - WAIT_GRACE - self.cache.now())
+        return claim.entry
+
+    def _late(self, claim: Claim) -> Verdict:
+        """Why a reader got no verdict in time (never cached, never news about health)."""
+        if not claim.sent.is_set():
+            return Verdict(Kind.NO_ANSWER, reason="waiting for a turn at the gateway "
+                           f"({self.lanes.view()['waiting']} calls in line)")
+        return Verdict(Kind.NO_ANSWER, reason="the gateway is slow to answer")
 
     def prefetch(self, sources: Sequence[Source]) -> None:
         """Start the fetches of several sources without waiting, so they run side by side."""
@@ -307,7 +352,7 @@ class Gateway:
             return
         for source in sources:
             if self.cache.fresh(source.key) is None:
-                self.cache.get(source.key, partial(self.call, source), self._pool.submit, 0.0)
+                self.cache.claim(source.key, partial(self._fetch, source), self.lanes.submit)
 
     def _unready(self, key: str, verdict: Verdict) -> Entry:
         """An answer for a reader that did not get a verdict in time (never cached)."""
@@ -315,8 +360,17 @@ class Gateway:
         now = self.cache.now()
         return Entry(-2, now, verdict, last.good if last else None, last.good_at if last else 0.0)
 
+    def _fetch(self, source: Source, claim: Claim) -> Verdict | None:
+        """A claimed fetch: wait for a lane, then call; None when it was no longer needed."""
+        with self.lanes.turn(timeout=2 * self.queue_wait,
+                             needed=partial(self.cache.needed, claim)) as admitted:
+            if not admitted:
+                return None
+            self.cache.sent(claim)
+            return self.call(source)
+
     def call(self, source: Source, pw: Any = None) -> Verdict:
-        """Run one library call now, under the deadline, and judge it."""
+        """Run one library call now, under the deadline, and judge it (the caller holds a lane)."""
         blocked = self._blocked(self.cache.window())
         if blocked is not None:
             return blocked
@@ -344,7 +398,8 @@ class Gateway:
         library.forget_refusals(client)
         library.prepare(client, self.config.pool_maxsize)
         native_before = library.native_backoff(client)
-        traffic = Traffic(float(self.config.timeout), close_connections=self.config.pool_maxsize == 0)
+        traffic = Traffic(float(self.config.timeout), close_connections=self.config.pool_maxsize == 0,
+                          book=self.book)
         value: Any = None
         raised: BaseException | None = None
         with watching(traffic):
@@ -353,12 +408,17 @@ class Gateway:
             except Exception as exc:
                 raised = exc
         library.answered(client, traffic)
+        self._stamp_logins(traffic.exchanges)
         pieced = self._pieced(client, traffic.exchanges, native_before)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
-        if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
+        if not any(not x.shared for x in traffic.exchanges) and (
+                traffic.exchanges or verdict.kind in (Kind.DATA, Kind.ABSENT)):
+            # From the library's cache, or answers another call got from the gateway in this
+            # window (that call told health): no news about the gateway, nor about our login
+            # (a login backoff lets the next call try).
             self.auth.release()
-            return verdict  # from the library's cache of this window: no news about the gateway
+            return verdict
         verdict = connection.explain(verdict, traffic.exchanges, self.connector.passwords,
                                      self.config.host)
         logged_in = _logged_in(traffic.exchanges, self.auth.steps())
@@ -449,7 +509,9 @@ class Gateway:
     # ---- control -----------------------------------------------------------
 
     def control(self, action: Callable[[Any], Any]) -> Any:
-        """Run one write through the control backend; later reads see its effect."""
+        """Run one write through the control backend (`proxy.gateway.writes`: one at a time,
+        in order, ahead of reads, the settings read afresh); later reads see its effect.
+        None when the gateway refused it."""
         if self.control_pw is None:
             if not self._connected.is_set():
                 raise _error(self._not_connected())
@@ -457,20 +519,18 @@ class Gateway:
         verdict = self._blocked(-1)
         if verdict is not None:
             raise _error(verdict)
-        library.prepare(self.control_pw, self.config.pool_maxsize)
-        traffic = Traffic(float(self.config.timeout))
-        with watching(traffic):
-            try:
-                result = action(self.control_pw)
-            except (ValueError, TypeError):
-                raise
-            except Exception as exc:
-                raise GatewayUnavailable(f"gateway error ({type(exc).__name__})") from None
-        library.answered(self.control_pw, traffic)
+        return self.writes.run(self.control_pw, action)
+
+    def _written(self, traffic: Traffic) -> None:
+        """After a write: the next read starts with fresh library caches and a new window (and a
+        login backoff that let the write through lets the next call try)."""
+        if self.control_pw is not None:
+            library.answered(self.control_pw, traffic)
+        self._stamp_logins(traffic.exchanges)
+        self.auth.release()
         with self._lock:
-            self._library_window = None  # the next read starts with fresh library caches
+            self._library_window = None
         self.cache.invalidate()
-        return result
 
     def control_read(self, key: str, fetch: Callable[[Any], Any]) -> Entry:
         """A read through the control backend (GET /control/*), window cached."""

@@ -19,10 +19,11 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.config import GatewayConfig
-from proxy.gateway import connection, library
+from proxy.gateway import connection, cookies, library
+from proxy.gateway.book import AnswerBook
 from proxy.gateway.connection import Condition, Reconnects
 from proxy.gateway.health import AuthBackoff, Cooldown
-from proxy.gateway.outcome import judge
+from proxy.gateway.outcome import Exchange, judge
 from proxy.gateway.sources import SITE_NAME
 from proxy.gateway.traffic import Traffic, watching
 
@@ -33,9 +34,12 @@ class Connector:
     """One gateway's connect attempts and connection state, owning its lock."""
 
     def __init__(self, config: GatewayConfig, factory: Callable[..., Any], cooldown: Cooldown,
-                 auth: AuthBackoff) -> None:
+                 auth: AuthBackoff, *, book: AnswerBook | None = None,
+                 exchanged: Callable[[list[Exchange]], None] | None = None) -> None:
         self.config = config
-        self._factory = factory
+        self._factory = factory  # builds a client, its saved login vouched for (cookies)
+        self._book = book  # the gateway's shared answers of the window
+        self._exchanged = exchanged or (lambda exchanges: None)  # told what an attempt sent
         self._cooldown, self._auth = cooldown, auth
         self.passwords = connection.passwords(config)  # which setting each password comes from
         self.reconnects = Reconnects()
@@ -62,7 +66,7 @@ class Connector:
         return tedapi, None
 
     def _once(self, pw: Any, kwargs: dict[str, Any]) -> tuple[Any, Condition | None]:
-        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS)
+        traffic = Traffic(float(self.config.timeout) * CONNECT_CALLS, book=self._book)
         value: Any = None
         raised: BaseException | None = None
         with watching(traffic):
@@ -70,13 +74,16 @@ class Connector:
                 if pw is None:
                     pw = self._factory(**kwargs)
                 else:
+                    cookies.vouch(kwargs)  # a saved login of other credentials is not used
                     pw.connect()
+                    cookies.stamp(kwargs)
                 # pypowerwall keeps a half-made client when a login fails and logs in
                 # lazily: only a call that needs the login shows whether we are through.
                 if library.has_client(pw):
                     value = SITE_NAME.fetch(pw)
             except Exception as exc:  # a bad setting or an unreachable gateway: report and retry
                 raised = exc
+        self._exchanged(traffic.exchanges)
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, SITE_NAME.contract)
         return pw, connection.after_connect(verdict, traffic.exchanges, self.passwords,
                                             self.config.host, raised, library.has_client(pw))

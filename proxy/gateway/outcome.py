@@ -12,8 +12,8 @@ The rules, in one place:
 - the library cannot ask this in this mode               -> NOT_SUPPORTED (404)
 - a 200 that is not the resource: a web page, text or a
   list where an object belongs, garbage, an answer too big -> NOT_DATA (that resource only)
-- an answer with nothing in it: empty body, null, {}, 404 -> ABSENT (served as null)
-- otherwise                                              -> DATA
+- an answer with nothing in it: empty body, null, 404    -> ABSENT (served as null)
+- otherwise, an empty list [] or object {} included      -> DATA (no faults, no entries)
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ class Shape(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Contract:
-    """What a source promises: its shape, and whether an empty object/list is a real answer."""
+    """What a source promises: the shape of its value (an empty one is an answer too: no
+    alerts is [], a gateway without string data {})."""
 
     shape: Shape
-    empty_is_data: bool = False  # e.g. no alerts: [] is the answer, not "nothing"
 
 
 class Kind(Enum):
@@ -74,6 +74,7 @@ class Exchange:
     content_type: str = ""
     length: int = 0
     retry_after: float | None = None
+    shared: bool = False  # another call's answer to the same request, handed on (no new news)
 
     @property
     def failed(self) -> bool:
@@ -127,12 +128,15 @@ def judge(value: Any, raised: BaseException | None, exchanges: Sequence[Exchange
             and not any(x.status in _LACKS for x in exchanges)):
         # The library logged an error and handed back nothing: it could not read the answer.
         return Verdict(Kind.NOT_DATA, reason="the gateway sent no usable data")
-    if _is_nothing(value, contract):
+    if value is None:
         if library_errors and not exchanges:
             # The library gave up before asking (its lock on a call stuck with a slow gateway,
             # its own cooldown): nothing is known, which is not "the gateway had nothing".
             return Verdict(Kind.NOT_DATA, reason="the gateway is busy with another call")
         return _nothing(exchanges)
+    if _is_empty(value) and _web_page(exchanges):
+        # The library made "nothing" of a web page (a login portal in front of the gateway).
+        return Verdict(Kind.NOT_DATA, reason=_PAGE)
     if not _fits(value, contract.shape):
         what = f"the gateway sent {_describe(value)}, not {contract.shape.value}"
         return Verdict(Kind.NOT_DATA, reason=what)
@@ -227,23 +231,22 @@ def _decode_text(value: Any, contract: Contract) -> Any:
     return value
 
 
-def _is_nothing(value: Any, contract: Contract) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, (dict, list)) and not value:
-        return not contract.empty_is_data
-    return False
-
-
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, (dict, list)) and not value)
 
 
+_PAGE = "the gateway answered with a web page, not data"
+
+
+def _web_page(exchanges: Sequence[Exchange]) -> bool:
+    return any(x.status == 200 and x.length > 0 and "html" in x.content_type.lower()
+               for x in exchanges)
+
+
 def _nothing(exchanges: Sequence[Exchange]) -> Verdict:
     """No value: the gateway had nothing to say, or said something that was not data."""
-    for x in exchanges:
-        if x.status == 200 and x.length > 0 and "html" in x.content_type.lower():
-            return Verdict(Kind.NOT_DATA, reason="the gateway answered with a web page, not data")
+    if _web_page(exchanges):
+        return Verdict(Kind.NOT_DATA, reason=_PAGE)
     status = next((x.status for x in reversed(exchanges) if x.status is not None), None)
     what = f"HTTP {status}" if status not in (None, 200) else "nothing"
     return Verdict(Kind.ABSENT, reason=f"the gateway answered {what}")

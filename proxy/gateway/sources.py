@@ -9,23 +9,23 @@ reaches a client as data.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config import ConfigError, GatewayConfig
 from proxy.gateway.library import app_reserve
 from proxy.gateway.outcome import Contract, Shape
 
 Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
 
-OBJECT = Contract(Shape.OBJECT)
-OBJECT_OR_EMPTY = Contract(Shape.OBJECT, empty_is_data=True)
-LIST_OR_EMPTY = Contract(Shape.LIST, empty_is_data=True)
+OBJECT = OBJECT_OR_EMPTY = Contract(Shape.OBJECT)  # {} is an answer: e.g. no string data
+LIST_OR_EMPTY = Contract(Shape.LIST)  # [] is an answer: e.g. no alerts
 JSON = Contract(Shape.JSON)
 NUMBER = Contract(Shape.NUMBER)
 TEXT = Contract(Shape.TEXT)
 BOOL = Contract(Shape.BOOL)
-ANY = Contract(Shape.ANY, empty_is_data=True)
+ANY = Contract(Shape.ANY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +106,32 @@ FLEETAPI_SOURCES: dict[str, Source] = {
     "/fleetapi/info": Source("/fleetapi/info", lambda pw: pw.client.get_site_info(), JSON),
     "/fleetapi/status": Source("/fleetapi/status", lambda pw: pw.client.get_live_status(), JSON),
 }
+
+
+def _static_keys() -> set[str]:
+    tables = (PW_SOURCES, TEDAPI_SOURCES, CLOUD_SOURCES, FLEETAPI_SOURCES)
+    fixed = (AGGREGATES, SOE, GRID_STATUS_RAW, LEVEL, LEVEL_SCALED, GRID_STATUS, GRID_STATUS_NUMERIC,
+             VITALS, STRINGS, TEMPS, ALERTS, SYSTEM_STATUS, RESERVE, TIME_REMAINING, VERSION,
+             SITE_NAME, FANS)
+    return {s.key for s in fixed} | {s.key for table in tables for s in table.values()}
+
+
+# Resources named by a prefix: any mirrored gateway path, any control read.
+_NAMED_BY_PREFIX = ("poll:/api/", "control:")
+
+
+def unknown_resources(names: Iterable[str]) -> list[str]:
+    """The names that are no resource (as /stats and /health list them)."""
+    known = _static_keys()
+    return [n for n in names if n not in known and not n.startswith(_NAMED_BY_PREFIX)]
+
+
+def periods(config: GatewayConfig) -> dict[str, float]:
+    """The owner's per-resource periods; a name that is no resource fails at start."""
+    names = [name for name, _ in config.periods]
+    unknown = unknown_resources(names)
+    if unknown:
+        raise ConfigError(f"gateway {config.id!r}: PW_CACHE_PERIODS (or the file's 'periods') names "
+                          f"{unknown[0]!r}, which is no resource; use the names /stats lists "
+                          "under gateway.resources, e.g. vitals or poll:/api/meters/aggregates")
+    return {name: float(seconds) for name, seconds in config.periods}

@@ -7,6 +7,9 @@ with a `Traffic` (see `watching`), each exchange is recorded there, the call's
 deadline bounds the whole exchange (connect, headers and a drip-fed body, across
 the library's own retries), and a body over the size limit is cut off while it is
 being read, so a 50 MB answer never sits in memory.
+
+With a `book` (`proxy.gateway.book`), a request another call already sent in this
+window, or is sending right now, is not sent again: its answer is handed on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import requests
@@ -25,6 +28,7 @@ import requests.adapters
 import urllib3.exceptions
 from urllib3.util.retry import Retry
 
+from proxy.gateway.book import Answer, AnswerBook, Flight, request_key
 from proxy.gateway.connection import transport_problem
 from proxy.gateway.outcome import DEADLINE, TOO_LARGE, Exchange
 
@@ -49,6 +53,7 @@ class Traffic:
     timeout: float
     limit: int = MAX_ANSWER
     close_connections: bool = False  # PW_POOL_MAXSIZE=0: no keep-alive with the gateway
+    book: AnswerBook | None = None  # shared answers of this window (None: every request is sent)
     clock: Callable[[], float] = time.monotonic
     exchanges: list[Exchange] = field(default_factory=list)
     library_errors: int = 0
@@ -130,6 +135,31 @@ def _no_retries(adapter: Any) -> None:
 
 def _exchange(send: Callable[..., Any], request: Any, traffic: Traffic,
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    key = request_key(request) if traffic.book is not None else None
+    if traffic.book is None or key is None:
+        return _send(send, request, traffic, args, kwargs)[0]
+    found, lead = traffic.book.claim(key)
+    if isinstance(found, Answer):
+        return _replay(found, request, traffic)
+    if not lead:
+        answer = _wait_for(found, request, traffic)
+        if answer is not None:
+            return _replay(answer, request, traffic)
+        return _send(send, request, traffic, args, kwargs)[0]  # a 401/403 was not ours to reuse
+    answer = Answer(None, error="no answer")
+    try:
+        response, answer = _send(send, request, traffic, args, kwargs)
+        return response
+    except Exception as exc:
+        answer = _failure(exc)
+        raise
+    finally:
+        traffic.book.settle(key, found, answer)
+
+
+def _send(send: Callable[..., Any], request: Any, traffic: Traffic,
+          args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Answer]:
+    """Send the request under the deadline and size bound; the response and what it was."""
     method, path = str(request.method or "GET"), urlsplit(str(request.url)).path
     remaining = traffic.remaining()
     if remaining <= 0:
@@ -142,23 +172,68 @@ def _exchange(send: Callable[..., Any], request: Any, traffic: Traffic,
     try:
         response = send(request, *args, **kwargs)
     except Exception as exc:
-        traffic.record(Exchange(method, path, None, _error_name(exc)))
-        raise
+        _failed(traffic, method, path, exc, None)
     try:
         body = _read_body(response, traffic)
-    except AnswerTooLarge:
+    except (AnswerTooLarge, requests.exceptions.RequestException) as exc:
         response.close()
-        traffic.record(Exchange(method, path, response.status_code, TOO_LARGE))
-        raise
-    except requests.exceptions.RequestException as exc:
-        response.close()
-        traffic.record(Exchange(method, path, None, _error_name(exc)))
-        raise
+        _failed(traffic, method, path, exc, response.status_code)
     _keep_body(response, body)
     headers = response.headers
     traffic.record(Exchange(method, path, response.status_code, None,
                             str(headers.get("Content-Type", "")), len(body),
                             _retry_after(headers.get("Retry-After"))))
+    answer = Answer(response.status_code, str(response.reason or ""),
+                    tuple((str(k), str(v)) for k, v in headers.items()), body)
+    return response, answer
+
+
+def _failed(traffic: Traffic, method: str, path: str, exc: BaseException,
+            status: int | None) -> NoReturn:
+    """Record a failed exchange and re-raise its error."""
+    error = _failure(exc).error
+    traffic.record(Exchange(method, path, status if error == TOO_LARGE else None, error))
+    raise exc
+
+
+def _failure(exc: BaseException) -> Answer:
+    """What a request that raised `exc` tells the callers waiting for the same request."""
+    if isinstance(exc, AnswerTooLarge):
+        return Answer(200, error=TOO_LARGE)
+    return Answer(None, error=_error_name(exc))
+
+
+def _wait_for(flight: Flight, request: Any, traffic: Traffic) -> Answer | None:
+    """The answer of the same request in flight for another call; None when it was a 401/403."""
+    if not flight.done.wait(max(0.0, traffic.remaining())) or flight.answer is None:
+        method, path = str(request.method or "GET"), urlsplit(str(request.url)).path
+        # The request in flight will tell health what happened; this call only waited.
+        traffic.record(Exchange(method, path, None, DEADLINE, shared=True))
+        raise DeadlineExceeded("the same request to the gateway did not finish in time")
+    return flight.answer if flight.answer.replayable else None
+
+
+def _replay(answer: Answer, request: Any, traffic: Traffic) -> Any:
+    """Another call's answer to this very request, as if it had just arrived."""
+    method, path = str(request.method or "GET"), urlsplit(str(request.url)).path
+    if answer.error is not None:
+        traffic.record(Exchange(method, path, answer.status, answer.error, shared=True))
+        if answer.error == TOO_LARGE:
+            raise AnswerTooLarge("the gateway's answer is too large")
+        if answer.error == DEADLINE:
+            raise DeadlineExceeded("the gateway did not answer in time")
+        raise requests.exceptions.ConnectionError(f"the gateway did not answer ({answer.error})")
+    headers = requests.structures.CaseInsensitiveDict(dict(answer.headers))
+    traffic.record(Exchange(method, path, answer.status, None, str(headers.get("Content-Type", "")),
+                            len(answer.body), _retry_after(headers.get("Retry-After")), shared=True))
+    response = requests.Response()
+    response.status_code = answer.status or 0
+    response.reason = answer.reason
+    response.headers = headers
+    response.url = str(request.url)
+    response.request = request
+    response.encoding = requests.utils.get_encoding_from_headers(headers)
+    _keep_body(response, answer.body)
     return response
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import faults as fk
-from . import routes
+from . import routes, tedapi_wire
 from .devices import iso_time
 from .faults import Fault, FaultBoard
 from .messages import (
@@ -27,7 +27,7 @@ from .messages import (
 )
 from .profiles import DEFAULT, Profile
 from .site import Site
-from .stats import RequestCounter
+from .stats import RequestCounter, query_key
 
 CONTROL_PREFIX = "/sim/"
 
@@ -87,9 +87,23 @@ class Gateway:
         if not is_control(path):
             self.counter.count(path)
 
+    def _count_query(self, request: Request) -> None:
+        """A TEDAPI POST, counted by what it asks (they all share one path)."""
+        if request.method != "POST" or not request.path.startswith("/tedapi/") or not request.body:
+            return
+        try:
+            message = tedapi_wire.parse_request(request.body)
+        except Exception:  # not a TEDAPI message: answered 400, counted by path only
+            return
+        name = message.query_name or message.file or ""
+        key = query_key(message.kind, name, message.query or "", str(message.recipient or ""),
+                        self.site.layout.din)
+        self.counter.count_query(f"{request.path} {key}")
+
     def handle(self, request: Request) -> Response | None:
         if is_control(request.path):
             return self._control(request)
+        self._count_query(request)
         active = self.faults.for_path(request.path)
         kinds = {fault.kind for fault in active}
         if fk.DOWN in kinds:

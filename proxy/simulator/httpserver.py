@@ -14,10 +14,11 @@ import socketserver
 import ssl
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .gateway import Gateway
+from .gateway import Gateway, is_control
 from .messages import Request, Response, gateway_error
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,42 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
-        self.server.gateway.count(urllib.parse.urlsplit(self.path).path)
+        path = urllib.parse.urlsplit(self.path).path
+        self.server.gateway.count(path)
+        if not is_control(path):
+            self.server.gateway.counter.arrived()
+            self._answering = True
         return True
+
+    def handle_one_request(self) -> None:
+        """One request; counted as being answered until the last bytes of its answer go out
+        (or it is dropped)."""
+        self._answering = False
+        try:
+            super().handle_one_request()
+        finally:
+            self._answered()
+
+    def _answered(self) -> None:
+        # Before the last write, not after: the client cannot have the whole answer (and
+        # send its next request) while we still count this one.
+        if self._answering:
+            self._answering = False
+            self.server.gateway.counter.answered()
+
+    def _write_pieces(self, pieces: Iterator[bytes], delay: float) -> None:
+        """Write the answer's pieces (`delay` apart); uncounted just before the last."""
+        held: bytes | None = None
+        for index, piece in enumerate(pieces):
+            if held is not None:
+                self.wfile.write(held)
+            if index and delay and self.server.gateway.pause(delay):
+                self.close_connection = True  # stopping: the answer stays unfinished
+                return
+            held = piece
+        self._answered()
+        if held is not None:
+            self.wfile.write(held)
 
     def do_GET(self) -> None:
         self._serve()
@@ -198,13 +233,10 @@ class GatewayRequestHandler(BaseHTTPRequestHandler):
         if response.status != 204:
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(response.length))
+        if not response.length:
+            self._answered()
         self._end_headers()
-        delay = response.delivery.delay
-        for index, piece in enumerate(response.delivery.pieces(response.body)):
-            if index and delay and self.server.gateway.pause(delay):
-                self.close_connection = True  # stopping: the answer stays unfinished
-                return
-            self.wfile.write(piece)
+        self._write_pieces(response.delivery.pieces(response.body), response.delivery.delay)
 
     def _end_headers(self) -> None:
         self.end_headers()

@@ -2,8 +2,9 @@
 
 Routes, streams, scrapes and MQTT read a site, never the gateway adapter
 directly. `read` applies the degradation rule in one place: data, absent
-(`None`), the last good copy marked stale while it is younger than PW_CACHE_TTL,
-or the typed error.
+(`None`), the last good copy marked stale while it is younger than PW_CACHE_TTL
+(plus, for a resource the owner slowed down, how much longer its period is), or
+the typed error.
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ class Site:
             return 1.0
         return period - cache.now() % period
 
+    def ttl(self, key: str) -> float:
+        """How old a last good copy may be and still be served: PW_CACHE_TTL past the end of the
+        resource's own period (a resource with a longer period is older when it is fresh)."""
+        cache = self.gateway.cache
+        return self.cache_ttl + max(0.0, cache.period_of(key) - cache.period)
+
+    @property
+    def stale_ttl(self) -> float:
+        """The longest `ttl` of any resource (for answers made of several)."""
+        cache = self.gateway.cache
+        return self.cache_ttl + max(0.0, cache.longest_period() - cache.period)
+
     def read(self, source: Source, wait: float | None = None) -> Reading:
         """Data, absent, the last good copy (stale) within PW_CACHE_TTL, or the error."""
         entry = self.gateway.read(source, wait)
@@ -127,16 +140,16 @@ class Site:
             return Reading(State.ABSENT, None, entry.at)
         if kind is Kind.NOT_SUPPORTED:
             raise NotSupported(entry.verdict.reason)
-        if self.graceful and entry.good is not None and self.age(entry.good_at) <= self.cache_ttl:
+        if self.graceful and entry.good is not None and self.age(entry.good_at) <= self.ttl(source.key):
             return Reading(State.DATA, entry.good, entry.good_at, stale=True)
         return Reading(State.UNAVAILABLE, error=error_for(entry.verdict, self.gateway))
 
     def read_all(self, sources: Sequence[Source]) -> list[Reading]:
-        """Several sources at once: their fetches run in parallel, the waits share one deadline."""
+        """Several sources at once: their fetches are all started (they run as the gateway's
+        lanes allow), and each is waited for from when it is sent, not from the first one."""
         if len(sources) > 1:
             self.gateway.prefetch(sources)
-        deadline = self.gateway.cache.now() + self.gateway.wait
-        return [self.read(s, max(0.0, deadline - self.gateway.cache.now())) for s in sources]
+        return [self.read(s) for s in sources]
 
 
 class Sites(Registry[Site]):
@@ -159,12 +172,14 @@ class Sites(Registry[Site]):
         return site
 
     def report(self) -> dict[str, Any]:
-        """Each gateway's counters: calls, failures, cooldown and login backoff, cache lookups."""
+        """Each gateway's counters: calls, failures, cooldown and login backoff, cache lookups,
+        library calls in flight and waiting for their turn."""
         return {site.id: _counters(site.gateway) for site in self}
 
 
 def _counters(gateway: Gateway) -> dict[str, Any]:
     health = gateway.health.snapshot()
+    lanes = gateway.lanes.view()
     return {
         "requests": health.total_successes + health.total_failures,
         "failures": health.total_failures,
@@ -172,4 +187,6 @@ def _counters(gateway: Gateway) -> dict[str, Any]:
         "login_backoff_seconds": gateway.auth.remaining(),
         "cache_hits": gateway.lookups.get(("hit",)),
         "cache_misses": gateway.lookups.get(("miss",)),
+        "calls_in_flight": lanes["in_flight"],
+        "calls_waiting": lanes["waiting"],
     }

@@ -196,7 +196,7 @@ def _age_headers(site: Site, times: list[float], stale: bool) -> list[tuple[str,
     if not times:
         return []
     age = site.age(min(times))
-    if stale and age > site.cache_ttl:
+    if stale and age > site.stale_ttl:
         raise GatewayUnavailable("gateway unavailable and the last good data is too old")
     return [("Age", str(int(age))), ("X-Cache", "STALE" if stale else "HIT")]
 
