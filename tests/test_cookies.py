@@ -59,7 +59,7 @@ def test_a_wrong_password_is_not_masked_by_the_cookie_a_right_one_left(sim: Simu
     try:
         settled(ProxyHandle(second))  # its first read (the site name) logs in, and is refused
         refused = soe(second)
-        assert refused.status == 503 and "refused our login" in refused.json()["error"], refused.body
+        assert refused.status == 503 and "refused the login" in refused.json()["error"], refused.body
         assert ProxyHandle(second).get("/health").json()["gateway"]["login_backoff_steps"] == 1
     finally:
         second.stop()
