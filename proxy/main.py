@@ -231,7 +231,8 @@ def _gateway_fds(config: Config) -> int:
 
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
           simulate: int = 0, max_connections: int | None = None,
-          server_options: Mapping[str, Any] | None = None, openc2_budgets: Any = None) -> Running:
+          server_options: Mapping[str, Any] | None = None, openc2_budgets: Any = None,
+          gateway_options: Mapping[str, Any] | None = None) -> Running:
     """Build and start everything; the HTTP server answers before the gateways connect.
 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
@@ -239,13 +240,14 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `max_connections` defaults to what the current open-file limit leaves room for.
     `server_options` are further HTTPServer arguments (tests shorten its deadlines).
     `openc2_budgets` (proxy.api.openc2.Budgets) replace OpenC2's per-minute budgets.
+    `gateway_options` are further Gateway arguments (tests shorten its backoffs).
     """
     from proxy.api.mounts import mounts
     from proxy.api.openc2 import Budgets
 
     config, simulators, tmp, control_password = _prepared(config, simulate)
     reports = Reports()
-    gateways = _gateways(config, control_password, client_factory)
+    gateways = _gateways(config, control_password, client_factory, gateway_options)
     shaping = Shaping(config.neg_solar, config.site_zero_threshold)
     sites = Sites([Site(g, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
                         shaping=shaping) for g in gateways], reports)
@@ -285,13 +287,14 @@ def _prepared(config: Config, simulate: int) -> tuple[Config, list[Any], Any, st
     return config, simulators, tmp, control_password
 
 
-def _gateways(config: Config, control_password: str, client_factory: Any) -> Gateways:
+def _gateways(config: Config, control_password: str, client_factory: Any,
+              options: Mapping[str, Any] | None) -> Gateways:
     fleet = config.fleet()
     _, waiters = worker_plan(len(fleet))
     return Gateways([
         Gateway(g, simulated=config.simulate, control_password=control_password,
                 control_enabled=bool(config.control_secret), factory=client_factory,
-                waiters=waiters, name=_gateway_name(g, len(fleet)))
+                waiters=waiters, name=_gateway_name(g, len(fleet)), **dict(options or {}))
         for g in fleet
     ])
 

@@ -91,21 +91,23 @@ Factory = Callable[..., ProxyHandle]
 
 @pytest.fixture
 def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
-    """factory(env=None, simulate=True, connected=True, **load_config overrides) -> ProxyHandle,
-    stopped at teardown.
+    """factory(env=None, simulate=True, connected=True, gateway_options=None, **load_config
+    overrides) -> ProxyHandle, stopped at teardown.
 
     With simulate=True the proxy starts its own simulator (full TEDAPI mode).
     With simulate=False, pass PW_HOST etc. in env (e.g. pointing at a `simulator`).
     With connected=False it returns at once, connected or not.
+    `gateway_options` are further arguments of each `Gateway` (e.g. a shorter cooldown).
     """
     handles: list[ProxyHandle] = []
 
     def factory(env: dict[str, str] | None = None, simulate: bool = True, connected: bool = True,
-                **overrides: Any) -> ProxyHandle:
+                gateway_options: dict[str, Any] | None = None, **overrides: Any) -> ProxyHandle:
         merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path),
                   "PW_CACHE_FILE": str(tmp_path / ".powerwall"), **(env or {})}
         config = load_config(merged, simulate=simulate, **overrides)
-        handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT if connected else 0.0))
+        handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT if connected else 0.0,
+                                   gateway_options=gateway_options))
         handles.append(handle)
         if not connected:  # a gateway that may never let us in: the test watches it try
             return handle
@@ -117,11 +119,13 @@ def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
         handle.stop()
 
 
-def local_mode(factory: Factory, sim: Any, env: dict[str, str]) -> ProxyHandle:
-    """A proxy in local mode (the customer login against the simulator's /api/*)."""
+def local_mode(factory: Factory, sim: Any, env: dict[str, str], **options: Any) -> ProxyHandle:
+    """A proxy in local mode (the customer login against the simulator's /api/*); `options`
+    go to the factory."""
     from proxy.simulator import DEFAULT_PASSWORD
 
-    handle = factory({**env, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD}, simulate=False)
+    handle = factory({**env, "PW_HOST": sim.host, "PW_PASSWORD": DEFAULT_PASSWORD}, simulate=False,
+                     **options)
     handle.sim = sim
     return handle
 

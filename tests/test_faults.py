@@ -501,11 +501,10 @@ class RecordingCooldown(Cooldown):
         return seconds
 
 
-def test_cooldown_grows_while_the_gateway_keeps_refusing(sim_proxy: ProxyHandle) -> None:
+def test_cooldown_grows_while_the_gateway_keeps_refusing(proxy_factory: Factory) -> None:
     """Short base and cap (the schedule itself is checked above with the defaults)."""
-    h = sim_proxy
     cooldown = RecordingCooldown(base=0.25, cap=1.0)
-    h.gateway.cooldown = cooldown
+    h = proxy_factory(ENV, gateway_options={"cooldown": cooldown})
     warm(h, SINGLE)
     h.sim.reset()
     h.sim.set_fault("status", status=503)
@@ -526,9 +525,9 @@ def test_cooldown_grows_while_the_gateway_keeps_refusing(sim_proxy: ProxyHandle)
 def test_busy_local_mode_recovers_despite_library_negative_caches(
         proxy_factory: Factory, bare_sim: Simulator, status: int) -> None:
     """Local mode: pypowerwall caches a 503 per API and a 429 for every API, for 5 minutes."""
-    h = local_proxy(proxy_factory, bare_sim)
     # 3 s: long enough that a busy machine still sees the cooldown when /health is asked.
-    h.gateway.cooldown = RecordingCooldown(base=3.0, cap=6.0)
+    cooldown = RecordingCooldown(base=3.0, cap=6.0)
+    h = local_mode(proxy_factory, bare_sim, ENV, gateway_options={"cooldown": cooldown})
     last_good, first = busy_start(h, LOCAL_SINGLE, {"status": status})
     assert first.status == 200 and first.body == last_good[LOCAL_SINGLE[0]]
     assert_busy_health(h, 3.0)

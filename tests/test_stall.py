@@ -159,8 +159,8 @@ def test_oversized_answer_is_cut_off_and_memory_stays_flat(proxy_factory: Factor
 def test_login_accepted_again_ends_the_backoff(proxy_factory: Factory, sim: Simulator) -> None:
     from proxy.gateway.health import AuthBackoff
 
-    h = local(proxy_factory, sim)
-    h.gateway.auth = AuthBackoff(start=1.0, cap=2.0)  # seconds instead of minutes
+    auth = AuthBackoff(start=1.0, cap=2.0)  # seconds instead of minutes
+    h = local_mode(proxy_factory, sim, ENV, gateway_options={"auth": auth})
     assert h.get("/aggregates").status == 200
     sim.set_fault("login_401")
     sim.set_fault("expire_session")

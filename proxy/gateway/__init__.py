@@ -5,8 +5,9 @@ out as verdicts (`outcome.Kind`) or typed errors (`proxy.errors`). It may import
 `proxy.config`, `proxy.errors` and `proxy.stats`, nothing above it.
 """
 
-from proxy.gateway.adapter import Gateway, GatewayInfo, error_for
+from proxy.gateway.adapter import Gateway, error_for
 from proxy.gateway.cache import Entry, WindowCache
+from proxy.gateway.client import GatewayInfo
 from proxy.gateway.library import app_reserve, reserve_answer, reserve_for_backend, user_number
 from proxy.gateway.outcome import Kind, Verdict
 
