@@ -2,6 +2,9 @@
 
 `load_config(environ)` takes any mapping (tests pass a dict), applies the
 reference's defaults and fails at start with a message naming the variable.
+A gateways file is read by `proxy.configfile`, and its entries (or PW_GATEWAYS)
+become gateways' settings in `proxy.configgateways`; the value parsers both share
+are in `proxy.configvalues`.
 """
 
 from __future__ import annotations
@@ -13,44 +16,32 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from proxy.configfile import ConfigError as ConfigError
-from proxy.configfile import Corrected, accept, parse_json, read_gateways_file
+from proxy.configfile import accept, read_gateways_file
+from proxy.configgateways import gateway_entries, server_values
+from proxy.configvalues import (
+    AUTH_MODES,
+    MAX_CONCURRENCY,
+    TEDAPI_VERSIONS,
+    default_cache_file,
+    parse_bool,
+    periods_text,
+)
+from proxy.configvalues import Secret as Secret
 
-MASK = "********"  # a fixed mask: never reveals a secret's length
+# The parsers (shared with a gateways file's keys) by the names the variable tables use.
+from proxy.configvalues import choice as _choice
+from proxy.configvalues import int_parser as _int_parser
+from proxy.configvalues import periods as _periods
+from proxy.configvalues import probe_interval as _probe_interval
+from proxy.configvalues import secret as _secret
+from proxy.configvalues import tedapi_auth_mode as _tedapi_auth_mode
+from proxy.configvalues import text as _text
+
 STYLES = ("clear", "black", "white", "grafana", "grafana-dark", "dakboard", "solar")
 HTTPS_MODES = ("no", "http", "yes")
-AUTH_MODES = ("cookie", "token")
-TEDAPI_VERSIONS = ("V2024_06", "V2026_06")
-TEDAPI_AUTH_MODES = ("basic", "bearer")
-_TRUE = ("yes", "true", "1", "on")
-_FALSE = ("no", "false", "0", "off")
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class Secret:
-    """A value that must never be shown; its repr is the fixed mask."""
-
-    _value: str = ""
-
-    def reveal(self) -> str:
-        return self._value
-
-    def masked(self) -> str | None:
-        """The mask when set, None when empty (as the reference shows unset secrets)."""
-        return MASK if self._value else None
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return f"Secret({self.masked()!r})"
-
-    __str__ = __repr__
-
-
-GATEWAY_TYPES = ("powerwall", "inverter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,47 +216,6 @@ class Config:
         )
 
 
-def parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be one of yes/true/1/on or no/false/0/off (got {raw!r})")
-
-
-def _int_parser(lo: int, hi: int | None = None) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
-        if value < lo or (hi is not None and value > hi):
-            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-            raise ConfigError(f"{name} must be {bound} (got {value})")
-        return value
-
-    return parse
-
-
-def _choice(*allowed: str, fold: bool = True) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.strip().lower() if fold else raw.strip()
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {raw!r})")
-        return value
-
-    return parse
-
-
-def _text(name: str, raw: str) -> str:
-    return raw.strip()
-
-
-def _secret(name: str, raw: str) -> Secret:
-    return Secret(raw)
-
-
 def _base_url(name: str, raw: str) -> str:
     value = raw.strip() or "/"
     if not value.startswith("/"):
@@ -356,20 +306,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 # ---- TEDAPI transport and reconnects: settings the reference accepts with a correction ----
 
-def _tedapi_auth_mode(name: str, raw: str) -> Any:
-    # The reference (and pypowerwall) fall back to basic with a warning rather than refuse.
-    value = raw.strip().lower()
-    if value in TEDAPI_AUTH_MODES:
-        return value
-    return Corrected("basic", f"{name} is {raw.strip()!r}, not basic or bearer: using basic")
-
-
-def _probe_interval(name: str, raw: str) -> Any:
-    # The reference raises anything below 5 s to 5 s rather than refusing it.
-    value = _int_parser(0)(name, raw)
-    return value if value >= 5 else Corrected(5, f"{name} is {value}: using the minimum, 5 seconds")
-
-
 def _bearer_notes(gateways: tuple[GatewayConfig, ...], several: bool) -> list[str]:
     """Bearer needs the signed V2026_06 queries; the library warns too, less plainly."""
     return [f"{f'gateway {g.id!r}: ' if several else ''}TEDAPI auth mode bearer needs "
@@ -396,10 +332,10 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     notes: list[str] = []
     values = _parse_variables(environ, notes)
     if document is not None:
-        values.update(_server_block(document.get("server"), path or "", environ, notes))
+        values.update(server_values(document.get("server"), path or "", environ, notes, _VARIABLES))
     values.update(overrides)
     if "cache_file" not in values:
-        values["cache_file"] = _default_cache_file(values.get("auth_path", ""))
+        values["cache_file"] = default_cache_file(values.get("auth_path", ""))
     known = {f.name for f in fields(Config)}
     unknown = set(values) - known
     if unknown:
@@ -426,10 +362,6 @@ _EMPTY_MEANS_EMPTY = {"bind_address", "host", "password", "gw_pwd", "control_sec
                       "auth_path"}
 
 
-def _default_cache_file(auth_path: str) -> str:
-    return f"{auth_path.rstrip('/')}/.powerwall" if auth_path else ".powerwall"
-
-
 def _check_tls(config: Config) -> None:
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("PW_TLS_CERT and PW_TLS_KEY must be set together")
@@ -450,141 +382,21 @@ def _check_mqtt(config: Config) -> None:
                               f"({config.mqtt_prefix}/{gateway.id}); give that gateway another id")
 
 
-# ---- several gateways: a config file or PW_GATEWAYS ---------------------------------
-
-GATEWAY_ID = re.compile(r"[a-z0-9_-]{1,32}")
-MAX_GATEWAYS = 32
-
-
-def _gateway_id(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not GATEWAY_ID.fullmatch(value):
-        raise ConfigError(f"{name} must be 1-32 of a-z, 0-9, _ and - (got {raw!r})")
-    return value
-
-
-# key in a gateway entry -> (GatewayConfig field, parser); the keys are pypowerwall-server's.
-_GATEWAY_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "id": ("id", _gateway_id),
-    "name": ("name", _text),
-    "type": ("type", _choice(*GATEWAY_TYPES)),
-    "host": ("host", _text),
-    "gw_pwd": ("gw_pwd", _secret),
-    "password": ("password", _secret),
-    "email": ("email", _text),
-    "authpath": ("auth_path", _text),
-    "authmode": ("auth_mode", _choice(*AUTH_MODES)),
-    "timezone": ("timezone", _text),
-    "rsa_key_path": ("rsa_key_path", _text),
-    "wifi_host": ("wifi_host", _text),
-    "siteid": ("siteid", _text),
-    "tedapi_api_version": ("tedapi_api_version", _choice(*TEDAPI_VERSIONS, fold=False)),
-    "cloud_mode": ("cloud_mode", parse_bool),
-    "fleetapi": ("fleetapi", parse_bool),
-    "cache_expire": ("cache_expire", _int_parser(0, 3600)),
-    "timeout": ("timeout", _int_parser(1, 300)),
-    "pool_maxsize": ("pool_maxsize", _int_parser(0, 1000)),
-}
-_GATEWAY_KEYS.update({  # TEDAPI transport and reconnects (see _tedapi_auth_mode)
-    "tedapi_auth_mode": ("tedapi_auth_mode", _tedapi_auth_mode),
-    "tedapi_probe_interval": ("probe_interval", _probe_interval),
-})
-
-# Variables that describe one gateway: in a file they belong in a `gateways:` entry.
-_GATEWAY_VARIABLES = {"PW_HOST", "PW_PASSWORD", "PW_GW_PWD", "PW_RSA_KEY_PATH", "PW_WIFI_HOST",
-                      "PW_SITEID", "PW_TEDAPI_API_VERSION", "PW_CACHE_FILE", "PW_AUTH_MODE",
-                      "PW_TEDAPI_AUTH_MODE"}
-# `server:` keys are the PW_* variable names without the prefix, lower case, plus these.
-_SERVER_ALIASES = {"bind": "PW_BIND_ADDRESS", "base_url": "PROXY_BASE_URL"}
-
-
-def _server_key(key: str) -> str | None:
-    name = _SERVER_ALIASES.get(key) or "PW_" + key.upper()
-    if name in _VARIABLES and name not in _GATEWAY_VARIABLES:
-        return name
-    return None
-
-
-def _scalar(where: str, value: Any) -> str:
-    """A file value as the text a variable would hold (so one parser serves both)."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    if value is None:
-        return ""
-    raise ConfigError(f"{where} must be a single value, not a {type(value).__name__}")
-
-
-def _server_block(block: Any, path: str, environ: Mapping[str, str],
-                  notes: list[str]) -> dict[str, Any]:
-    """The file's `server:` values; they win over the PW_* variables (a warning says which)."""
-    if block is None:
-        return {}
-    if not isinstance(block, dict):
-        raise ConfigError(f"config file {path}: 'server' must be a mapping")
-    values: dict[str, Any] = {}
-    for key, raw in block.items():
-        name = _server_key(str(key))
-        where = f"config file {path}: server key {key!r}"
-        if name is None:
-            raise ConfigError(f"{where} is unknown (gateway settings belong in a 'gateways' entry)")
-        attr, parse = _VARIABLES[name]
-        values[attr] = accept(parse(where, _scalar(where, raw)), notes)
-        if environ.get(name, "").strip():
-            notes.append(f"{name} is set, but the config file's server key {key!r} wins")
-    return values
-
+# ---- several gateways: a config file or PW_GATEWAYS (proxy.configgateways) --------------
 
 def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | None,
                    listed: str, notes: list[str]) -> Config:
-    if document is not None:
-        entries, source = document.get("gateways"), f"config file {path}"
-    elif listed:
-        entries, source = parse_json(listed, "PW_GATEWAYS"), "PW_GATEWAYS"
-    else:
+    found = gateway_entries(document, path, listed, notes)
+    if found is None:
         return _check_default(config, (config.gateway(),))
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{source}: 'gateways' must be a non-empty list of gateways")
-    if len(entries) > MAX_GATEWAYS:
-        raise ConfigError(f"{source}: at most {MAX_GATEWAYS} gateways (got {len(entries)})")
-    gateways = tuple(_gateway_entry(config, entry, i, source, notes)
-                     for i, entry in enumerate(entries))
-    seen: set[str] = set()
-    for g in gateways:
-        if g.id in seen:
-            raise ConfigError(f"{source}: gateway {g.id!r} is listed twice (ids must be unique)")
-        seen.add(g.id)
-    config = replace(config, gateways=gateways, source=source)
-    return _check_default(config, gateways)
-
-
-def _gateway_entry(config: Config, entry: Any, index: int, source: str,
-                   notes: list[str]) -> GatewayConfig:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{source}: gateway #{index + 1} must be a mapping of keys")
-    label = f"gateway #{index + 1}"
-    if "id" not in entry:
-        raise ConfigError(f"{source}: {label} has no 'id' (required)")
-    values: dict[str, Any] = {}
-    gid = _gateway_id(f"{source}: {label} key 'id'", _scalar(f"{source}: {label} key 'id'", entry["id"]))
-    for key, raw in entry.items():
-        where = f"{source}: gateway {gid!r} key {key!r}"
-        if key not in _GATEWAY_KEYS:
-            raise ConfigError(f"{where} is unknown (known: {', '.join(_GATEWAY_KEYS)})")
-        attr, parse = _GATEWAY_KEYS[key]
-        mapping = key in _MAPPING_KEYS and isinstance(raw, dict)
-        values[attr] = accept(parse(where, _pairs(where, raw) if mapping else _scalar(where, raw)), notes)
+    source, entries = found
+    # What an entry does not say, it takes from the proxy-wide settings.
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
                 "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval,
                 "concurrency": config.gateway_concurrency, "periods": config.cache_periods}
-    gateway = GatewayConfig(**(defaults | values))
-    if "cache_file" not in values:
-        gateway = replace(gateway, cache_file=_gateway_cache_file(gateway.auth_path, gid))
-    if not (gateway.host or gateway.cloud_mode or gateway.fleetapi):
-        raise ConfigError(f"{source}: gateway {gid!r} needs 'host' (or cloud_mode/fleetapi: true)")
-    return gateway
+    gateways = tuple(GatewayConfig(**(defaults | values)) for values in entries)
+    return _check_default(replace(config, gateways=gateways, source=source), gateways)
 
 
 def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Config:
@@ -596,47 +408,7 @@ def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Confi
 
 # ---- how hard a gateway is asked: PW_GATEWAY_CONCURRENCY, PW_CACHE_PERIODS -----------------
 
-MAX_CONCURRENCY = 16
-RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
-
-
-def _periods(name: str, raw: str) -> tuple[tuple[str, int], ...]:
-    """"vitals:30,strings:60": resource names as /stats lists them, each with its period in
-    seconds (the name may hold colons: the period is after the last one)."""
-    found: dict[str, int] = {}
-    for item in raw.split(","):
-        text = item.strip()
-        if not text:
-            continue
-        resource, colon, seconds = text.rpartition(":")
-        if not colon or not RESOURCE_NAME.fullmatch(resource):
-            raise ConfigError(f"{name} must be resource:seconds pairs joined by commas, "
-                              f"e.g. vitals:30,strings:60 (got {text!r})")
-        found[resource] = _int_parser(1, 3600)(f"{name} ({resource})", seconds)
-    return tuple(sorted(found.items()))
-
-
-def periods_text(periods: tuple[tuple[str, int], ...]) -> str:
-    """The periods as PW_CACHE_PERIODS spells them."""
-    return ",".join(f"{resource}:{seconds}" for resource, seconds in periods)
-
-
-def _pairs(where: str, mapping: dict[Any, Any]) -> str:
-    """A file's mapping (periods: {vitals: 30}) as the text its variable would hold."""
-    return ",".join(f"{key}:{_scalar(f'{where} entry {key!r}', value)}" for key, value in mapping.items())
-
-
-def _gateway_cache_file(auth_path: str, gateway_id: str) -> str:
-    """Each gateway of a file its own cookie file, even when they share an auth path."""
-    return f"{_default_cache_file(auth_path)}-{gateway_id}"
-
-
 _VARIABLES.update({
     "PW_GATEWAY_CONCURRENCY": ("gateway_concurrency", _int_parser(1, MAX_CONCURRENCY)),
     "PW_CACHE_PERIODS": ("cache_periods", _periods),
 })
-_GATEWAY_KEYS.update({
-    "concurrency": ("concurrency", _int_parser(1, MAX_CONCURRENCY)),
-    "periods": ("periods", _periods),
-})
-_MAPPING_KEYS = {"periods"}  # gateway keys whose value may be a mapping (resource: seconds)

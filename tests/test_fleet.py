@@ -129,10 +129,10 @@ def test_bad_config_stops_the_start_with_the_message(tmp_path: Path,
 
 
 def test_example_file_documents_every_key() -> None:
-    from proxy.config import _GATEWAY_KEYS
+    from proxy.configgateways import GATEWAY_KEYS
 
     text = (Path(__file__).parent.parent / "gateways.example.yaml").read_text()
-    for key in _GATEWAY_KEYS:
+    for key in GATEWAY_KEYS:
         assert f"{key}:" in text, key
     config = load_config({}, file=str(Path(__file__).parent.parent / "gateways.example.yaml"))
     assert len(config.fleet()) >= 2
