@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from proxy.configfile import ConfigError as ConfigError
 from proxy.configfile import accept, read_gateways_file
-from proxy.configgateways import gateway_entries, server_values
+from proxy.configgateways import gateway_cache_file, gateway_entries, server_values
 from proxy.configvalues import (
     AUTH_MODES,
     MAX_CONCURRENCY,
@@ -392,11 +392,21 @@ def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | 
     source, entries = found
     # What an entry does not say, it takes from the proxy-wide settings.
     defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
+                "auth_path": config.auth_path,
                 "cache_expire": config.cache_expire, "timeout": config.timeout,
                 "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval,
                 "concurrency": config.gateway_concurrency, "periods": config.cache_periods}
-    gateways = tuple(GatewayConfig(**(defaults | values)) for values in entries)
+    gateways = tuple(_file_gateway(defaults | values) for values in entries)
     return _check_default(replace(config, gateways=gateways, source=source), gateways)
+
+
+def _file_gateway(values: dict[str, Any]) -> GatewayConfig:
+    """A gateway of a file; unless it names one, a cookie file of its own in its auth path
+    (PW_AUTH_PATH unless it says `authpath`: the image's data volume, not the read-only app)."""
+    gateway = GatewayConfig(**values)
+    if "cache_file" in values:
+        return gateway
+    return replace(gateway, cache_file=gateway_cache_file(gateway.auth_path, gateway.id))
 
 
 def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Config:

@@ -163,13 +163,11 @@ def _gateway_entry(entry: Any, index: int, source: str, notes: list[str]) -> dic
         attr, parse = GATEWAY_KEYS[key]
         mapping = key in MAPPING_KEYS and isinstance(raw, dict)
         values[attr] = accept(parse(where, _pairs(where, raw) if mapping else _scalar(where, raw)), notes)
-    if "cache_file" not in values:
-        values["cache_file"] = _gateway_cache_file(values.get("auth_path", ""), gid)
     if not (values.get("host") or values.get("cloud_mode") or values.get("fleetapi")):
         raise ConfigError(f"{source}: gateway {gid!r} needs 'host' (or cloud_mode/fleetapi: true)")
     return values
 
 
-def _gateway_cache_file(auth_path: str, gateway_id: str) -> str:
+def gateway_cache_file(auth_path: str, gateway_id: str) -> str:
     """Each gateway of a file its own cookie file, even when they share an auth path."""
     return f"{default_cache_file(auth_path)}-{gateway_id}"
