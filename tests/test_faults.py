@@ -414,9 +414,18 @@ def test_cooldown_schedule_defaults() -> None:
     assert c.trip(None) == 5
 
 
+def quiet(h: ProxyHandle) -> bool:
+    """Neither the proxy nor the simulator has a gateway call under way."""
+    calls = h.gateway.lanes.view()
+    return calls["in_flight"] == 0 and calls["waiting"] == 0 and h.sim.stats()["in_flight"] == 0
+
+
 def busy_start(h: ProxyHandle, single: list[str], fault: dict[str, Any]) -> tuple[dict[str, bytes], Reply]:
     """Warm up, make the gateway refuse, and poll once so the proxy meets the refusal."""
     last_good = warm(h, single)
+    # A fetch still on its way (a loaded machine is slow) would get through after the fault is
+    # set and become the last good copy: refuse only once the gateway has nothing in flight.
+    wait_for("no gateway call in flight", lambda: quiet(h), 10)
     h.sim.reset()
     h.sim.set_fault("status", **fault)
     first = get_when(h, single[0], lambda r: h.sim.stats()["total"] > 0, 3, "the proxy to meet the refusal")
