@@ -164,7 +164,7 @@ class App:
                 raise HTTPError(404, "Not Found")
             routed.append("fallback")
             return self.fallback(call, method)
-        routed.append(GATEWAY_MOUNT + "{id}" + route.path if call.mount else route.path)
+        routed.append(_label(route, call))
         if route.errors is not None:
             try:
                 return self._routed(route, call, path, method)
@@ -182,9 +182,36 @@ class App:
         result = self._cached(route, call) if route.cached else route.handler(self, call)
         response = result if isinstance(result, Response) else self.respond(result, call.site)
         if request.method == "GET" and response.status < 400:
-            self.stats.count_get(path)
-            call.site.stats.count_get(call.path)
+            self._count_get(call, path)
         return response
+
+    def ready(self, request: Request) -> Response | None:
+        """The answer to a GET or HEAD of a cached route whose bytes for this window are
+        already rendered from fresh data; None for anything else (the server then calls the
+        app from a worker). The HTTP server calls this on its event loop: it only looks up."""
+        if request.method not in ("GET", "HEAD"):
+            return None
+        try:
+            path, query = self.split_target(request.target)
+            call = self.mounted(path, query, request)
+            route = self.router.match(call.path)
+            if (route is None or not route.cached or "GET" not in route.methods
+                    or (call.mount and route.root_only)):
+                return None
+            hit = call.site.renders.get(_render_key(route, call), call.site.window())
+            if hit is None or hit.stale:
+                return None
+            response = self.respond(hit, call.site)
+        except ProxyError:  # the worker answers it, and counts it
+            return None
+        if request.method == "GET":
+            self._count_get(call, path)
+        self.requests.add((_label(route, call), str(response.status)))
+        return response
+
+    def _count_get(self, call: Call, path: str) -> None:
+        self.stats.count_get(path)
+        call.site.stats.count_get(call.path)
 
     def mounted(self, path: str, query: dict[str, list[str]], request: Request) -> Call:
         """The reference routes serve the default gateway at the root and each gateway under
@@ -201,7 +228,7 @@ class App:
     def _cached(self, route: Route, call: Call) -> Rendered | Response:
         """The route's bytes of this window, rendered once from fresh data."""
         site = call.site
-        key = (route.path, route.vary(call) if route.vary else "")
+        key = _render_key(route, call)
         window = site.window()
         hit = site.renders.get(key, window)
         if hit is not None:
@@ -285,6 +312,15 @@ class App:
             self.stats.count_timeout()
         elif exc.status >= 400 and not isinstance(exc, NotSupported) and exc.status != 404:
             self.stats.count_error()
+
+
+def _label(route: Route, call: Call) -> str:
+    """A routed request's label in the request counts (/metrics)."""
+    return GATEWAY_MOUNT + "{id}" + route.path if call.mount else route.path
+
+
+def _render_key(route: Route, call: Call) -> tuple[str, str]:
+    return route.path, route.vary(call) if route.vary else ""
 
 
 def allow(route: Route) -> str:

@@ -1,5 +1,5 @@
-"""Who may hold a connection: the connection cap, eviction, running out of descriptors, and
-how many of the connections live streams may take.
+"""Who may hold a connection: accepting, the TLS handshake, the connection cap, eviction,
+running out of descriptors, and how many of the connections live streams may take.
 
 At the cap a new connection evicts the connection that has waited on its client the longest
 (idle keep-alive, slow head, TLS handshake or lingering close); connections being answered
@@ -13,8 +13,10 @@ client and close it, so the listener never sits readable with nothing done.
 Live streams never lock out polling: listeners hold at most 3/4 of the cap, so a poller or a
 health check always finds a connection (the rest are idle keep-alive, evictable).
 
-Decisions only: the loop closes what this names. The tables are the loop's alone, except the
-stream count, which workers take and the loop gives back (under its own lock).
+The `Door` accepts (in batches, so a connect flood cannot starve parked clients) and drives
+TLS handshakes step by step on the loop (never a blocking handshake in the accept path), under
+the same deadline as a request head. The tables are the loop's alone, except the stream
+count, which workers take and the loop gives back (under its own lock).
 """
 
 from __future__ import annotations
@@ -23,18 +25,25 @@ import contextlib
 import errno
 import logging
 import os
+import selectors
 import socket
+import ssl
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
-from proxy.httpd.conn import Conn
+from proxy.httpd.clock import Throttle
+from proxy.httpd.conn import Conn, Event, State
+from proxy.httpd.wire import client_ip
 
-__all__ = ["NO_DESCRIPTORS", "Admission", "stream_share"]
+__all__ = ["Admission", "Door", "stream_share"]
 
 logger = logging.getLogger("proxy.server")
 
 NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 FD_EVICT = 8  # connections closed per accept() that found no free descriptor
+ACCEPT_BATCH = 64  # accepts per wake-up, so a connect flood can't starve parked clients
+ACCEPT_PAUSE = 0.25  # after ENOBUFS & co. the listener stays readable; don't spin on it
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STREAM_SHARE = (3, 4)  # live streams may hold at most this share of the connection cap
 
 
@@ -146,6 +155,143 @@ class Admission:
     def close_stream(self) -> None:
         with self._streams_lock:
             self._streams = max(0, self._streams - 1)
+
+
+class LoopSide(Protocol):
+    """What the door needs of the event loop."""
+
+    def watch(self, conn: Conn, events: int) -> bool: ...
+
+    def park(self, conn: Conn, now: float) -> None: ...
+
+    def close(self, conn: Conn) -> None: ...
+
+    def read(self, conn: Conn, now: float, mask: int) -> None: ...
+
+
+class Door:
+    """The listener: accepting, refusing, and TLS handshakes (on the loop thread)."""
+
+    def __init__(self, listener: socket.socket, selector: selectors.BaseSelector, tag: object,
+                 admission: Admission, loop: LoopSide, *, ssl_context: ssl.SSLContext | None,
+                 handshake_timeout: float) -> None:
+        self._listener = listener
+        self._sel = selector
+        self._tag = tag  # what the selector reports for the listener
+        self._admission = admission
+        self._loop = loop
+        self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout
+        self._paused_until = 0.0
+        self._errors = Throttle()
+        self._cap_warnings = Throttle()
+        selector.register(listener, READ, tag)
+
+    def accept(self, now: float) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in NO_DESCRIPTORS:
+                    self._pause_accept(now, exc)  # ENOBUFS & co.: back off instead of spinning
+                    return
+                if self._make_room(now, exc):
+                    continue
+                return
+            self._admit(sock, addr, now)
+
+    def _admit(self, sock: socket.socket, addr: object, now: float) -> None:
+        if self._admission.full():
+            victims = self._admission.victims(1)
+            if not victims:
+                close_quietly(sock)  # every connection is busy: refuse this one
+                return
+            self._loop.close(victims[0])
+            if self._cap_warnings.allow():
+                logger.warning("connection cap (%d) reached: closing the longest-idle connections",
+                               self._admission.cap)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = self._wrap(sock, client_ip(addr), now)
+        except (OSError, ValueError):
+            close_quietly(sock)
+            return
+        self._admission.add(conn)
+        self._loop.park(conn, now)
+
+    def _wrap(self, sock: socket.socket, client: str, now: float) -> Conn:
+        context = self._ssl
+        if context is None:
+            return Conn(sock, client, State.READING)
+        # The handshake is driven step by step by the loop, so a silent client blocks nothing.
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return Conn(tls, client, State.HANDSHAKE, head_started=now)
+
+    def _make_room(self, now: float, exc: OSError) -> bool:
+        """accept() found no free descriptor: free some. True: go on accepting.
+
+        Linux fails accept() on a full descriptor table even when nobody is waiting, so the
+        connections accepted in this very pass (their requests not read yet) are spared.
+        """
+        if exc.errno == errno.EMFILE:
+            self._admission.lower_cap()
+        victims = self._admission.victims(FD_EVICT, parked_before=now)
+        for conn in victims:
+            self._loop.close(conn)
+        if victims:
+            self._warn_no_descriptors(exc, "closed the longest-idle connections")
+            return True
+        turned = self._admission.turn_away(self._listener)
+        if turned is None:
+            return False  # nobody waiting: nothing more to do in this pass
+        if not turned:
+            self._pause_accept(now, exc)  # not even the spare: the one way left not to spin
+            return False
+        self._warn_no_descriptors(exc, "turned a new client away (every connection is busy)")
+        return True
+
+    def _warn_no_descriptors(self, exc: OSError, what: str) -> None:
+        if self._errors.allow():
+            logger.warning("out of file descriptors (%s): %s", exc.strerror, what)
+
+    def _pause_accept(self, now: float, exc: OSError) -> None:
+        if self._errors.allow():
+            logger.warning("accept failed (%s); pausing accepts for %.2fs", exc, ACCEPT_PAUSE)
+        if not self._paused_until:
+            self._sel.unregister(self._listener)
+        self._paused_until = now + ACCEPT_PAUSE
+
+    def resume(self, now: float) -> None:
+        if self._paused_until and now >= self._paused_until:
+            self._paused_until = 0.0
+            self._sel.register(self._listener, READ, self._tag)
+
+    def handshake(self, conn: Conn, now: float, mask: int) -> None:
+        sock = cast(ssl.SSLSocket, conn.sock)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._loop.watch(conn, READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._loop.watch(conn, WRITE)
+            return
+        except OSError:  # not TLS, bad TLS, or gone: nothing to answer on
+            self._loop.close(conn)
+            return
+        conn.to(Event.SECURED)
+        conn.head_started = 0.0
+        if self._loop.watch(conn, READ):
+            self._loop.read(conn, now, mask)  # the request may already sit decrypted, unseen by select
+
+    def handshake_due(self, conn: Conn, now: float) -> None:
+        if now - conn.head_started > self._handshake_timeout:
+            self._loop.close(conn)  # no TLS session to say 408 over
 
 
 def close_quietly(sock: socket.socket | BinaryIO) -> None:

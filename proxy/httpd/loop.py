@@ -10,15 +10,13 @@ small buffer, never a thread.
 
 What a socket event means depends on the connection's state (`proxy.httpd.conn`): the loop
 looks the handler up in a table by state, and the sweep looks up each waiting connection's
-deadline the same way. TLS handshakes are non-blocking and driven step by step by the loop
-(never a blocking handshake in the accept path), under the same deadline as a request head.
+deadline the same way. Accepting and TLS handshakes are the `Door`'s (`proxy.httpd.admission`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import selectors
 import socket
@@ -29,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from proxy.httpd.admission import FD_EVICT, NO_DESCRIPTORS, Admission, close_quietly
+from proxy.httpd.admission import Admission, Door, close_quietly
 from proxy.httpd.clock import Throttle
 from proxy.httpd.conn import IN_LOOP, Conn, Event, State
 from proxy.httpd.exchange import WRITE_TIMEOUT, Exchange, Job, Outcome
 from proxy.httpd.streams import Streams
 from proxy.httpd.types import App
-from proxy.httpd.wire import CONTINUE, Framed, WireError, client_ip
+from proxy.httpd.wire import CONTINUE, Framed, WireError
 from proxy.httpd.workers import Workers
 
 __all__ = ["Loop", "Mailbox", "Settings"]
@@ -44,8 +42,6 @@ logger = logging.getLogger("proxy.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 16384  # per recv; bounds a parked connection's buffer to head + body + one read
-ACCEPT_BATCH = 64  # accepts per wake-up, so a connect flood can't starve parked clients
-ACCEPT_PAUSE = 0.25  # after ENOBUFS & co. the listener stays readable; don't spin on it
 LINGER_SECONDS = 2.0  # drain after our last answer so the client reads it, not a RST
 LINGER_BYTES = 256 * 1024
 _LISTEN, _WAKE = object(), object()  # selector tags that aren't connections
@@ -141,21 +137,19 @@ class Loop:
         self.stopping = threading.Event()
         self._listener = listener
         self._sel = selectors.DefaultSelector()
-        self._sel.register(listener, READ, _LISTEN)
         self._sel.register(self.mailbox.reader, READ, _WAKE)
+        self.door = Door(listener, self._sel, _LISTEN, self.admission, self,
+                         ssl_context=settings.ssl_context, handshake_timeout=settings.head_timeout)
         self._writing: dict[Conn, None] = {}  # answers the socket did not take at once
-        self._accept_paused_until = 0.0
         self._next_sweep = 0.0
         self._errors = Throttle()
-        self._accept_errors = Throttle()
-        self._cap_warnings = Throttle()
         # What a socket event means, and when a waiting connection is due, by state.
         self._on_event: dict[State, Callable[[Conn, float, int], None]] = {
-            State.HANDSHAKE: self._handshake, State.READING: self._read, State.WRITING: self._write_more,
+            State.HANDSHAKE: self.door.handshake, State.READING: self.read, State.WRITING: self._write_more,
             State.STREAMING: self.streams.on_event, State.LINGER: self._drain,
         }
         self._deadline: dict[State, Callable[[Conn, float], None]] = {
-            State.HANDSHAKE: self._handshake_due, State.READING: self._reading_due,
+            State.HANDSHAKE: self.door.handshake_due, State.READING: self._reading_due,
             State.LINGER: self._linger_due,
         }
 
@@ -186,7 +180,7 @@ class Loop:
         for key, mask in events:
             tag = key.data
             if tag is _LISTEN:
-                self._accept(now)
+                self.door.accept(now)
             elif tag is _WAKE:
                 self._take_mail(now)
             else:
@@ -281,113 +275,9 @@ class Loop:
         conn.to(Event.CLOSED)
         close_quietly(conn.sock)
 
-    # --- accepting ---
-
-    def _accept(self, now: float) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, addr = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                if exc.errno not in NO_DESCRIPTORS:
-                    self._pause_accept(now, exc)  # ENOBUFS & co.: back off instead of spinning
-                    return
-                if self._make_room(now, exc):
-                    continue
-                return
-            self._admit(sock, addr, now)
-
-    def _admit(self, sock: socket.socket, addr: object, now: float) -> None:
-        if self.admission.full():
-            victims = self.admission.victims(1)
-            if not victims:
-                close_quietly(sock)  # every connection is busy: refuse this one
-                return
-            self.close(victims[0])
-            if self._cap_warnings.allow():
-                logger.warning("connection cap (%d) reached: closing the longest-idle connections",
-                               self.admission.cap)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = self._wrap(sock, client_ip(addr), now)
-        except (OSError, ValueError):
-            close_quietly(sock)
-            return
-        self.admission.add(conn)
-        self.park(conn, now)
-
-    def _wrap(self, sock: socket.socket, client: str, now: float) -> Conn:
-        context = self.settings.ssl_context
-        if context is None:
-            return Conn(sock, client, State.READING)
-        # The handshake is driven step by step by the loop, so a silent client blocks nothing.
-        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return Conn(tls, client, State.HANDSHAKE, head_started=now)
-
-    def _make_room(self, now: float, exc: OSError) -> bool:
-        """accept() found no free descriptor: free some. True: go on accepting.
-
-        Linux fails accept() on a full descriptor table even when nobody is waiting, so the
-        connections accepted in this very pass (their requests not read yet) are spared.
-        """
-        if exc.errno == errno.EMFILE:
-            self.admission.lower_cap()
-        victims = self.admission.victims(FD_EVICT, parked_before=now)
-        for conn in victims:
-            self.close(conn)
-        if victims:
-            self._warn_no_descriptors(exc, "closed the longest-idle connections")
-            return True
-        turned = self.admission.turn_away(self._listener)
-        if turned is None:
-            return False  # nobody waiting: nothing more to do in this pass
-        if not turned:
-            self._pause_accept(now, exc)  # not even the spare: the one way left not to spin
-            return False
-        self._warn_no_descriptors(exc, "turned a new client away (every connection is busy)")
-        return True
-
-    def _warn_no_descriptors(self, exc: OSError, what: str) -> None:
-        if self._accept_errors.allow():
-            logger.warning("out of file descriptors (%s): %s", exc.strerror, what)
-
-    def _pause_accept(self, now: float, exc: OSError) -> None:
-        if self._accept_errors.allow():
-            logger.warning("accept failed (%s); pausing accepts for %.2fs", exc, ACCEPT_PAUSE)
-        if not self._accept_paused_until:
-            self._sel.unregister(self._listener)
-        self._accept_paused_until = now + ACCEPT_PAUSE
-
-    def _resume_accept(self, now: float) -> None:
-        if self._accept_paused_until and now >= self._accept_paused_until:
-            self._accept_paused_until = 0.0
-            self._sel.register(self._listener, READ, _LISTEN)
-
     # --- reading and answering ---
 
-    def _handshake(self, conn: Conn, now: float, mask: int) -> None:
-        sock = cast(ssl.SSLSocket, conn.sock)
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self.watch(conn, READ)
-            return
-        except ssl.SSLWantWriteError:
-            self.watch(conn, WRITE)
-            return
-        except OSError:  # not TLS, bad TLS, or gone: nothing to answer on
-            self.close(conn)
-            return
-        conn.to(Event.SECURED)
-        conn.head_started = 0.0
-        if self.watch(conn, READ):
-            self._read(conn, now, mask)  # the request may already sit decrypted, invisible to select
-
-    def _read(self, conn: Conn, now: float, mask: int) -> None:
+    def read(self, conn: Conn, now: float, mask: int) -> None:
         chunk = self.recv(conn)
         if chunk is None:
             return
@@ -572,11 +462,7 @@ class Loop:
             if now > conn.write_by:
                 self.close(conn)  # it has not read our answer for WRITE_TIMEOUT
         self.streams.tick(now)
-        self._resume_accept(now)
-
-    def _handshake_due(self, conn: Conn, now: float) -> None:
-        if now - conn.head_started > self.settings.head_timeout:
-            self.close(conn)  # no TLS session to say 408 over
+        self.door.resume(now)
 
     def _reading_due(self, conn: Conn, now: float) -> None:
         if conn.head_started:
