@@ -32,6 +32,7 @@ log = logging.getLogger("proxy.app")
 
 GATEWAY_MOUNT = "/api/gateways/"
 _SEGMENTS = re.compile(r"[/\\]")  # path segments, with a backslash counted as a separator
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 JSON = "application/json"
 CSV = "text/plain; charset=utf-8"
@@ -269,14 +270,17 @@ class App:
         except UnicodeDecodeError:
             raise HTTPError(400, "Bad Request: the path is not valid UTF-8") from None
         try:
-            query = parse_qs(raw_query, keep_blank_values=True, errors="strict", max_num_fields=50)
+            query = parse_qs(raw_query, keep_blank_values=True, errors="strict",
+                             max_num_fields=50) if raw_query else {}
         except UnicodeDecodeError:
             raise HTTPError(400, "Bad Request: the query is not valid UTF-8") from None
         except ValueError:
             raise HTTPError(400, "Bad Request: too many query fields") from None
-        if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        if _CONTROL.search(path):
             raise HTTPError(400, "Bad Request: control characters in the path")
-        if any(unquote(part).split(";")[0] in (".", "..") for part in _SEGMENTS.split(path)):
+        # Without a dot or a percent sign (the common case) no segment can be "." or "..".
+        if ("." in path or "%" in path) and any(
+                unquote(part).split(";")[0] in (".", "..") for part in _SEGMENTS.split(path)):
             # Traversal (/../, %2e%2e, ..%5c, ..;, double-encoded): no file and no gateway
             # page lives there, so it is never looked up, let alone forwarded.
             raise HTTPError(404, "Not Found")

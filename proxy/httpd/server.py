@@ -106,7 +106,9 @@ class HTTPServer:
             threads.append(self._thread)
         for thread in threads:
             if thread is not threading.current_thread():  # e.g. the app asked for a shutdown
-                thread.join(max(0.0, deadline - time.monotonic()))
+                # RuntimeError: a worker whose start() is under way; it finds its way out.
+                with contextlib.suppress(RuntimeError):
+                    thread.join(max(0.0, deadline - time.monotonic()))
         self._loop.close_leftovers(started=self._thread is not None)
         self._done.set()
 

@@ -21,7 +21,6 @@ import json
 import re
 import socket
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from typing import NamedTuple
@@ -85,9 +84,8 @@ class Headers(Mapping[str, str]):
         return f"Headers({list(self._fields)!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A parsed request head."""
+class Head(NamedTuple):
+    """A parsed request head (a tuple: made once per request, on the loop thread)."""
 
     method: str
     target: str  # as sent (an absolute form is the server's to resolve)
@@ -164,9 +162,12 @@ class ReceiveBuffer:
             self._searched = 0
             self._head = head = parsed
         size = head.body_length
+        if not size:
+            self._head = None
+            return head, b""
         if len(self._data) < size:
             return None
-        body = bytes(self._data[:size]) if size else b""
+        body = bytes(self._data[:size])
         del self._data[:size]
         self._head = None
         return head, body
@@ -260,6 +261,8 @@ def _request_line(raw: bytes) -> _Line | WireError:
 
 
 def _version(word: bytes) -> tuple[int, int] | WireError:
+    if word == b"HTTP/1.1":
+        return 1, 1
     major, dot, minor = word[5:].partition(b".")
     if (not word.startswith(b"HTTP/") or not dot or not (major.isdigit() and minor.isdigit())
             or len(major) > 10 or len(minor) > 10):
