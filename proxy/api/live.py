@@ -100,13 +100,13 @@ def _not_found(sink: Sink) -> Callable[[], None]:
 def ws_aggregate(app: App, call: Call) -> Response:
     topic = _hub(app).topic(AGGREGATE)
     assert topic is not None
-    return Response(200, [], stream=Stream(WEBSOCKET, _subscriber(topic)))
+    return Response(200, [CORS], stream=Stream(WEBSOCKET, _subscriber(topic)))
 
 
 def ws_gateway(app: App, call: Call) -> Response:
     topic = _hub(app).topic(gateway_topic(call.path[len(WS_PREFIX):]))
     opener = _not_found if topic is None else _subscriber(topic)
-    return Response(200, [], stream=Stream(WEBSOCKET, opener))
+    return Response(200, [CORS], stream=Stream(WEBSOCKET, opener))
 
 
 def events(app: App, call: Call) -> Response:
@@ -129,7 +129,7 @@ _WS_ANSWERS = (
     Answer(101, "Switching Protocols: the WebSocket is open; each text message carries the "
                 "object described as the 200 body", body=None),
     Answer(400, "Not a WebSocket opening handshake (Upgrade, Connection, a 16-byte "
-                "Sec-WebSocket-Key), or not a GET"),
+                "Sec-WebSocket-Key), not HTTP/1.1 (RFC 6455 4.2.1), or not a GET"),
     Answer(426, "Another WebSocket version: this server speaks Sec-WebSocket-Version 13"),
     _TOO_MANY,
 )

@@ -3,7 +3,11 @@ running out of descriptors, and how many of the connections live streams may tak
 
 At the cap a new connection evicts the connection that has waited on its client the longest
 (idle keep-alive, slow head, TLS handshake or lingering close); connections being answered
-or streaming are never evicted. If every connection is busy the new one is closed at once.
+or streaming are never evicted. If every connection is busy, accepting stops for a moment
+(`ROOM_WAIT`): newcomers wait in the listen backlog for a connection to come back from its
+worker or to close (a worker's answer reaches its client a moment before the connection is
+back in the loop; closing the newcomer then would turn a poller away for nothing). If none
+comes free in that time, newcomers are accepted and closed at once, not left hanging.
 Running out of file descriptors is handled the same way: when accept() fails with
 EMFILE/ENFILE the longest-waiting connections go and accepting goes on (EMFILE also lowers
 the cap below the connections then open, so the gateway and files keep their descriptors);
@@ -43,6 +47,7 @@ NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 FD_EVICT = 8  # connections closed per accept() that found no free descriptor
 ACCEPT_BATCH = 64  # accepts per wake-up, so a connect flood can't starve parked clients
 ACCEPT_PAUSE = 0.25  # after ENOBUFS & co. the listener stays readable; don't spin on it
+ROOM_WAIT = 0.25  # every connection busy: how long newcomers wait in the backlog for one
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STREAM_SHARE = (3, 4)  # live streams may hold at most this share of the connection cap
 
@@ -182,13 +187,18 @@ class Door:
         self._loop = loop
         self._ssl = ssl_context
         self._handshake_timeout = handshake_timeout
-        self._paused_until = 0.0
+        self._paused_until = 0.0  # accept() failed (ENOBUFS & co.): not before then
+        self._waiting_for_room = False  # every connection busy: not before one comes free ...
+        self._room_wanted_since = 0.0  # ... or ROOM_WAIT after this
+        self._listening = True
         self._errors = Throttle()
         self._cap_warnings = Throttle()
         selector.register(listener, READ, tag)
 
     def accept(self, now: float) -> None:
         for _ in range(ACCEPT_BATCH):
+            if self._admission.full() and not self._admission.parked and self._wait_for_room(now):
+                return
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -208,7 +218,7 @@ class Door:
         if self._admission.full():
             victims = self._admission.victims(1)
             if not victims:
-                close_quietly(sock)  # every connection is busy: refuse this one
+                close_quietly(sock)  # every connection is still busy: turned away, not left hanging
                 return
             self._loop.close(victims[0])
             if self._cap_warnings.allow():
@@ -262,14 +272,49 @@ class Door:
     def _pause_accept(self, now: float, exc: OSError) -> None:
         if self._errors.allow():
             logger.warning("accept failed (%s); pausing accepts for %.2fs", exc, ACCEPT_PAUSE)
-        if not self._paused_until:
-            self._sel.unregister(self._listener)
         self._paused_until = now + ACCEPT_PAUSE
+        self._listen()
 
     def resume(self, now: float) -> None:
+        """The sweep: accepting goes on once a pause, or the wait for room, is over."""
         if self._paused_until and now >= self._paused_until:
             self._paused_until = 0.0
-            self._sel.register(self._listener, READ, self._tag)
+            self._listen()
+        if self._waiting_for_room and now - self._room_wanted_since >= ROOM_WAIT:
+            self._waiting_for_room = False
+            self._listen()
+
+    def _wait_for_room(self, now: float) -> bool:
+        """Every connection is busy: True while newcomers may wait in the backlog for one to
+        come free; False once they have waited ROOM_WAIT (they are then turned away)."""
+        if not self._room_wanted_since:
+            self._room_wanted_since = now
+            if self._cap_warnings.allow():
+                logger.warning("connection cap (%d) reached and every connection busy: new clients "
+                               "wait a moment, then are turned away", self._admission.cap)
+        if now - self._room_wanted_since >= ROOM_WAIT:
+            return False
+        self._waiting_for_room = True
+        self._listen()
+        return True
+
+    def room(self) -> None:
+        """A connection was parked or closed: a client waiting in the backlog may come in."""
+        self._room_wanted_since = 0.0
+        if self._waiting_for_room:
+            self._waiting_for_room = False
+            self._listen()
+
+    def _listen(self) -> None:
+        """Have the selector watch the listener unless accepting is paused or waits for room
+        (a listener left readable with nothing done would spin the loop)."""
+        wanted = not (self._paused_until or self._waiting_for_room)
+        if wanted != self._listening:
+            if wanted:
+                self._sel.register(self._listener, READ, self._tag)
+            else:
+                self._sel.unregister(self._listener)
+            self._listening = wanted
 
     def handshake(self, conn: Conn, now: float, mask: int) -> None:
         sock = cast(ssl.SSLSocket, conn.sock)

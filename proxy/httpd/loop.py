@@ -256,6 +256,7 @@ class Loop:
             conn.head_started = now  # a pipelined partial head starts its deadline now
         if self.watch(conn, READ):
             self.admission.park(conn, now)
+            self.door.room()
 
     def linger(self, conn: Conn, now: float) -> None:
         """After the last answer and its FIN: discard what the client still sends."""
@@ -274,6 +275,7 @@ class Loop:
         self.unwatch(conn)
         conn.to(Event.CLOSED)
         close_quietly(conn.sock)
+        self.door.room()
 
     # --- reading and answering ---
 
