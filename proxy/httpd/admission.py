@@ -10,7 +10,7 @@ back in the loop; closing the newcomer then would turn a poller away for nothing
 comes free in that time, newcomers are accepted and closed at once, not left hanging.
 Running out of file descriptors is handled the same way: when accept() fails with
 EMFILE/ENFILE the longest-waiting connections go and accepting goes on (EMFILE also lowers
-the cap below the connections then open, so the gateway and files keep their descriptors);
+the cap below the connections then open, so the app's own sockets and files keep theirs);
 with nothing to close, a spare descriptor is given up for a moment to accept a waiting
 client and close it, so the listener never sits readable with nothing done.
 
@@ -143,7 +143,7 @@ class Admission:
 
     @property
     def stream_limit(self) -> int:
-        """PW_MAX_STREAMS, or 3/4 of the connection cap when that is smaller."""
+        """`max_streams` as configured, or 3/4 of the connection cap when that is smaller."""
         return min(self.max_streams, stream_share(self.cap))
 
     @property

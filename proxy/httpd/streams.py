@@ -46,7 +46,7 @@ logger = logging.getLogger("proxy.server")
 CLOSE_WAIT = 2.0  # how long a WebSocket we closed may take to answer with its close frame
 STREAM_INPUT = 64 * 1024  # what an event-stream client may send before it is cut off
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-TOO_MANY = WireError(503, "Too many streams: the proxy's stream limit (PW_MAX_STREAMS) is reached")
+TOO_MANY = WireError(503, "Too many streams: the stream limit is reached (polling is not limited)")
 NEEDS_HTTP11 = Rejection(400, [], "Bad Request: a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.2.1)")
 
 

@@ -38,7 +38,7 @@ class Response:
 
 App = Callable[[Request], Response]
 """An app: any callable from a request to a response. The server calls it from a worker
-thread, so it may block (on the gateway, on a lock)."""
+thread, so it may block (on a backend, on a lock)."""
 
 
 @runtime_checkable

@@ -2,10 +2,12 @@
 
 No thread waits at start. A job (a request the loop could not answer itself) goes to an idle
 worker; with none idle, a thread is started while fewer than `core` run. Past that a job waits
-for a worker to come free, and only when none has come free for `stall` seconds (the app is
-blocked: a slow gateway) is one more started, up to `limit`, so a request that needs no gateway
-(/health, /stats, a file) still finds a thread. A burst of requests waiting on the same fetch
-therefore costs a few threads, not one each. A worker idle for `idle` seconds ends.
+for a worker to come free. Only when none has come free for `stall` seconds (longer than a
+normal backend fetch takes: the app is blocked on a slow one) is one more started, then one
+every `step` seconds while none comes free, up to `limit`, so a request that needs no backend
+(a status page, a file) still finds a thread soon. A burst of requests waiting on one fetch at
+the start of a cache window therefore costs a few threads, not one each, and the count stays
+flat from window to window. A worker idle for `idle` seconds ends.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ logger = logging.getLogger("proxy.server")
 T = TypeVar("T")
 
 CORE = 4  # threads started as soon as jobs find none idle
-STALL = 0.05  # no worker came free for this long while jobs wait: start another
+STALL = 0.25  # no worker came free for this long while jobs wait: start another ...
+STEP = 0.05  # ... and one more every this long while still none comes free
 IDLE = 60.0  # a worker with nothing to do for this long ends
 
 
@@ -33,13 +36,14 @@ class Workers(Generic[T]):
     """At most `limit` threads running `run(job)`; the loop submits, and ticks the clock."""
 
     def __init__(self, limit: int, run: Callable[[T], None], discard: Callable[[T], None], *,
-                 core: int = CORE, stall: float = STALL, idle: float = IDLE,
+                 core: int = CORE, stall: float = STALL, step: float = STEP, idle: float = IDLE,
                  name: str = "pwproxy-worker") -> None:
         self.limit = limit
         self._run = run
         self._discard = discard  # a job left over when stopping
         self._core = min(core, limit)
         self._stall = stall
+        self._step = step
         self._idle_timeout = idle
         self._name = name
         self._numbers = itertools.count()
@@ -49,6 +53,7 @@ class Workers(Generic[T]):
         self._idle = 0  # waiting workers no job is promised to
         self._waiting = 0  # jobs no worker is promised to
         self._stuck_since = 0.0  # since then no worker came free while jobs waited
+        self._added = 0  # threads started since then
         self._busy = 0
         self._stopping = False
 
@@ -70,7 +75,7 @@ class Workers(Generic[T]):
                 start = len(self._threads) < self._core
                 if not start:
                     if not self._waiting:
-                        self._stuck_since = time.monotonic()
+                        self._unstuck(time.monotonic())
                     self._waiting += 1
             thread = self._new_thread() if start else None
         self._jobs.put(job)
@@ -78,19 +83,19 @@ class Workers(Generic[T]):
             thread.start()
 
     def tick(self, now: float) -> float:
-        """Start a worker if jobs have waited `stall` seconds with none coming free; the
-        seconds until this should be called again (inf while nothing waits)."""
+        """Start a worker if jobs have waited `stall` seconds (then `step` more each) with
+        none coming free; the seconds until this should be called again (inf: no need)."""
         with self._lock:
             if not self._waiting or len(self._threads) >= self.limit or self._stopping:
                 return float("inf")
-            due = self._stuck_since + self._stall - now
+            due = self._stuck_since + self._stall + self._added * self._step - now
             if due > 0:
                 return due
             self._waiting -= 1  # the new thread's
-            self._stuck_since = now
+            self._added += 1
             thread = self._new_thread()
         thread.start()
-        return self._stall
+        return self._step
 
     def stop(self) -> list[threading.Thread]:
         """Leftover jobs are discarded, every worker ends; the threads, to join."""
@@ -137,6 +142,11 @@ class Workers(Generic[T]):
             self._busy -= 1
             if self._waiting:
                 self._waiting -= 1  # this worker takes a waiting job next
-                self._stuck_since = time.monotonic()
+                self._unstuck(time.monotonic())
             else:
                 self._idle += 1
+
+    def _unstuck(self, now: float) -> None:
+        """A worker came free (or jobs start waiting): the stall clock starts again."""
+        self._stuck_since = now
+        self._added = 0
