@@ -326,6 +326,7 @@ class Gateway:
         verdict = judge(value, raised, traffic.exchanges, traffic.library_errors, source.contract,
                         pieced=pieced)
         if not traffic.exchanges and verdict.kind in (Kind.DATA, Kind.ABSENT):
+            self.auth.release()  # if this was the login probe, it proved nothing: the next one may try
             return verdict  # from the library's cache of this window: no news about the gateway
         return self._account(source.key, verdict, _logged_in(traffic.exchanges, self.auth.steps()))
 
