@@ -723,6 +723,33 @@ def test_thread_count_does_not_grow_with_connections(
         sock.close()
 
 
+def test_an_app_blocked_on_many_requests_still_answers_another(
+    make_server: Callable[..., HTTPServer],
+) -> None:
+    """Workers start on demand: when every one is stuck (a slow backend), more are started,
+    up to the limit, so a request that does not block is still answered."""
+    release = threading.Event()
+
+    def app(request: Request) -> Response:
+        if request.target == "/block":
+            release.wait(TIMEOUT * 2)
+        return echo_app(request)
+
+    server = make_server(app, workers=12)
+    blocked = [connect(server.port) for _ in range(8)]
+    try:
+        for sock in blocked:
+            sock.sendall(b"GET /block HTTP/1.1\r\n\r\n")
+        wait_until(lambda: server.stats()["busy_workers"] >= CORE)
+        response = get(server.port, "/free")  # queued behind four more /block requests
+        assert response.status == 200 and json.loads(response.read())["target"] == "/free"
+        assert server.stats()["worker_threads"] <= 12
+    finally:
+        release.set()
+        for sock in blocked:
+            sock.close()
+
+
 def test_head_deadline_408(make_server: Callable[..., HTTPServer]) -> None:
     server = make_server(head_timeout=0.3)
     with connect(server.port) as sock, sock.makefile("rb") as stream:
