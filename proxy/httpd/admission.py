@@ -310,11 +310,12 @@ class Door:
         (a listener left readable with nothing done would spin the loop)."""
         wanted = not (self._paused_until or self._waiting_for_room)
         if wanted != self._listening:
-            if wanted:
-                self._sel.register(self._listener, READ, self._tag)
-            else:
-                self._sel.unregister(self._listener)
             self._listening = wanted
+            with contextlib.suppress(OSError, ValueError, KeyError):  # closed: we are stopping
+                if wanted:
+                    self._sel.register(self._listener, READ, self._tag)
+                else:
+                    self._sel.unregister(self._listener)
 
     def handshake(self, conn: Conn, now: float, mask: int) -> None:
         sock = cast(ssl.SSLSocket, conn.sock)
