@@ -141,6 +141,7 @@ class Loop:
         self.door = Door(listener, self._sel, _LISTEN, self.admission, self,
                          ssl_context=settings.ssl_context, handshake_timeout=settings.head_timeout)
         self._writing: dict[Conn, None] = {}  # answers the socket did not take at once
+        self._scratch = memoryview(bytearray(READ_SIZE))  # what recv() reads into
         self._next_sweep = 0.0
         self._errors = Throttle()
         # What a socket event means, and when a waiting connection is due, by state.
@@ -291,16 +292,18 @@ class Loop:
         conn.buffer.feed(chunk)
         self._serve(conn, now)
 
-    def recv(self, conn: Conn) -> bytes | None:
-        """Available bytes; None if none yet, b"" on EOF or error."""
+    def recv(self, conn: Conn) -> bytes | memoryview | None:
+        """Available bytes; None if none yet, empty on EOF or error. Use them at once: from a
+        plain socket they sit in the loop's one read buffer (no allocation per read)."""
         sock = conn.sock
         try:
+            if not isinstance(sock, ssl.SSLSocket):
+                return self._scratch[:sock.recv_into(self._scratch)]
             chunk = sock.recv(READ_SIZE)
-            if isinstance(sock, ssl.SSLSocket):
-                # Bytes already decrypted inside the SSL object never make the socket readable.
-                while (pending := sock.pending()) > 0:
-                    chunk += sock.recv(pending)
-                self.watch(conn, READ)
+            # Bytes already decrypted inside the SSL object never make the socket readable.
+            while (pending := sock.pending()) > 0:
+                chunk += sock.recv(pending)
+            self.watch(conn, READ)
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
         except ssl.SSLWantWriteError:

@@ -158,7 +158,7 @@ class LoopSide(Protocol):
 
     def linger(self, conn: Conn, now: float) -> None: ...
 
-    def recv(self, conn: Conn) -> bytes | None: ...
+    def recv(self, conn: Conn) -> bytes | memoryview | None: ...
 
 
 class Streams:
@@ -251,7 +251,7 @@ class Streams:
             if conn.stream is not None:
                 self.pump(conn, now)
 
-    def _input(self, conn: Conn, data: bytes) -> None:
+    def _input(self, conn: Conn, data: bytes | memoryview) -> None:
         st = conn.stream
         assert st is not None
         if st.ws is None:
@@ -259,7 +259,7 @@ class Streams:
             if st.input > STREAM_INPUT:
                 self._loop.close(conn)
             return
-        st.put(st.ws.received(data))
+        st.put(st.ws.received(bytes(data)))
         if st.ws.finished:
             with st.lock:
                 st.ending = True

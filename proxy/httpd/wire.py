@@ -128,7 +128,7 @@ class ReceiveBuffer:
         """Part of a request is here (some of its head, or a head waiting for its body)."""
         return bool(self._data) or self._head is not None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._data += data
 
     def clear(self) -> None:
