@@ -495,9 +495,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if running.config.simulate:
         profile = running.config.simulate_profile
         simulated = ", simulated" if profile == "default" else f", simulated, profile {profile}"
-    log.info("listening on %s (%s%s; at most %d client connections)",
+    served = running.server.stats()
+    log.info("listening on %s (%s%s; at most %d client connections, %d of them live streams)",
              running.url.replace("127.0.0.1", config.bind_address or "0.0.0.0"),
-             _describe_gateways(running.config), simulated, running.server.stats()["max_connections"])
+             _describe_gateways(running.config), simulated, served["max_connections"], served["max_streams"])
+    if served["max_streams"] < config.max_streams:
+        log.info("live streams: at most %d, not PW_MAX_STREAMS %d: streams may hold 3/4 of the "
+                 "connections, so polling and /health always find one", served["max_streams"],
+                 config.max_streams)
     # The main thread has nothing else to do: once a minute, return freed heap
     # pages (start-up scratch, replaced cache entries) so RSS stays flat for months.
     while not running.stopped.wait(TRIM_INTERVAL):

@@ -292,7 +292,8 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
 from proxy.main import main
 sys.exit(main(["--simulate"]))
 """
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/ .*at most (\d+) client connections")
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/ .*at most (\d+) client connections, "
+                       r"(\d+) of them live streams")
 
 
 @pytest.fixture
@@ -342,6 +343,11 @@ def test_proxy_caps_connections_below_its_limit_and_keeps_its_gateway(
         assert status == 200
         server = stats["server"]
         assert server["max_connections"] == cap
+        # Streams may hold 3/4 of the connections, fewer than PW_MAX_STREAMS (1000) here: the
+        # limit in force is logged and shown.
+        streams = int(LISTENING.search(log.read_text()).group(3))  # type: ignore[union-attr]
+        assert server["max_streams"] == streams == cap * 3 // 4
+        assert f"live streams: at most {streams}, not PW_MAX_STREAMS 1000" in log.read_text()
         assert server["open_connections"] <= cap and server["evicted_connections"] >= IDLE - cap
         assert closed_by_server(idle[0]) and still_open(idle[-1])
         status, aggregates = get_json(port, "/aggregates")  # the gateway is still reachable

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from proxy.httpd.server import HTTPServer
 from proxy.httpd.types import App, Request, Response
+from proxy.httpd.workers import CORE
 
 TIMEOUT = 5.0  # generous: only a hang should ever reach it
 FIXED_BODY = b'{"hello": "world"}'
@@ -304,6 +305,103 @@ def test_many_concurrent_keep_alive_clients_all_get_answers(
     while server.stats()["requests"] < 16 * 150 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.stats()["requests"] == 16 * 150
+
+
+# --- the quick path: answers the app has at hand, written by the loop --------------------------
+
+
+class QuickApp:
+    """An app with a quick path: `ready` answers /ready/*, a worker calls the app for the rest."""
+
+    def __init__(self, body: bytes = FIXED_BODY, fail: bool = False) -> None:
+        self.body = body
+        self.fail = fail
+        self.calls: list[str] = []  # targets the app proper was called for
+
+    def __call__(self, request: Request) -> Response:
+        self.calls.append(request.target)
+        return echo_app(request)
+
+    def ready(self, request: Request) -> Response | None:
+        if self.fail:
+            raise RuntimeError("a bug in ready()")
+        if not request.target.startswith("/ready"):
+            return None
+        return Response(200, [("Content-Type", "application/json")], self.body)
+
+
+def test_ready_answers_need_no_worker(make_server: Callable[..., HTTPServer]) -> None:
+    app = QuickApp()
+    server = make_server(app)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    for i in range(20):
+        conn.request("HEAD" if i % 2 else "GET", f"/ready/{i}")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == (b"" if i % 2 else FIXED_BODY)
+        assert response.getheader("Content-Length") == str(len(FIXED_BODY))
+    wait_until(lambda: server.stats()["requests"] == 20)  # counted as it is written
+    stats = server.stats()
+    assert (stats["loop_answers"], stats["requests"], stats["worker_threads"]) == (20, 20, 0)
+    assert app.calls == []
+    conn.request("GET", "/not-ready")  # the same connection, now to a worker
+    assert json.loads(conn.getresponse().read())["target"] == "/not-ready"
+    assert app.calls == ["/not-ready"] and server.stats()["worker_threads"] == 1
+    conn.request("GET", "/ready/again")  # and back on the quick path
+    assert conn.getresponse().read() == FIXED_BODY
+    wait_until(lambda: server.stats()["loop_answers"] == 21)
+    conn.close()
+
+
+def test_ready_answers_in_order_behind_a_worker_answer(make_server: Callable[..., HTTPServer]) -> None:
+    server = make_server(QuickApp())
+    batch = b"GET /ready/1 HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\n\r\nGET /ready/2 HTTP/1.1\r\n\r\n"
+    with connect(server.port) as sock, sock.makefile("rb") as stream:
+        sock.sendall(batch)
+        answers = [read_response(stream) for _ in range(3)]
+    assert [a.body for a in answers] == [FIXED_BODY, answers[1].body, FIXED_BODY]
+    assert answers[1].json()["target"] == "/slow"
+
+
+def test_a_large_ready_answer_to_a_slow_reader_does_not_hold_the_loop(
+    make_server: Callable[..., HTTPServer],
+) -> None:
+    body = b"x" * (8 * 1024 * 1024)  # far more than the socket buffers take at once
+    server = make_server(QuickApp(body))
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", server.port))
+    slow.settimeout(TIMEOUT)
+    slow.sendall(b"GET /ready/big HTTP/1.1\r\n\r\n")
+    # While that answer waits for its reader, the loop serves others.
+    other = get(server.port, "/other")
+    assert json.loads(other.read())["target"] == "/other"
+    with slow.makefile("rb") as stream:
+        response = read_response(stream)
+        assert response.status == 200 and response.body == body
+        slow.sendall(b"GET /ready/next HTTP/1.1\r\n\r\n")  # keep-alive after the long write
+        assert read_response(stream).body == body
+    slow.close()
+
+
+def test_ready_with_connection_close_closes_after_the_answer(make_server: Callable[..., HTTPServer]) -> None:
+    server = make_server(QuickApp())
+    response, rest = exchange(server.port, b"GET /ready HTTP/1.1\r\nConnection: close\r\n\r\n",
+                              half_close=False)
+    assert response.body == FIXED_BODY and response.headers["connection"] == "close" and rest == b""
+    wait_until(lambda: open_connections(server) == 0)
+
+
+def test_a_failing_ready_falls_back_to_the_app(make_server: Callable[..., HTTPServer],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="proxy.server")
+    app = QuickApp(fail=True)
+    server = make_server(app)
+    for i in range(3):
+        response = get(server.port, f"/ready/{i}")
+        assert response.status == 200 and json.loads(response.read())["target"] == f"/ready/{i}"
+    assert app.calls == ["/ready/0", "/ready/1", "/ready/2"]
+    errors = [r for r in caplog.records if r.name == "proxy.server" and r.exc_info]
+    assert len(errors) == 1  # logged once, not once per request
 
 
 # --- response framing ------------------------------------------------------------------------
@@ -607,18 +705,49 @@ def test_thread_count_does_not_grow_with_connections(
     make_server: Callable[..., HTTPServer],
 ) -> None:
     before = threading.active_count()
-    server = make_server(workers=4)
-    started = threading.active_count()
-    assert started - before == 5  # the loop and four workers
+    server = make_server(workers=40)
+    assert threading.active_count() - before == 1  # the loop: workers start when needed
+    assert server.stats()["worker_threads"] == 0
     sockets = [connect(server.port) for _ in range(100)]
     for sock in sockets[:30]:
         with sock.makefile("rb") as stream:
             sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
             assert read_response(stream).status == 200
     wait_until(lambda: open_connections(server) == 100)
-    assert threading.active_count() == started
+    # One request at a time needs a worker or a few (one may still be on its way back to
+    # idle when the next request comes), never one per connection.
+    workers = server.stats()["worker_threads"]
+    assert 1 <= workers <= CORE
+    assert threading.active_count() == before + 1 + workers
     for sock in sockets:
         sock.close()
+
+
+def test_an_app_blocked_on_many_requests_still_answers_another(
+    make_server: Callable[..., HTTPServer],
+) -> None:
+    """Workers start on demand: when every one is stuck (a slow backend), more are started,
+    up to the limit, so a request that does not block is still answered."""
+    release = threading.Event()
+
+    def app(request: Request) -> Response:
+        if request.target == "/block":
+            release.wait(TIMEOUT * 2)
+        return echo_app(request)
+
+    server = make_server(app, workers=12)
+    blocked = [connect(server.port) for _ in range(8)]
+    try:
+        for sock in blocked:
+            sock.sendall(b"GET /block HTTP/1.1\r\n\r\n")
+        wait_until(lambda: server.stats()["busy_workers"] >= CORE)
+        response = get(server.port, "/free")  # queued behind four more /block requests
+        assert response.status == 200 and json.loads(response.read())["target"] == "/free"
+        assert server.stats()["worker_threads"] <= 12
+    finally:
+        release.set()
+        for sock in blocked:
+            sock.close()
 
 
 def test_head_deadline_408(make_server: Callable[..., HTTPServer]) -> None:
@@ -813,8 +942,10 @@ def test_stats(make_server: Callable[..., HTTPServer]) -> None:
         "max_connections": 1024,
         "evicted_connections": 0,
         "streams": 0,
-        "max_streams": 1000,
+        "max_streams": 768,  # PW_MAX_STREAMS is 1000, but streams hold at most 3/4 of 1024
         "dropped_streams": 0,
+        "worker_threads": 0,  # started when a request needs one
+        "loop_answers": 0,
     }
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
     for _ in range(4):

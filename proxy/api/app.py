@@ -40,6 +40,7 @@ from proxy.stats import Stats, Tally
 log = logging.getLogger("proxy.app")
 
 _SEGMENTS = re.compile(r"[/\\]")  # path segments, with a backslash counted as a separator
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 JSON = "application/json"
 CSV = "text/plain; charset=utf-8"
@@ -125,14 +126,43 @@ class App:
         result = self._cached(route, call) if route.cached else route.handler(self, call)
         response = result if isinstance(result, Response) else self.respond(result, call.site)
         if request.method == "GET" and response.status < 400:
-            self.stats.count_get(path)
-            call.site.stats.count_get(call.path)
+            self._count_get(call, path)
         return response
+
+    def ready(self, request: Request) -> Response | None:
+        """The answer to a GET or HEAD of a cached route whose bytes for this window are
+        already rendered from fresh data; None for anything else (the server then calls the
+        app from a worker). The HTTP server calls this on its event loop: it only looks up."""
+        if request.method not in ("GET", "HEAD"):
+            return None
+        try:
+            path, query = self.split_target(request.target)
+            match = self.router.match(path, self.sites)
+            if match is None:
+                return None
+            route = match.route
+            if not route.cached or "GET" not in route.methods:
+                return None
+            call = Call(match.path, query, request, match.site, mount=match.gateway_id)
+            hit = call.site.renders.get(_render_key(route, call), call.site.window())
+            if hit is None or hit.stale:
+                return None
+            response = self.respond(hit, call.site)
+        except ProxyError:  # the worker answers it, and counts it
+            return None
+        if request.method == "GET":
+            self._count_get(call, path)
+        self.requests.add((match.label, str(response.status)))
+        return response
+
+    def _count_get(self, call: Call, path: str) -> None:
+        self.stats.count_get(path)
+        call.site.stats.count_get(call.path)
 
     def _cached(self, route: Route, call: Call) -> Rendered | Response:
         """The route's bytes of this window, rendered once from fresh data."""
         site = call.site
-        key = (route.path, route.vary(call) if route.vary else "")
+        key = _render_key(route, call)
         window = site.window()
         hit = site.renders.get(key, window)
         if hit is not None:
@@ -173,14 +203,17 @@ class App:
         except UnicodeDecodeError:
             raise HTTPError(400, "Bad Request: the path is not valid UTF-8") from None
         try:
-            query = parse_qs(raw_query, keep_blank_values=True, errors="strict", max_num_fields=50)
+            query = parse_qs(raw_query, keep_blank_values=True, errors="strict",
+                             max_num_fields=50) if raw_query else {}
         except UnicodeDecodeError:
             raise HTTPError(400, "Bad Request: the query is not valid UTF-8") from None
         except ValueError:
             raise HTTPError(400, "Bad Request: too many query fields") from None
-        if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        if _CONTROL.search(path):
             raise HTTPError(400, "Bad Request: control characters in the path")
-        if any(unquote(part).split(";")[0] in (".", "..") for part in _SEGMENTS.split(path)):
+        # Without a dot or a percent sign (the common case) no segment can be "." or "..".
+        if ("." in path or "%" in path) and any(
+                unquote(part).split(";")[0] in (".", "..") for part in _SEGMENTS.split(path)):
             # Traversal (/../, %2e%2e, ..%5c, ..;, double-encoded): no file and no gateway
             # page lives there, so it is never looked up, let alone forwarded.
             raise HTTPError(404, "Not Found")
@@ -218,6 +251,10 @@ class App:
             self.stats.count_timeout()
         elif exc.status >= 400 and not isinstance(exc, NotSupported) and exc.status != 404:
             self.stats.count_error()
+
+
+def _render_key(route: Route, call: Call) -> tuple[str, str]:
+    return route.path, route.vary(call) if route.vary else ""
 
 
 def json_bytes(obj: Any) -> bytes:

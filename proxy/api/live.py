@@ -225,7 +225,7 @@ def _not_found(sink: Sink) -> Callable[[], None]:
 def ws_aggregate(app: App, call: Call) -> Response:
     topic = _topics(app).topic(AGGREGATE)
     assert topic is not None
-    return Response(200, [], stream=Stream(WEBSOCKET, _subscriber(topic)))
+    return Response(200, [CORS], stream=Stream(WEBSOCKET, _subscriber(topic)))
 
 
 def _gateway(app: App, gateway_id: str) -> Topic:
@@ -240,7 +240,7 @@ def ws_gateway(app: App, call: Call) -> Response:
         opener = _subscriber(_gateway(app, call.path[len(WS_PREFIX):]))
     except UnknownGateway:
         opener = _not_found  # the 101 goes out, then the error message and a normal close
-    return Response(200, [], stream=Stream(WEBSOCKET, opener))
+    return Response(200, [CORS], stream=Stream(WEBSOCKET, opener))
 
 
 def events(app: App, call: Call) -> Response:
@@ -259,7 +259,7 @@ _WS_ANSWERS = (
     Answer(101, "Switching Protocols: the WebSocket is open; each text message carries the "
                 "object described as the 200 body", body=None),
     Answer(400, "Not a WebSocket opening handshake (Upgrade, Connection, a 16-byte "
-                "Sec-WebSocket-Key), or not a GET"),
+                "Sec-WebSocket-Key), not HTTP/1.1 (RFC 6455 4.2.1), or not a GET"),
     Answer(426, "Another WebSocket version: this server speaks Sec-WebSocket-Version 13"),
     _TOO_MANY,
 )

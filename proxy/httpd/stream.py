@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -43,6 +43,10 @@ MAX_MESSAGE = 64 * 1024  # the largest message (all its fragments) a client may 
 SSE_HEARTBEAT = b": keep-alive\n\n"  # a comment line: ignored by EventSource, keeps proxies open
 GOING_AWAY = CloseReason.GOING_AWAY  # 1001: the server is shutting down
 NORMAL = CloseReason.NORMAL_CLOSURE  # 1000
+# The 101's own fields (wsproto writes them); an app's copy would contradict them.
+_HANDSHAKE_OWNED = frozenset({"upgrade", "connection", "sec-websocket-accept", "sec-websocket-extensions",
+                              "sec-websocket-protocol", "content-length", "transfer-encoding", "date",
+                              "server", "content-type"})
 
 
 class Push:
@@ -122,12 +126,14 @@ class Rejection(NamedTuple):
     reason: str
 
 
-def handshake(request_bytes: bytes) -> tuple[bytes, Connection] | Rejection:
+def handshake(request_bytes: bytes,
+              headers: Sequence[tuple[str, str]] = ()) -> tuple[bytes, Connection] | Rejection:
     """Answer a WebSocket opening handshake (RFC 6455 4.2) given the raw request.
 
-    Returns the 101 response and the connection to use from then on, or why it is refused:
-    400 for a malformed request (no `Sec-WebSocket-Key`, a key that is not 16 bytes in base64,
-    no `Upgrade: websocket`), 426 with `Sec-WebSocket-Version: 13` for another version.
+    Returns the 101 response (carrying ``headers`` too, e.g. CORS) and the connection to use
+    from then on, or why it is refused: 400 for a malformed request (no `Sec-WebSocket-Key`,
+    a key that is not 16 bytes in base64, no `Upgrade: websocket`), 426 with
+    `Sec-WebSocket-Version: 13` for another version.
     """
     shake = H11Handshake(ConnectionType.SERVER)
     try:
@@ -140,7 +146,9 @@ def handshake(request_bytes: bytes) -> tuple[bytes, Connection] | Rejection:
     key = dict(requests[0].extra_headers).get(b"sec-websocket-key", b"")
     if not _valid_key(key):
         return Rejection(400, [], "Bad Request: Sec-WebSocket-Key must be 16 bytes in base64")
-    head = shake.send(AcceptConnection())
+    extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers
+             if n.lower() not in _HANDSHAKE_OWNED]
+    head = shake.send(AcceptConnection(extra_headers=extra))
     connection = shake.connection
     if connection is None:  # pragma: no cover - wsproto always sets it on accept
         return Rejection(500, [], "Internal Server Error")

@@ -1,10 +1,10 @@
-"""The two values that cross the line between the HTTP server and the app."""
+"""The values that cross the line between the HTTP server and the app, and what an app is."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from proxy.httpd.stream import Stream
@@ -16,7 +16,7 @@ class Request:
 
     method: str
     target: str  # the raw request-target, e.g. "/pw-proxy/aggregates?x=1"
-    headers: Mapping[str, str]  # case-insensitive lookup (an email.message.Message)
+    headers: Mapping[str, str]  # case-insensitive lookup; `get_all` for repeated fields
     body: bytes = b""
     client: str = ""  # peer IP address
 
@@ -37,3 +37,23 @@ class Response:
 
 
 App = Callable[[Request], Response]
+"""An app: any callable from a request to a response. The server calls it from a worker
+thread, so it may block (on a backend, on a lock)."""
+
+
+@runtime_checkable
+class ReadyApp(Protocol):
+    """An app that can also answer some requests at once, from the server's event loop.
+
+    The server asks `ready` first for every GET and HEAD; a `Response` is written by the loop
+    thread without a worker hop, None sends the request to a worker that calls the app. The
+    two must give the same answer to the same request: `ready` is a shortcut, not a route.
+    """
+
+    def __call__(self, request: Request) -> Response: ...
+
+    def ready(self, request: Request) -> Response | None:
+        """The answer when it is already at hand (e.g. bytes rendered for this cache window),
+        else None. Runs on the event loop: it must be cheap, never block, never do I/O, never
+        wait for a lock that anyone holds across I/O, and never answer with a stream."""
+        ...
