@@ -57,6 +57,7 @@ class Running:
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     mqtt: Any = None  # proxy.mqtt.Publisher when PW_MQTT_HOST is set
+    history: Any = None  # proxy.history.service.History
     stopped: threading.Event = field(default_factory=threading.Event)  # stop() began
     finished: threading.Event = field(default_factory=threading.Event)  # stop() is done
 
@@ -83,6 +84,8 @@ class Running:
             self.mqtt.stop()  # first: "offline" goes out while the broker connection is up
         self.server.stop()  # ends every stream cleanly first
         self.hub.stop()
+        if self.history is not None:
+            self.history.stop()  # its last commit before the gateways and files go
         self.gateways.stop()
         for simulator in self.simulators:
             simulator.stop()
@@ -228,9 +231,11 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
     """
+    from proxy.api.history import routes as history_routes
     from proxy.api.live import build_hub
     from proxy.api.openc2 import consumer as openc2
     from proxy.api.reference import ROUTES
+    from proxy.history.service import build_history
     from proxy.httpd.server import HTTPServer
 
     simulators: list[Any] = []
@@ -256,7 +261,9 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
                               browser_cache=config.browser_cache)
     mqtt = _mqtt(config, sites)
     reports = {"mqtt": mqtt.status} if mqtt is not None else {}
-    routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()))
+    history = build_history(config, sites, simulated_dir=tmp.name if tmp is not None else None)
+    reports["history"] = history.describe
+    routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()), *history_routes(history))
     hub = build_hub(sites)
     app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes,
               reports=reports, hub=hub)
@@ -266,9 +273,10 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
                         access_log=config.debug, workers=workers, max_connections=max_connections,
                         max_streams=config.max_streams)
     app.server_stats = server.stats
-    running = Running(config, gateways, app, server, hub, simulators, tmp, mqtt=mqtt)
+    running = Running(config, gateways, app, server, hub, simulators, tmp, mqtt=mqtt, history=history)
     server.start()
     gateways.start()
+    history.start()
     if mqtt is not None:
         mqtt.start()
     if wait_connected:

@@ -182,6 +182,11 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
     body["gateway"] = _gateway_view(app, site)
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_health(s) for s in app.sites}
+    history = app.reports.get("history")
+    if history is not None and not call.mount:
+        # The store's own state; a full disk does not make the proxy unhealthy.
+        view = history()
+        body["history"] = {key: view[key] for key in ("status", "error", "path", "file_bytes")}
     return body
 
 

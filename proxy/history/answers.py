@@ -1,0 +1,181 @@
+"""What the history routes answer: tables of samples, daily energy and events from the store.
+
+One gateway is read as it is; `gw=all` adds gateways up as /api/aggregate does: powers and
+energy summed, the battery level weighted by each gateway's capacity (its newest full-pack
+energy), inverter-only gateways left out of battery figures, the grid status the worst any
+gateway had. Reads run under the store's lock and include what is not committed yet.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.history import query
+from proxy.history.energy import DIRECTIONS
+from proxy.history.query import Buckets, QueryError, Value
+from proxy.history.rollup import Marks
+from proxy.history.store import Store
+from proxy.site.points import METERS, POINTS, Kind
+
+KINDS = {p.key: p.kind for p in POINTS}
+LABELLED = {p.key for p in POINTS if p.label}
+BATTERY_ONLY = {"battery_power", "battery_level", "battery_remaining_energy", "battery_full_energy"}
+# gw=all: how each point is combined over gateways
+SUMMED = {"site_power", "solar_power", "battery_power", "load_power", "grid_power",
+          "battery_remaining_energy", "battery_full_energy", "energy_imported", "energy_exported"}
+COMBINED = SUMMED | {"battery_level", "grid_status"}
+MAX_EVENTS = 5000
+
+
+class Unavailable(Exception):
+    """The store cannot be read right now (its error says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A gateway as a read sees it."""
+
+    id: str
+    period: int  # its cache window, s
+    battery: bool  # False: inverter-only, left out of battery figures in sums
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # "site_power", "energy_imported/site"
+    point: str
+    label: str
+
+
+def columns(store: Store, gateways: Sequence[Gateway], wanted: Sequence[str]) -> list[Column]:
+    """The columns for ?points=: a labelled point alone stands for each label it has."""
+    several = len(gateways) > 1
+    labels: dict[str, set[str]] = {}
+    for gw in gateways:
+        for point, label in store.series_ids(gw.id):
+            if label:
+                labels.setdefault(point, set()).add(label)
+    out: list[Column] = []
+    for name in wanted:
+        point, _, label = name.partition("/")
+        if point not in KINDS:
+            raise QueryError(f"unknown point {point!r}: use any of {', '.join(KINDS)}")
+        if several and point not in COMBINED:
+            raise QueryError(f"{point} cannot be added up over gateways: use gw=<id> for it, or "
+                             f"one of {', '.join(sorted(COMBINED))}")
+        if point in LABELLED and not label:
+            out += [Column(f"{point}/{lbl}", point, lbl) for lbl in sorted(labels.get(point, ()))]
+        else:
+            out.append(Column(name, point, label))
+    return list({c.name: c for c in out}.values())
+
+
+def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
+            end: int, step: int) -> list[list[Value]]:
+    """Rows [time, one value per column], one per bucket with data."""
+    ids = {gw.id: store.series_ids(gw.id) for gw in gateways}
+    with store.reading() as reading:
+        if reading is None:
+            raise Unavailable()
+        conn, marks = reading
+        data = {c.name: _column(conn, marks, ids, gateways, c, begin, end, step) for c in cols}
+    return [[row[0], *(_render(c, v) for c, v in zip(cols, row[1:], strict=True))]
+            for row in query.table([c.name for c in cols], data)]
+
+
+def _column(conn: sqlite3.Connection, marks: Marks, ids: dict[str, dict[tuple[str, str], tuple[int, int]]],
+            gateways: Sequence[Gateway], col: Column, begin: int, end: int, step: int) -> Buckets:
+    per_gateway: list[Buckets] = []
+    weights: list[float] = []
+    for gw in gateways:
+        found = ids[gw.id].get((col.point, col.label))
+        if found is None or (len(gateways) > 1 and col.point in BATTERY_ONLY and not gw.battery):
+            continue
+        series, agg = found
+        per_gateway.append(query.read_series(conn, marks, series, agg, step, begin, end, gw.period))
+        weights.append(_capacity(conn, ids[gw.id]))
+    if len(gateways) == 1:
+        return per_gateway[0] if per_gateway else {}
+    if col.point == "battery_level":
+        return query.combine_weighted(per_gateway, weights)
+    if col.point == "grid_status":
+        return query.combine_worst(per_gateway)
+    return query.combine_sum(per_gateway)
+
+
+def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, int]]) -> float:
+    found = ids.get(("battery_full_energy", ""))
+    value = None if found is None else query.latest(conn, found[0])
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _render(col: Column, value: Value) -> Any:
+    if KINDS[col.point] is Kind.FLAG and isinstance(value, (int, float)):
+        return bool(value)
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
+
+
+# ---- daily energy -------------------------------------------------------------------------
+
+ENERGY_COLUMNS = tuple(f"{meter}_{direction}" for meter in METERS for direction in DIRECTIONS)
+
+
+def energy(store: Store, gateways: Sequence[str], first: datetime.date, last: datetime.date,
+           by_month: bool) -> list[list[Any]]:
+    """Rows [day or month, kWh per meter and direction], summed over `gateways`."""
+    marks = ",".join("?" * len(gateways))
+    period = "substr(day, 1, 7)" if by_month else "day"
+    with store.reading() as reading:
+        if reading is None:
+            raise Unavailable()
+        conn, _ = reading
+        rows = conn.execute(
+            f"SELECT {period} AS p, meter, SUM(imported), SUM(exported) FROM energy "
+            f"WHERE gw IN ({marks}) AND day >= ? AND day <= ? GROUP BY p, meter ORDER BY p",
+            (*gateways, first.isoformat(), last.isoformat())).fetchall()
+    table: dict[str, dict[str, float]] = {}
+    for key, meter, imported, exported in rows:
+        cells = table.setdefault(key, {})
+        cells[f"{meter}_imported"] = imported
+        cells[f"{meter}_exported"] = exported
+    return [[key, *(_kwh(cells.get(col)) for col in ENERGY_COLUMNS)] for key, cells in table.items()]
+
+
+def _kwh(wh: float | None) -> float | None:
+    return None if wh is None else round(wh / 1000.0, 3)
+
+
+# ---- events -------------------------------------------------------------------------------
+
+def events(store: Store, gateways: Sequence[str] | None, kinds: Sequence[str] | None,
+           begin: float, end: float) -> list[dict[str, Any]]:
+    """Events in [begin, end), oldest first; the newest MAX_EVENTS when there are more."""
+    where: list[str] = ["t >= ?", "t < ?"]
+    args: list[Any] = [begin, end]
+    for column, values in (("gw", gateways), ("kind", kinds)):
+        if values is not None:
+            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            args += list(values)
+    with store.reading() as reading:
+        if reading is None:
+            raise Unavailable()
+        conn, _ = reading
+        rows = conn.execute(f"SELECT t, gw, kind, detail FROM events WHERE {' AND '.join(where)} "
+                            f"ORDER BY t DESC, id DESC LIMIT {MAX_EVENTS}", args).fetchall()
+    return [{"time": round(t, 3), "gw": gw, "kind": kind, "detail": _detail(detail)}
+            for t, gw, kind, detail in reversed(rows)]
+
+
+def _detail(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
