@@ -7,7 +7,6 @@ folder, fed samples with chosen times, read back through the same functions the 
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
 import os
 import sqlite3
@@ -25,6 +24,7 @@ from proxy.history.events import Event, Observation, State, watch
 from proxy.history.recorder import Recorder, Window
 from proxy.history.store import Limits, Sample, Store, StoreError
 from proxy.history.webhook import Receiver, Webhooks
+from tests.webhooks import Hook
 
 LA = ZoneInfo("America/Los_Angeles")
 T0 = 1_780_000_000  # 2026-05-28, a Thursday
@@ -374,42 +374,20 @@ def test_several_gateways_are_added_up_as_the_aggregate_does(store: Store) -> No
 
 # ---- webhooks ------------------------------------------------------------------------------------
 
-class Receiving(http.server.BaseHTTPRequestHandler):
-    answers: list[int] = []
-    bodies: list[Any] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        status = self.answers.pop(0) if self.answers else 200
-        if status == 200:
-            self.bodies.append(json.loads(body))
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, type[Receiving]]]:
-    handler = type("Handler", (Receiving,), {"answers": [], "bodies": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook/secret-id", handler
-    server.shutdown()
-    server.server_close()
+def hook() -> Iterator[Hook]:
+    receiver = Hook()
+    yield receiver
+    receiver.close()
 
 
-def test_a_webhook_is_retried_until_it_takes_the_event(receiver: tuple[str, Any]) -> None:
-    url, handler = receiver
-    handler.answers.extend([500, 503])
-    hooks = Webhooks([Secret(url)], lambda gw: "Home", first_delay=0.01)
+def test_a_webhook_is_retried_until_it_takes_the_event(hook: Hook) -> None:
+    hook.failures.extend([500, 503])
+    hooks = Webhooks([Secret(hook.url())], lambda gw: "Home", first_delay=0.01)
     hooks.start()
     hooks(Event(T0, "default", "grid_up", {"duration_seconds": 3720}))
-    _wait(lambda: handler.bodies)
-    assert handler.bodies == [{"time": T0, "gw": "default", "kind": "grid_up",
+    _wait(hook.received)
+    assert hook.received() == [{"time": T0, "gw": "default", "kind": "grid_up",
                                "detail": {"duration_seconds": 3720},
                                "message": "Grid back at Home after 1 h 2 min"}]
     view = hooks.describe()[0]

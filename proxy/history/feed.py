@@ -41,6 +41,9 @@ from proxy.site.site import Reading, Site, Sites, State
 FAST: tuple[Source, ...] = (AGGREGATES, SOE, GRID_STATUS, RESERVE, MODE)
 SLOW: tuple[Source, ...] = (SYSTEM_STATUS, TIME_REMAINING, TEMPS, ALERTS)
 SLOW_EVERY = 60.0  # seconds between reads of the slow sources, at least
+# Read only once the sources before them are in: the mode comes from /api/operation like the
+# reserve, and asked after it the library answers it from that very request.
+AFTER_THE_REST: tuple[Source, ...] = (MODE,)
 NO_CACHE_PERIOD = 5.0  # how often to read when caching is off (PW_CACHE_EXPIRE=0)
 AFTER_WINDOW = 0.05  # read this long after a window starts
 # Points the feed records: every row of the table except the firmware version, which the
@@ -123,8 +126,9 @@ class Feed:
         plan = {site.id: self._sources(site) for site in due}
         for site in due:  # every gateway's fetches at once; a gateway not connected: none
             self._windows[site.id] = site.window()
-            if plan[site.id]:
-                site.gateway.prefetch(plan[site.id])
+            first = [s for s in plan[site.id] if s not in AFTER_THE_REST]
+            if first:
+                site.gateway.prefetch(first)
         t = int(self._clock())
         recorded = []
         for site in due:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -101,7 +102,7 @@ class Store:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=2.0)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open {self.path}: {_why(exc)}") from None
+            raise StoreError(f"cannot open {self.path}: {_folder_problem(folder) or _why(exc)}") from None
         try:
             found = schema.prepare(conn, self.path)  # first: auto_vacuum needs an empty file
             conn.execute("PRAGMA journal_mode = WAL")
@@ -113,7 +114,8 @@ class Store:
             raise StoreError(str(exc)) from None
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"cannot write {self.path}: {_why(exc)}") from None
+            problem = _folder_problem(folder) or _why(exc)
+            raise StoreError(f"cannot write {self.path}: {problem}") from None
         if 0 < found < schema.VERSION:
             self._migrated_from = found
             log.info("history: %s migrated from schema %d to %d", self.path, found, schema.VERSION)
@@ -365,6 +367,15 @@ class Store:
         if self._migrated_from is not None:
             view["migrated_from_schema"] = self._migrated_from
         return view
+
+
+def _folder_problem(folder: str) -> str | None:
+    """Why nothing can be written in `folder` (SQLite only says "unable to open"), or None."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"{folder}: {_why(exc)}"
 
 
 def _why(exc: BaseException) -> str:
