@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from proxy.config import load_config
 from proxy.main import start
 from tests.brokers import free_port, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
-from tests.expected import EDGE
+from tests.expected import EDGE, requests_by_path
 from tests.webhooks import Hook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,27 +264,6 @@ POLLED = ("/api/meters/aggregates", "/api/system_status/soe", "/api/system_statu
           "/api/operation")
 
 
-def per_window(h: ProxyHandle, windows: int = 3, each: Callable[[], None] | None = None) -> dict[str, float]:
-    """Gateway requests per path per cache window over whole windows (`each` at each start)."""
-    cache = h.gateway.cache
-
-    def boundary() -> int:
-        window = cache.window()
-        while cache.window() == window:
-            time.sleep(0.002)
-        return cache.window()
-
-    first = boundary()
-    before = dict(h.sim.stats()["paths"])
-    window = first
-    while window - first < windows:
-        if each is not None:
-            each()
-        window = boundary()
-    after = h.sim.stats()["paths"]
-    return {p: (n - before.get(p, 0)) / windows for p, n in after.items() if n - before.get(p, 0)}
-
-
 def _proxy(tmp_path: Path, profile: str, **env: str) -> ProxyHandle:
     merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_DATA_DIR": str(tmp_path / "data"), **env}
     config = load_config(merged, simulate=True, simulate_profile=profile)
@@ -300,8 +279,8 @@ def test_the_store_asks_the_gateway_what_a_poller_of_four_routes_would(
         if slow:
             off.sim.set_fault("slow", delay=slow)
         if profile == "default" and not slow:
-            assert per_window(off) == {}  # PW_HISTORY=no: an idle proxy asks nothing
-        poller = per_window(off, each=lambda: [off.get(path) for path in POLLED] and None)
+            assert requests_by_path(off, 3) == {}  # PW_HISTORY=no: an idle proxy asks nothing
+        poller = requests_by_path(off, 3, lambda window: [off.get(path) for path in POLLED] and None)
     finally:
         off.stop()
     on = _proxy(tmp_path / "on", profile, **HISTORY)
@@ -310,7 +289,7 @@ def test_the_store_asks_the_gateway_what_a_poller_of_four_routes_would(
             on.sim.set_fault("slow", delay=slow)
         feed = on.running.history.feed
         wait_for(lambda: feed.reads >= 2, what="the first reads (the slow ones among them)")
-        recorded = per_window(on)
+        recorded = requests_by_path(on, 3)
         assert feed.slow_reads == 1  # temperatures, alerts, system status: once a minute
     finally:
         on.stop()
