@@ -14,6 +14,7 @@ Days are cut at local midnight in the gateway's time zone, DST included: a day i
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -42,17 +43,24 @@ def split(t0: float, t1: float, amount: float, zone: ZoneInfo) -> list[tuple[dat
     """`amount` gained between t0 and t1, shared out evenly over the local days it spans."""
     if t1 <= t0:
         return [(day_of(t1, zone), amount)]
+    day = day_of(t0, zone)
+    if t1 < _next_midnight(day, zone):  # the usual case: within one day
+        return [(day, amount)]
     parts: list[tuple[datetime.date, float]] = []
     start = t0
-    day = day_of(t0, zone)
     while True:
         following = day + datetime.timedelta(days=1)
-        end = min(t1, day_start(following, zone))
+        end = min(t1, _next_midnight(day, zone))
         if end > start:
             parts.append((day, amount * (end - start) / (t1 - t0)))
         if end >= t1:
             return parts
         start, day = end, following
+
+
+@functools.lru_cache(maxsize=64)
+def _next_midnight(day: datetime.date, zone: ZoneInfo) -> float:
+    return day_start(day + datetime.timedelta(days=1), zone)
 
 
 def gain(last: Reading | None, now: Reading, zone: ZoneInfo) -> list[tuple[datetime.date, float]]:

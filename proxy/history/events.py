@@ -144,6 +144,8 @@ def _reachability(state: State, obs: Observation, gw: str, found: list[Event]) -
         if state.unreachable_told and state.unreachable_since is not None:
             found.append(Event(obs.t, gw, "gateway_back",
                                {"duration_seconds": round(obs.t - state.unreachable_since)}))
+        if state.unreachable_since is None and not state.unreachable_told:
+            return state  # the usual case: nothing to change
         return replace(state, unreachable_since=None, unreachable_told=False)
     since = state.unreachable_since if state.unreachable_since is not None else obs.t
     if not state.unreachable_told and obs.t - since >= UNREACHABLE_AFTER:
@@ -165,13 +167,14 @@ def _grid(state: State, obs: Observation, gw: str, found: list[Event]) -> State:
 
 
 def _settings(state: State, obs: Observation, gw: str, origin: Origin, found: list[Event]) -> State:
-    if obs.mode is not None:
-        if state.mode is not None and obs.mode != state.mode:
+    if obs.mode is not None and obs.mode != state.mode:
+        if state.mode is not None:
             found.append(Event(obs.t, gw, "mode_changed", {
                 "old": state.mode, "new": obs.mode, "by": origin("mode") or BY_GATEWAY}))
         state = replace(state, mode=obs.mode)
-    if obs.reserve is not None:
-        if state.reserve is not None and abs(obs.reserve - state.reserve) >= RESERVE_EPSILON:
+    if obs.reserve is not None and (state.reserve is None
+                                    or abs(obs.reserve - state.reserve) >= RESERVE_EPSILON):
+        if state.reserve is not None:
             found.append(Event(obs.t, gw, "reserve_changed", {
                 "old": state.reserve, "new": obs.reserve, "by": origin("reserve") or BY_GATEWAY}))
         state = replace(state, reserve=obs.reserve)

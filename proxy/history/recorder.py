@@ -100,10 +100,12 @@ class Recorder:
             self._counters[(gw, meter, direction)] = energy.Reading(value, t)
 
     def _energy(self, window: Window) -> None:
+        """The counters' gains, per local day and meter, and the counters' newest readings."""
         zone = self.zones.get(window.gw)
-        store = self._usable()
         if zone is None:
             return
+        gains: dict[tuple[str, str], list[float]] = {}
+        newest: list[tuple[str, str, float, float]] = []
         for sample in window.samples:
             direction = COUNTERS.get(sample.point)
             if direction is None or not isinstance(sample.value, (int, float)):
@@ -112,13 +114,15 @@ class Recorder:
             last = self._counters.get(key)
             now = energy.Reading(float(sample.value), float(window.t))
             for day, wh in energy.gain(last, now, zone):
-                if store is not None:
-                    amounts = (wh, 0.0) if direction == "imported" else (0.0, wh)
-                    store.add_energy(window.gw, day.isoformat(), sample.label, *amounts)
+                cell = gains.setdefault((day.isoformat(), sample.label), [0.0, 0.0])
+                cell[0 if direction == "imported" else 1] += wh
             if last is None or now.t > last.t:
                 self._counters[key] = now
-                if store is not None:
-                    store.save_counter(window.gw, sample.label, direction, now.value, now.t)
+                newest.append((sample.label, direction, now.value, now.t))
+        store = self._usable()
+        if store is not None:
+            store.add_energy(window.gw, [(day, meter, i, e) for (day, meter), (i, e) in gains.items()])
+            store.save_counters(window.gw, newest)
 
     def firmware_seen(self, gw: str, old: str | None, new: str, t: float) -> None:
         """From the firmware watch: the version as a sample, and an event when it changed."""

@@ -239,21 +239,22 @@ class Store:
         self._series[key] = int(row[0])
         return int(row[0])
 
-    def add_energy(self, gw: str, day: str, meter: str, imported: float, exported: float) -> None:
-        """Add Wh to a local day's totals of one meter."""
+    def add_energy(self, gw: str, amounts: Iterable[tuple[str, str, float, float]]) -> None:
+        """Add Wh to local days' totals: (day, meter, imported, exported) each."""
         with self._using("write") as conn:
             if conn is not None:
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO energy (gw, day, meter, imported, exported) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (gw, day, meter) DO UPDATE SET imported = imported + "
                     "excluded.imported, exported = exported + excluded.exported",
-                    (gw, day, meter, imported, exported))
+                    [(gw, *amount) for amount in amounts])
 
-    def save_counter(self, gw: str, meter: str, direction: str, value: float, t: float) -> None:
+    def save_counters(self, gw: str, readings: Iterable[tuple[str, str, float, float]]) -> None:
+        """The newest counter readings: (meter, direction, value, time) each."""
         with self._using("write") as conn:
             if conn is not None:
-                conn.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)",
-                             (gw, meter, direction, value, t))
+                conn.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)",
+                                 [(gw, *reading) for reading in readings])
 
     def counters(self, gw: str) -> dict[tuple[str, str], tuple[float, float]]:
         """(meter, direction) -> (value, time) of the last counter readings of a gateway."""
