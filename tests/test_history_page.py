@@ -19,9 +19,9 @@ from proxy.history.recorder import Recorder
 from proxy.history.store import Store
 from proxy.main import start
 from tests.brokers import wait_for
-from tests.browser import Chromium, Page, find_chromium
+from tests.browser import Page, find_chromium
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle
-from tests.test_browser import STYLES, assert_clean
+from tests.test_browser import STYLES, assert_clean, chromium, open_page  # noqa: F401 (fixtures)
 
 CHROMIUM = find_chromium()
 
@@ -37,26 +37,11 @@ READY = "document.getElementById('history').getAttribute('data-state') === 'read
 ROWS = "Number(document.getElementById('power').getAttribute('data-rows'))"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    assert CHROMIUM is not None
-    browser = Chromium(CHROMIUM)
-    yield browser
-    browser.close()
-
-
 @pytest.fixture
-def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
-    pages: list[Page] = []
-
-    def opener(width: int = 1200, height: int = 900) -> Page:
-        page = chromium.new_page(width, height)
-        pages.append(page)
-        return page
-
-    yield opener
-    for page in pages:
-        page.close()
+def page_for(request: pytest.FixtureRequest) -> Callable[..., Page]:
+    """test_browser's `open_page`: a new tab of the module's Chromium, closed at teardown."""
+    opener: Callable[..., Page] = request.getfixturevalue("open_page")
+    return opener
 
 
 def seed(folder: Path, days: int = 2, step: int = 30) -> None:
@@ -91,9 +76,9 @@ def requested(page: Page, route: str) -> list[dict[str, str]]:
 
 
 def test_the_page_draws_what_the_history_routes_answer(recording: ProxyHandle,
-                                                       open_page: Callable[..., Page]) -> None:
+                                                       page_for: Callable[..., Page]) -> None:
     h = recording
-    page = open_page()
+    page = page_for()
     page.goto(h.base + "history")
     page.wait_for(READY)
     asked = requested(page, "api/history")[-1]
@@ -113,13 +98,13 @@ def test_the_page_draws_what_the_history_routes_answer(recording: ProxyHandle,
 
 
 def test_outages_show_in_the_events_and_on_the_charts(recording: ProxyHandle,
-                                                      open_page: Callable[..., Page]) -> None:
+                                                      page_for: Callable[..., Page]) -> None:
     h = recording
     h.sim.set_fault("grid_outage")
     wait_for(lambda: h.get("/api/events?kind=grid_down").json()["events"], what="grid_down")
     h.sim.clear_faults()
     wait_for(lambda: h.get("/api/events?kind=grid_up").json()["events"], what="grid_up")
-    page = open_page()
+    page = page_for()
     page.goto(h.base + "history")
     page.wait_for(READY)
     kinds = page.evaluate("[...document.querySelectorAll('#events tbody tr')].map(r => r.dataset.kind)")
@@ -131,9 +116,9 @@ def test_outages_show_in_the_events_and_on_the_charts(recording: ProxyHandle,
 
 
 def test_dragging_across_the_chart_zooms_and_reset_goes_back(recording: ProxyHandle,
-                                                             open_page: Callable[..., Page]) -> None:
+                                                             page_for: Callable[..., Page]) -> None:
     h = recording
-    page = open_page()
+    page = page_for()
     page.goto(h.base + "history?range=week")
     page.wait_for(READY)
     week = requested(page, "api/history")[-1]
@@ -158,10 +143,10 @@ def test_dragging_across_the_chart_zooms_and_reset_goes_back(recording: ProxyHan
     assert_clean(page, h.base)
 
 
-def test_every_style_renders(recording: ProxyHandle, open_page: Callable[..., Page]) -> None:
+def test_every_style_renders(recording: ProxyHandle, page_for: Callable[..., Page]) -> None:
     h = recording
     for style in STYLES:
-        page = open_page(1000, 800)
+        page = page_for(1000, 800)
         page.goto(h.base + f"history?style={style}")
         page.wait_for(READY)
         assert page.evaluate("document.getElementById('pw-style').getAttribute('href')").endswith(
@@ -185,10 +170,10 @@ def fleet(tmp_path: Path) -> Iterator[ProxyHandle]:
     handle.stop()
 
 
-def test_gw_picks_a_gateway_or_all_of_them(fleet: ProxyHandle, open_page: Callable[..., Page]) -> None:
+def test_gw_picks_a_gateway_or_all_of_them(fleet: ProxyHandle, page_for: Callable[..., Page]) -> None:
     wait_for(lambda: fleet.get("/api/history?gw=all&from=-60&step=1").json()["rows"][2:], what="data")
     for gw in ("sim2", "all"):
-        page = open_page()
+        page = page_for()
         page.goto(fleet.base + f"history?gw={gw}")
         page.wait_for(READY)
         assert {q.get("gw") for q in requested(page, "api/history")} == {gw}
@@ -200,9 +185,9 @@ def test_gw_picks_a_gateway_or_all_of_them(fleet: ProxyHandle, open_page: Callab
         assert_clean(page, fleet.base)
 
 
-def test_history_off_says_so(proxy_factory: Factory, open_page: Callable[..., Page]) -> None:
+def test_history_off_says_so(proxy_factory: Factory, page_for: Callable[..., Page]) -> None:
     h = proxy_factory()  # PW_HISTORY=no in the tests' defaults
-    page = open_page()
+    page = page_for()
     page.goto(h.base + "history")
     page.wait_for("document.getElementById('history').getAttribute('data-state') === 'off'")
     assert "PW_HISTORY=no" in page.evaluate("document.getElementById('problem').textContent")
