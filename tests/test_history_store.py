@@ -349,10 +349,11 @@ def test_times_as_iso_relative_or_unix() -> None:
 
 def test_steps_keep_answers_within_ten_thousand_rows() -> None:
     now = float(T0)
-    assert query.choose_step(now - 3600, now, now, 5, 2) == 5
-    assert query.choose_step(now - 5 * 86400, now, now, 5, 2) == 60  # older than raw: minutes
-    assert query.choose_step(now - 7 * 86400, now, now, 5, 2) == 120  # 10,000 rows at most
-    assert query.choose_step(now - 365 * 86400, now, now, 5, 2) == 3600
+    assert query.choose_step(now - 3600, now, now, 5, 2) == 5  # each window
+    assert query.choose_step(now - 86400, now, now, 5, 2) == 60  # 17,280 windows: minutes
+    assert query.choose_step(now - 5 * 86400, now, now, 1, 2) == 60  # older than raw: minutes
+    assert query.choose_step(now - 8 * 86400, now, now, 5, 2) == 900  # 10,000 rows at most
+    assert query.choose_step(now - 365 * 86400, now, now, 5, 2) == 3600  # quarters, summed up
     assert query.check_step("60", now - 86400, now) == 60
     with pytest.raises(query.QueryError, match="smallest step that fits is 9"):
         query.check_step("5", now - 86400, now)

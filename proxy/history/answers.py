@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy.history import query
 from proxy.history.energy import DIRECTIONS
-from proxy.history.query import Buckets, QueryError, Value
+from proxy.history.query import QueryError, Value
 from proxy.history.rollup import Marks
 from proxy.history.store import Store
 from proxy.site.points import METERS, POINTS, Kind
@@ -75,6 +75,27 @@ def columns(store: Store, gateways: Sequence[Gateway], wanted: Sequence[str]) ->
     return list({c.name: c for c in out}.values())
 
 
+Ids = dict[str, dict[tuple[str, str], tuple[int, int]]]  # gateway -> (point, label) -> (id, agg)
+
+
+def _table(conn: sqlite3.Connection, marks: Marks, ids: Ids, gateways: Sequence[Gateway],
+           cols: Sequence[Column], begin: int, end: int, step: int) -> tuple[str, list[Any]]:
+    """SQL of the whole answer: each column per gateway, combined, side by side by bucket."""
+    columns = []
+    for col in cols:
+        parts = []
+        for gw in gateways:
+            found = ids[gw.id].get((col.point, col.label))
+            if found is None or (len(gateways) > 1 and col.point in BATTERY_ONLY and not gw.battery):
+                continue
+            sql, args = query.bucketed(marks, found[0], found[1], step, begin, end, gw.period)
+            weight = _capacity(conn, ids[gw.id]) if col.point == "battery_level" else 1.0
+            parts.append(query.Part(sql, args, weight))
+        how = {"battery_level": query.WEIGHTED, "grid_status": query.WORST}.get(col.point, query.SUM)
+        columns.append(query.combined(parts, how) if parts else (query.NOTHING, []))
+    return query.pivot(columns)
+
+
 def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
             end: int, step: int) -> list[list[Value]]:
     """Rows [time, one value per column], one per bucket with data."""
@@ -83,32 +104,27 @@ def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], b
         if reading is None:
             raise Unavailable()
         conn, marks = reading
-        data = {c.name: _column(conn, marks, ids, gateways, c, begin, end, step) for c in cols}
-    return [[row[0], *(_render(c, v) for c, v in zip(cols, row[1:], strict=True))]
-            for row in query.table([c.name for c in cols], data)]
+        sql, args = _table(conn, marks, ids, gateways, cols, begin, end, step)
+        rows = conn.execute(sql, args).fetchall()
+    return [[row[0], *(_render(c, v) for c, v in zip(cols, row[1:], strict=True))] for row in rows]
 
 
-def _column(conn: sqlite3.Connection, marks: Marks, ids: dict[str, dict[tuple[str, str], tuple[int, int]]],
-            gateways: Sequence[Gateway], col: Column, begin: int, end: int, step: int) -> Buckets:
-    per_gateway: list[Buckets] = []
-    weights: list[float] = []
-    for gw in gateways:
-        found = ids[gw.id].get((col.point, col.label))
-        if found is None or (len(gateways) > 1 and col.point in BATTERY_ONLY and not gw.battery):
-            continue
-        series, agg = found
-        per_gateway.append(query.read_series(conn, marks, series, agg, step, begin, end, gw.period))
-        weights.append(_capacity(conn, ids[gw.id]))
-    if len(gateways) == 1:
-        return per_gateway[0] if per_gateway else {}
-    if col.point == "battery_level":
-        return query.combine_weighted(per_gateway, weights)
-    if col.point == "grid_status":
-        return query.combine_worst(per_gateway)
-    return query.combine_sum(per_gateway)
+def history_json(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
+                 end: int, step: int) -> str:
+    """The same rows as JSON text, encoded by SQLite: no per-row work in Python."""
+    ids = {gw.id: store.series_ids(gw.id) for gw in gateways}
+    flags = [i for i, c in enumerate(cols) if KINDS[c.point] is Kind.FLAG]
+    with store.reading() as reading:
+        if reading is None:
+            raise Unavailable()
+        conn, marks = reading
+        sql, args = _table(conn, marks, ids, gateways, cols, begin, end, step)
+        text: str = conn.execute(query.as_json(sql, len(cols), flags), args).fetchone()[0]
+    return text
 
 
 def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, int]]) -> float:
+    """A gateway's newest full-pack energy: its weight in the battery level of several."""
     found = ids.get(("battery_full_energy", ""))
     value = None if found is None else query.latest(conn, found[0])
     return float(value) if isinstance(value, (int, float)) else 0.0
@@ -117,8 +133,6 @@ def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, in
 def _render(col: Column, value: Value) -> Any:
     if KINDS[col.point] is Kind.FLAG and isinstance(value, (int, float)):
         return bool(value)
-    if isinstance(value, float):
-        return round(value, 3)
     return value
 
 

@@ -14,21 +14,22 @@ import datetime
 import math
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from proxy.history import schema
 from proxy.history.rollup import DAY, MINUTE, MINUTE_DAYS, QUARTER, Marks
 
 MAX_ROWS = 10_000
+NOTHING = "SELECT NULL AS b, NULL AS v WHERE 0"  # a column without data
 MAX_RANGE = 10 * 366 * DAY
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
               43200, DAY, 2 * DAY, 7 * DAY, 30 * DAY, 365 * DAY)
 _NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 
 Value = float | str | None
-Buckets = dict[int, Value]  # bucket start -> value
 
 
 class QueryError(ValueError):
@@ -72,17 +73,17 @@ def smallest_step(begin: float, end: float) -> int:
 
 
 def choose_step(begin: float, end: float, now: float, period: int, raw_days: int) -> int:
-    """The step of an answer without one: no finer than what the tables still hold for
-    `begin`, and coarse enough for at most MAX_ROWS rows."""
-    if begin >= now - raw_days * DAY:
-        floor = max(1, period)
-    elif begin >= now - MINUTE_DAYS * DAY:
-        floor = MINUTE
-    else:
-        floor = QUARTER
+    """The step of an answer without one: the finest resolution the store keeps for `begin`
+    (each window, 1 minute, 15 minutes) that gives at most MAX_ROWS rows, else the smallest
+    coarser step that does (aggregated on read)."""
     need = smallest_step(begin, end)
-    nice = next((s for s in NICE_STEPS if s >= need), need)
-    return max(floor, nice)
+    kept = [max(1, period), MINUTE, QUARTER]
+    if begin < now - raw_days * DAY:
+        kept = kept[1:]
+    if begin < now - MINUTE_DAYS * DAY:
+        kept = kept[1:]
+    steps = [*kept, *(s for s in NICE_STEPS if s > QUARTER)]
+    return next((s for s in steps if s >= need), need)
 
 
 def check_step(raw: str, begin: float, end: float) -> int:
@@ -121,22 +122,20 @@ def spans(marks: Marks, step: int, begin: int, end: int, period: int) -> list[Sp
             for i, (table, weight) in enumerate(tables) if cuts[i + 1] > cuts[i]]
 
 
-def read_series(conn: sqlite3.Connection, marks: Marks, series: int, agg: int, step: int,
-                begin: int, end: int, period: int) -> Buckets:
-    """One series bucketed by `step`: bucket start -> mean (weighted by what each row stands
-    for) or last value."""
+def bucketed(marks: Marks, series: int, agg: int, step: int, begin: int, end: int,
+             period: int) -> tuple[str, list[Any]]:
+    """SQL for one series bucketed by `step`: rows (b, v), b the bucket start, v the mean
+    (weighted by what each row stands for) or the last value; and its arguments."""
     parts, args = [], []
     for span in spans(marks, step, begin, end, period):
         parts.append(f"SELECT t, value, {span.weight} AS w FROM {span.table} "
                      "WHERE series = ? AND t >= ? AND t < ?")
         args += [series, span.start, span.end]
     if not parts:
-        return {}
-    union = " UNION ALL ".join(parts)
+        return NOTHING, []
     value = "SUM(value * w) / SUM(w)" if agg == schema.MEAN else "value"
-    rows = conn.execute(f"SELECT (t / {step}) * {step} AS b, {value}, MAX(t) FROM ({union}) "
-                        "GROUP BY b", args)
-    return {int(b): v for b, v, _ in rows}
+    return (f"SELECT (t / {step}) * {step} AS b, {value} AS v, MAX(t) AS last "
+            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY b"), args
 
 
 def latest(conn: sqlite3.Connection, series: int) -> Value:
@@ -149,45 +148,66 @@ def latest(conn: sqlite3.Connection, series: int) -> Value:
     return None if row is None else row[0]
 
 
-# ---- several gateways as one ------------------------------------------------------------
+# ---- several gateways as one, and the table ------------------------------------------------
 
 GRID_ORDER = ("DOWN", "SYNCING", "UP")  # worst first, as /api/aggregate
+SUM, WEIGHTED, WORST = "sum", "weighted", "worst"
+_RANK = "CASE v " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(GRID_ORDER)) + " END"
+_WORST = "CASE MIN(r) " + " ".join(f"WHEN {i} THEN '{s}'" for i, s in enumerate(GRID_ORDER)) + " END"
 
 
-def combine_sum(per_gateway: Sequence[Buckets]) -> Buckets:
-    out: dict[int, float] = {}
-    for buckets in per_gateway:
-        for b, v in buckets.items():
-            if isinstance(v, (int, float)):
-                out[b] = out.get(b, 0.0) + float(v)
-    return {b: round(v, 3) for b, v in out.items()}
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One gateway's series in a column, with its weight when the column is weighted."""
+
+    sql: str
+    args: list[Any]
+    weight: float = 1.0
 
 
-def combine_weighted(per_gateway: Sequence[Buckets], weights: Sequence[float]) -> Buckets:
-    """A percentage weighted by each gateway's capacity (gateways without one left out)."""
-    total: dict[int, float] = {}
-    weight: dict[int, float] = {}
-    for buckets, w in zip(per_gateway, weights, strict=True):
-        if w <= 0:
-            continue
-        for b, v in buckets.items():
-            if isinstance(v, (int, float)):
-                total[b] = total.get(b, 0.0) + float(v) * w
-                weight[b] = weight.get(b, 0.0) + w
-    return {b: round(total[b] / weight[b], 2) for b in total}
+def combined(parts: Sequence[Part], how: str) -> tuple[str, list[Any]]:
+    """SQL (b, v) of one column: a single gateway as it is, several summed, weighted by
+    capacity (left out: those without one), or the worst grid status."""
+    if len(parts) == 1:
+        return f"SELECT b, v FROM ({parts[0].sql})", parts[0].args
+    if how == WORST:
+        arms = [f"SELECT b, {_RANK} AS r FROM ({p.sql})" for p in parts]
+        value = _WORST
+    elif how == WEIGHTED:
+        parts = [p for p in parts if p.weight > 0]
+        arms = [f"SELECT b, v * {p.weight!r} AS v, {p.weight!r} AS w FROM ({p.sql}) WHERE v IS NOT NULL"
+                for p in parts]
+        value = "SUM(v) / SUM(w)"
+    else:
+        arms = [f"SELECT b, v FROM ({p.sql}) WHERE v IS NOT NULL" for p in parts]
+        value = "SUM(v)"
+    if not arms:
+        return NOTHING, []
+    return (f"SELECT b, {value} AS v FROM ({' UNION ALL '.join(arms)}) GROUP BY b",
+            [a for p in parts for a in p.args])
 
 
-def combine_worst(per_gateway: Sequence[Buckets]) -> Buckets:
-    out: dict[int, Value] = {}
-    for buckets in per_gateway:
-        for b, v in buckets.items():
-            if v in GRID_ORDER and (out.get(b) not in GRID_ORDER
-                                    or GRID_ORDER.index(str(v)) < GRID_ORDER.index(str(out[b]))):
-                out[b] = v
-    return out
+_ROUNDED = "CASE WHEN typeof(v) = 'real' THEN round(v, 3) ELSE v END"
 
 
-def table(columns: Sequence[str], data: Mapping[str, Buckets]) -> list[list[Value]]:
-    """Rows [time, value per column] for every bucket where any column has a value."""
-    times = sorted({b for col in columns for b in data.get(col, {})})
-    return [[t, *(data.get(col, {}).get(t) for col in columns)] for t in times]
+def pivot(columns: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """SQL of the table: one row per bucket with data, (b, c0, c1, …), numbers to 3 decimals."""
+    count = len(columns)
+    arms, args = [], []
+    for i, (sql, more) in enumerate(columns):
+        cells = ", ".join((_ROUNDED if j == i else "NULL") + f" AS c{j}" for j in range(count))
+        arms.append(f"SELECT b, {cells} FROM ({sql}) WHERE b IS NOT NULL")
+        args += more
+    picked = ", ".join(f"MAX(c{j}) AS c{j}" for j in range(count))
+    return f"SELECT b, {picked} FROM ({' UNION ALL '.join(arms)}) GROUP BY b ORDER BY b", args
+
+
+def as_json(table_sql: str, count: int, flags: Sequence[int] = ()) -> str:
+    """SQL that encodes the table as one JSON array of rows (SQLite does the per-row work);
+    the `flags` columns as true/false."""
+    def cell(j: int) -> str:
+        if j in flags:
+            return f"CASE WHEN c{j} IS NULL THEN NULL WHEN c{j} THEN json('true') ELSE json('false') END"
+        return f"c{j}"
+    cells = ", ".join(["b", *(cell(j) for j in range(count))])
+    return f"SELECT json_group_array(json_array({cells})) FROM ({table_sql})"
