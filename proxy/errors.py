@@ -22,6 +22,27 @@ class HTTPError(ProxyError):
         self.headers = headers or []
 
 
+class BadValue(ProxyError):
+    """A value a control action cannot take; the message says what it can."""
+
+    status = 400
+
+
+class WriteFailed(ProxyError):
+    """The gateway took a write and said it failed (no answer, or an error in it)."""
+
+    status = 502
+
+
+class UnknownGateway(ProxyError):
+    """No gateway has this id."""
+
+    status = 404
+
+    def __init__(self, message: str = "Gateway not found") -> None:
+        super().__init__(message)
+
+
 class GatewayError(ProxyError):
     """The gateway could not give us the data."""
 

@@ -1,4 +1,5 @@
-"""The composition root: config -> gateway -> app -> server. Nothing runs at import."""
+"""The composition root: config -> gateways -> sites -> hub -> reports -> app -> server ->
+subscribers. Nothing runs at import; every part is built here and passed in."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.api.app import App
+from proxy.api.live import Topics, build_topics
 from proxy.api.passthrough import Passthrough
+from proxy.api.tokens import TokenThrottle
 from proxy.api.web import WebFiles, style_tags
 from proxy.config import Config, ConfigError, GatewayConfig, Secret, load_config
 from proxy.gateway import Gateway
 from proxy.gateway.registry import Gateways
 from proxy.process import connection_cap, open_file_limit, raise_open_file_limit
+from proxy.reports import Reports
+from proxy.site.actions import Writes
 from proxy.site.hub import Hub
 from proxy.site.site import Shaping, Site, Sites
 
@@ -54,6 +59,7 @@ class Running:
     app: App
     server: Any
     hub: Hub
+    topics: Topics
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     mqtt: Any = None  # proxy.mqtt.Publisher when PW_MQTT_HOST is set
@@ -83,6 +89,7 @@ class Running:
         if self.mqtt is not None:
             self.mqtt.stop()  # first: "offline" goes out while the broker connection is up
         self.server.stop()  # ends every stream cleanly first
+        self.topics.stop()
         self.hub.stop()
         if self.history is not None:
             self.history.stop()  # its last commit before the gateways and files go
@@ -224,19 +231,19 @@ def _gateway_fds(config: Config) -> int:
 
 
 def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = None,
-          simulate: int = 0, max_connections: int | None = None) -> Running:
+          simulate: int = 0, max_connections: int | None = None,
+          server_options: Mapping[str, Any] | None = None, openc2_budgets: Any = None) -> Running:
     """Build and start everything; the HTTP server answers before the gateways connect.
 
     `client_factory` replaces pypowerwall.Powerwall (tests use spec'd fakes for cloud modes).
     `simulate` N starts N simulated gateways (`config.simulate` alone means one).
     `max_connections` defaults to what the current open-file limit leaves room for.
+    `server_options` are further HTTPServer arguments (tests shorten its deadlines).
+    `openc2_budgets` (proxy.api.openc2.Budgets) replace OpenC2's per-minute budgets.
     """
-    from proxy.api.history import routes as history_routes
-    from proxy.api.live import build_hub
-    from proxy.api.openc2 import consumer as openc2
-    from proxy.api.reference import ROUTES
+    from proxy.api.mounts import mounts
+    from proxy.api.openc2 import Budgets
     from proxy.history.service import build_history
-    from proxy.httpd.server import HTTPServer
 
     simulators: list[Any] = []
     tmp = None
@@ -245,35 +252,29 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
         config, simulators, tmp, control_password = _simulated(config, max(1, simulate))
         config = dataclasses.replace(config, simulate=True)
     _trust_gateway_certificate(config)
-    fleet = config.fleet()
-    workers, waiters = worker_plan(len(fleet))
-    gateways = Gateways([
-        Gateway(g, simulated=config.simulate, control_password=control_password,
-                control_enabled=bool(config.control_secret), factory=client_factory,
-                waiters=waiters, name=_gateway_name(g, len(fleet)))
-        for g in fleet
-    ])
+    reports = Reports()
+    gateways = _gateways(config, control_password, client_factory)
     shaping = Shaping(config.neg_solar, config.site_zero_threshold)
     sites = Sites([Site(g, cache_ttl=config.cache_ttl, graceful=config.graceful_degradation,
-                        shaping=shaping) for g in gateways])
+                        shaping=shaping) for g in gateways], reports)
+    hub = Hub(sites, reports)
+    topics = build_topics(hub, sites, reports)
+    writes = Writes(reports)
+    writes.subscribe(lambda _: hub.wake())  # a write moved its gateway's window on: read it now
+    mqtt = _mqtt(config, sites, hub, writes, reports)
+    outlets = [topics.announce] + ([mqtt.event] if mqtt is not None else [])
+    history = build_history(config, sites, hub, writes=writes, reports=reports, outlets=outlets,
+                            simulated_dir=tmp.name if tmp is not None else None)
     # The gateway web UI passed through is the default gateway's.
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
-    mqtt = _mqtt(config, sites)
-    reports = {"mqtt": mqtt.status} if mqtt is not None else {}
-    history = build_history(config, sites, simulated_dir=tmp.name if tmp is not None else None)
-    reports["history"] = history.describe
-    routes = (*ROUTES, *openc2.routes(openc2.CommandLimit()), *history_routes(history))
-    hub = build_hub(sites)
-    app = App(config, sites, web=WebFiles(config), passthrough=passthrough, routes=routes,
-              reports=reports, hub=hub)
-    if max_connections is None:
-        max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
-    server = HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
-                        access_log=config.debug, workers=workers, max_connections=max_connections,
-                        max_streams=config.max_streams)
-    app.server_stats = server.stats
-    running = Running(config, gateways, app, server, hub, simulators, tmp, mqtt=mqtt, history=history)
+    app = App(config, sites, web=WebFiles(config), passthrough=passthrough,
+              mounts=mounts(openc2_budgets or Budgets(), reports, history), reports=reports,
+              topics=topics, writes=writes, throttle=TokenThrottle(reports=reports))
+    server = _server(config, app, max_connections, server_options)
+    reports.register("server", server.stats)
+    running = Running(config, gateways, app, server, hub, topics, simulators, tmp, mqtt=mqtt,
+                      history=history)
     server.start()
     gateways.start()
     history.start()
@@ -284,13 +285,37 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     return running
 
 
-def _mqtt(config: Config, sites: Sites) -> Any:
+def _gateways(config: Config, control_password: str, client_factory: Any) -> Gateways:
+    fleet = config.fleet()
+    _, waiters = worker_plan(len(fleet))
+    return Gateways([
+        Gateway(g, simulated=config.simulate, control_password=control_password,
+                control_enabled=bool(config.control_secret), factory=client_factory,
+                waiters=waiters, name=_gateway_name(g, len(fleet)))
+        for g in fleet
+    ])
+
+
+def _server(config: Config, app: App, max_connections: int | None,
+            options: Mapping[str, Any] | None) -> Any:
+    from proxy.httpd.server import HTTPServer
+
+    workers, _ = worker_plan(len(config.fleet()))
+    if max_connections is None:
+        max_connections = connection_cap(open_file_limit()[0], reserved=_gateway_fds(config))
+    return HTTPServer(app, config.bind_address, config.port, ssl_context=_tls(config),
+                      access_log=config.debug, workers=workers, max_connections=max_connections,
+                      max_streams=config.max_streams, **dict(options or {}))
+
+
+def _mqtt(config: Config, sites: Sites, hub: Hub, writes: Writes, reports: Reports) -> Any:
     """The MQTT publisher (not started), or None while PW_MQTT_HOST is empty."""
     if not config.mqtt_host:
         return None
-    from proxy.mqtt.publisher import Publisher, Settings
+    from proxy.mqtt.discovery import Settings
+    from proxy.mqtt.publisher import Publisher
 
-    return Publisher(Settings.from_config(config), sites)
+    return Publisher(Settings.from_config(config), sites, hub, writes=writes, reports=reports)
 
 
 def _gateway_name(gateway: GatewayConfig, count: int) -> str | None:

@@ -8,6 +8,7 @@ exact bodies: same keys, same key order, same number formats, same arithmetic.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +23,13 @@ __all__ = [
     "fans_pw",
     "freq_body",
     "json_summary",
+    "number",
     "pod_body",
     "power_values",
     "pretty_json",
     "process_aggregates",
+    "real",
+    "strict_json",
     "temps_pw",
     "version_body",
     "version_unknown",
@@ -71,12 +75,21 @@ _BLOCK_TAIL = ("OpSeqState", "version")
 # --- small helpers -------------------------------------------------------------------------
 
 
-def _number(value: object) -> float | None:
-    """Return value if it is a JSON number, else None."""
-    # bool is an int subclass, but a true/false reading is not a power value.
+def number(value: object) -> int | float | None:
+    """The value if it is a JSON number (finite: I-JSON has no NaN or infinity), else None.
+
+    The one test of "is this a number" for every output: payloads, frames, points, OpenC2.
+    """
+    # bool is an int subclass, but a true/false reading is not a number.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return value
+    return value if math.isfinite(value) else None
+
+
+def real(value: object) -> float | None:
+    """`number` as a float (aggregate arithmetic and metrics want floats, whatever the gateway sent)."""
+    found = number(value)
+    return None if found is None else float(found)
 
 
 def _as_dict(value: object) -> JsonDict:
@@ -86,7 +99,7 @@ def _as_dict(value: object) -> JsonDict:
 
 def _instant_power(agg: JsonDict | None, section: str) -> float | None:
     """Read <section>.instant_power from aggregates, tolerating null/missing sections."""
-    return _number(_as_dict(_as_dict(agg).get(section)).get("instant_power"))
+    return number(_as_dict(_as_dict(agg).get(section)).get("instant_power"))
 
 
 def _shift_neg_solar(solar: float | None, home: float | None) -> tuple[float | None, float | None]:
@@ -134,7 +147,7 @@ def _blocks(system_status: JsonDict | None) -> Iterator[tuple[int, JsonDict]]:
 def _threshold_site(agg: JsonDict, threshold: float) -> None:
     """Apply the site zero threshold to the (already copied) site section in place."""
     site = agg.get("site")
-    if isinstance(site, dict) and _number(site.get("instant_power")) is not None:
+    if isinstance(site, dict) and number(site.get("instant_power")) is not None:
         site["instant_power"] = _apply_threshold(site["instant_power"], threshold)
 
 
@@ -143,10 +156,10 @@ def _shift_aggregates_solar(agg: JsonDict) -> None:
     solar, load = agg.get("solar"), agg.get("load")
     if not isinstance(solar, dict):
         return
-    power = _number(solar.get("instant_power"))
+    power = number(solar.get("instant_power"))
     if power is None or power >= 0:
         return
-    if isinstance(load, dict) and _number(load.get("instant_power")) is not None:
+    if isinstance(load, dict) and number(load.get("instant_power")) is not None:
         load["instant_power"] -= power
     solar["instant_power"] = 0
 
@@ -212,7 +225,7 @@ def csv_body(
     headers: bool,
 ) -> str:
     """Return the /csv body: Grid,Home,Solar,Battery,BatteryLevel as %0.2f."""
-    values = [*_csv_powers(agg, neg_solar, zero_threshold), _zero_if_none(_number(level))]
+    values = [*_csv_powers(agg, neg_solar, zero_threshold), _zero_if_none(number(level))]
     return _csv_text(CSV_HEADER, [_fixed2(v) for v in values], headers)
 
 
@@ -227,10 +240,10 @@ def csv_v2_body(
     headers: bool,
 ) -> str:
     """Return the /csv/v2 body: the /csv columns plus GridStatus and Reserve as %d."""
-    values = [*_csv_powers(agg, neg_solar, zero_threshold), _zero_if_none(_number(level))]
+    values = [*_csv_powers(agg, neg_solar, zero_threshold), _zero_if_none(number(level))]
     fields = [_fixed2(v) for v in values]
     # '%d' truncates toward zero, exactly like int().
-    fields += [str(1 if grid_up else 0), str(int(_zero_if_none(_number(reserve))))]
+    fields += [str(1 if grid_up else 0), str(int(_zero_if_none(number(reserve))))]
     return _csv_text(CSV_V2_HEADER, fields, headers)
 
 
@@ -432,6 +445,24 @@ def version_unknown() -> JsonDict:
 
 
 # --- serialisation -------------------------------------------------------------------------
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> JsonDict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated key")  # I-JSON (RFC 7493 2.3): member names are unique
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(body: bytes) -> Any:
+    """A request body as JSON, strictly: UTF-8, no repeated member names (refused rather than
+    guessed: {"value": 5, "value": 90}), no NaN or Infinity. ValueError (or UnicodeError,
+    RecursionError) otherwise."""
+    return json.loads(body.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_no_constant)
 
 
 def pretty_json(obj: Any) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.main import start
+from tests.clients import fresh_address
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle, settled
 
 TOKEN = "s3cret-token"
@@ -34,8 +35,10 @@ class Raw:
 
 
 def exchange(port: int, data: bytes, timeout: float = 10.0) -> Raw:
-    """Send raw bytes, half-close, and parse the first response."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    """Send raw bytes from an address of its own (no bad-token history), half-close, and parse
+    the first response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(fresh_address(), 0)) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
@@ -93,12 +96,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyHandle]:
     assert handle.gateway.connected
     yield settled(handle)
     handle.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_guard(proxy: ProxyHandle) -> None:
-    """Every test starts with no bad-token history (all requests come from 127.0.0.1)."""
-    proxy.app.control_guard = None
 
 
 def state(h: ProxyHandle) -> tuple[Any, ...]:

@@ -206,7 +206,7 @@ def test_page_follows_the_stream(proxy_factory: Any, open_page: Any) -> None:
     assert abs(percent(read_flow(page)["reserve"]) - max(0, raw_reserve / 0.95 - 5 / 0.95)) <= 0.5
     assert any("/events?gw=default" in url for url in page.requests)
     assert not any("/aggregates" in url for url in page.requests), "no polling while streaming"
-    assert proxy.running.hub.stats()["topics"]["gateway:default"]["listeners"] == 1
+    assert proxy.running.topics.stats()["topics"]["gateway:default"]["listeners"] == 1
     shoot(page, "flow-stream")
     assert_clean(page, proxy.base)
 

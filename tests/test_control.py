@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from proxy.api.control import FORGET_AFTER, FREE_BAD_TOKENS, PENALTY_CAP, TokenThrottle, same_secret
 from proxy.api.forwarded import client_address
+from proxy.api.tokens import FORGET_AFTER, FREE_BAD_TOKENS, PENALTY_CAP, TokenThrottle, same_secret
 from proxy.config import ConfigError, load_config
 from proxy.main import main
 from tests.conftest import Factory, ProxyHandle, Reply
@@ -213,6 +213,22 @@ def test_trusted_proxies_setting(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # ---- a GET never writes ------------------------------------------------------------------------
+
+
+def test_every_write_is_told_with_its_front_door(proxy: ProxyHandle) -> None:
+    """The actions table's audit record: who changed what, and through which front door."""
+    records: list[Any] = []
+    unsubscribe = proxy.app.writes.subscribe(records.append)
+    try:
+        target = another_reserve(proxy)
+        assert post_form(proxy, "/control/reserve", f"value={target}&token={TOKEN}").status == 200
+        assert post_form(proxy, "/control/mode", f"value=backup&token={TOKEN}").status == 200
+    finally:
+        unsubscribe()
+    assert [(r.gateway, r.action, r.summary, r.accepted, r.origin.value, r.client) for r in records] == [
+        ("default", "reserve", f"reserve={target}", True, "http", "127.0.0.1"),
+        ("default", "mode", "mode=backup", True, "http", "127.0.0.1")]
+    assert proxy.get("/stats").json()["writes"]["http"]["accepted"] >= 2
 
 
 def test_get_never_writes(proxy: ProxyHandle) -> None:

@@ -15,8 +15,9 @@ import pytest
 from proxy.config import ConfigError, load_config
 from proxy.main import start
 from proxy.simulator import DEFAULT_GW_PWD, Simulator
-from proxy.site.frames import Snapshot, aggregate, aggregate_battery, aggregate_power, worst_grid
+from proxy.site.frames import aggregate, aggregate_battery, aggregate_power, worst_grid
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle, Reply
+from tests.frames import numbers_frame
 
 SECRETS = ("fleet-pw-one", "fleet-pw-two", "fleet-pw-three")
 
@@ -138,14 +139,11 @@ def test_example_file_documents_every_key() -> None:
 
 # ---- aggregate arithmetic (pure) ---------------------------------------------------------
 
-def _snap(gid: str, *, power: dict[str, float | None] | None = None, percent: float | None = None,
-          full: float | None = None, remaining: float | None = None, grid: str | None = "UP",
-          kind: str = "powerwall", status: str = "ok") -> Snapshot:
-    return Snapshot(gid, gid, kind, status, status == "ok", power, percent, full, remaining, grid)
+_snap = numbers_frame
 
 
-def _power(site: float, battery: float, load: float, solar: float) -> dict[str, float | None]:
-    return {"site": site, "battery": battery, "load": load, "solar": solar, "grid": site}
+def _power(site: float, battery: float, load: float, solar: float) -> dict[str, float]:
+    return {"site": site, "battery": battery, "load": load, "solar": solar}
 
 
 def test_soe_is_weighted_by_capacity_not_averaged() -> None:

@@ -181,3 +181,25 @@ def test_a_real_prometheus_scrapes_the_proxy(proxy: ProxyHandle) -> None:
         assert float(energy[0]["value"][1]) > 0
     finally:
         server.close()
+
+
+def test_stream_listener_gauge_counts_listeners(proxy: ProxyHandle) -> None:
+    import http.client
+
+    conns = [http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20) for _ in range(2)]
+    responses = []  # a stream's response holds its socket: kept, or the stream closes
+    try:
+        for conn, path in zip(conns, ("/events", "/events?gw=default"), strict=True):
+            conn.request("GET", path)
+            responses.append(conn.getresponse())
+            assert responses[-1].status == 200
+        listening = wait_for(lambda: samples(proxy.get("/metrics").text)[
+            ("powerwall_proxy_stream_listeners", ())] == 2, what="two listeners counted")
+        assert listening
+    finally:
+        for response in responses:
+            response.close()
+        for conn in conns:
+            conn.close()
+    wait_for(lambda: samples(proxy.get("/metrics").text)[("powerwall_proxy_stream_listeners", ())] == 0,
+             what="the listeners to leave")

@@ -281,7 +281,7 @@ def test_no_control_without_secret_or_broker_password(proxy_factory: Factory, br
     finally:
         listener.close()
     with_secret = load_config({"PW_MQTT_HOST": "h", "PW_CONTROL_SECRET": "x", "PW_MQTT_USER": "u"})
-    from proxy.mqtt.publisher import Settings
+    from proxy.mqtt.discovery import Settings
 
     assert Settings.from_config(with_secret).control is False  # a user without a password
 
@@ -360,7 +360,7 @@ def test_mqtt_settings_errors_name_the_variable(env: dict[str, str], message: st
 
 
 def test_mqtt_settings_defaults_and_secret() -> None:
-    from proxy.mqtt.publisher import Settings
+    from proxy.mqtt.discovery import Settings
 
     config = load_config({"PW_MQTT_HOST": "broker", "PW_MQTT_PASSWORD": "pw-secret-1",
                           "PW_MQTT_TLS": "yes"})

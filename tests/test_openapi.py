@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
+from proxy.api import openc2, reference
 from proxy.api.apidoc import Doc
-from proxy.api.app import Route
+from proxy.api.mounts import GATEWAY, mounts
 from proxy.api.openapi import document
-from proxy.api.openc2 import consumer as openc2
-from proxy.api.reference import ROUTES
+from proxy.api.routing import Mount, Route, both
 from proxy.config import load_config
 from proxy.main import start
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle
@@ -32,38 +32,49 @@ LIVE_ENV = {"PW_CONTROL_SECRET": SECRET, "PW_OPENC2_TOKEN": OPENC2_TOKEN,
 MAX_EXAMPLES = "3"  # per operation and phase: ~600 operations, well under a minute
 
 
-def gaps(routes: Iterable[Route], doc: dict[str, Any]) -> list[str]:
-    """What the document misses of the route table: each row needs a Doc, its path (a prefix
-    row as /x/{name}), every method it serves, and its copy under /api/gateways/{id}/."""
-    problems = []
-    for route in routes:
-        if route.doc is None:
-            problems.append(f"{route.path}: no Doc in its row")
-            continue
-        if route.path.endswith("*") and route.doc.wildcard is None:
-            problems.append(f"{route.path}: a prefix row needs a wildcard Param")
-        if "POST" in route.methods and route.doc.write is None:
-            problems.append(f"{route.path}: serves POST without a Write")
-        if route.path.endswith("*"):  # /pw/* is /pw/{name}, /tedapi* is /tedapi/{name}
-            template = re.escape(route.path[:-1].rstrip("/") + "/{") + "[^/{}]+}"
-        else:
-            template = re.escape(route.path)
-        places = [""] if route.root_only else ["", "/api/gateways/{id}"]
-        for place in places:
-            found = [p for p in doc["paths"] if re.fullmatch(re.escape(place) + template, p)]
-            if len(found) != 1:
-                problems.append(f"{place}{route.path}: not in the document")
-                continue
-            item = doc["paths"][found[0]]
-            served = {m.lower() for m in route.methods if m != "OPTIONS"}
-            if not route.doc.other_methods:
-                served.add("options")  # the CORS preflight
-            if "GET" in route.methods:
-                served.add("head")
-            missing = served - set(item)
-            if missing:
-                problems.append(f"{place}{route.path}: methods {sorted(missing)} not documented")
+def gaps(mounts: Iterable[Mount], doc: dict[str, Any]) -> list[str]:
+    """What the document misses of the route groups: each row needs a Doc, its path (a prefix
+    row as /x/{name}) in every mount that serves it, and every method it serves."""
+    problems: list[str] = []
+    checked: set[int] = set()
+    for mount in mounts:
+        for route in mount.routes:
+            if id(route) not in checked:
+                checked.add(id(route))
+                problems += _row_gaps(route)
+            if route.doc is not None:
+                problems += _place_gaps(mount.prefix[:-1], route, doc)
     return problems
+
+
+def _row_gaps(route: Route) -> list[str]:
+    if route.doc is None:
+        return [f"{route.path}: no Doc in its row"]
+    problems = []
+    if route.path.endswith("*") and route.doc.wildcard is None:
+        problems.append(f"{route.path}: a prefix row needs a wildcard Param")
+    if "POST" in route.methods and route.doc.write is None:
+        problems.append(f"{route.path}: serves POST without a Write")
+    return problems
+
+
+def _place_gaps(place: str, route: Route, doc: dict[str, Any]) -> list[str]:
+    assert route.doc is not None
+    if route.path.endswith("*"):  # /pw/* is /pw/{name}, /tedapi* is /tedapi/{name}
+        template = re.escape(route.path[:-1].rstrip("/") + "/{") + "[^/{}]+}"
+    else:
+        template = re.escape(route.path)
+    found = [p for p in doc["paths"] if re.fullmatch(re.escape(place) + template, p)]
+    if len(found) != 1:
+        return [f"{place}{route.path}: not in the document"]
+    item = doc["paths"][found[0]]
+    served = {m.lower() for m in route.methods if m != "OPTIONS"}
+    if not route.doc.other_methods:
+        served.add("options")  # the CORS preflight
+    if "GET" in route.methods:
+        served.add("head")
+    missing = served - set(item)
+    return [f"{place}{route.path}: methods {sorted(missing)} not documented"] if missing else []
 
 
 def _operations(doc: dict[str, Any]) -> int:
@@ -73,7 +84,7 @@ def _operations(doc: dict[str, Any]) -> int:
 
 # ---- the document, without a network ------------------------------------------------------
 
-ALL_ROUTES = (*ROUTES, *openc2.routes(openc2.CommandLimit()))  # as proxy.main serves them
+ALL_ROUTES = mounts()  # every group, as proxy.main serves them
 
 
 def test_every_route_of_the_table_is_documented() -> None:
@@ -90,15 +101,15 @@ def test_a_route_without_its_doc_is_caught() -> None:
     def handler(app: Any, call: Any) -> Any:
         raise AssertionError("never called")
 
-    rows = (*ROUTES, Route("/brand-new", handler), Route("/half/*", handler, doc=Doc("half")),
-            Route("/writes", handler, methods=("GET", "POST"), doc=Doc("reads")))
+    rows = both((*reference.ROUTES, Route("/brand-new", handler), Route("/half/*", handler, doc=Doc("half")),
+                 Route("/writes", handler, methods=("GET", "POST"), doc=Doc("reads"))), GATEWAY)
     doc = document(rows)
     assert gaps(rows, doc) == ["/brand-new: no Doc in its row",
                                "/half/*: a prefix row needs a wildcard Param",
                                "/writes: serves POST without a Write"]
     del doc["paths"]["/api/gateways/{id}/csv"]
     del doc["paths"]["/soe"]["head"]
-    assert gaps(ROUTES, doc) == ["/soe: methods ['head'] not documented",
+    assert gaps(both(reference.ROUTES, GATEWAY), doc) == ["/soe: methods ['head'] not documented",
                                  "/api/gateways/{id}/csv: not in the document"]
 
 
@@ -162,8 +173,8 @@ def test_served_document_is_valid_and_root_only(proxy: ProxyHandle) -> None:
     assert reply.status == 200 and reply.header("Content-Type") == "application/json"
     doc = reply.json()
     validate(doc)
-    assert gaps(proxy.app.routes, doc) == []
-    assert doc == json.loads(json.dumps(document(proxy.app.routes, gateway_ids=["default"])))
+    assert gaps(proxy.app.router.mounts, doc) == []
+    assert doc == json.loads(json.dumps(document(proxy.app.router.mounts, gateway_ids=["default"])))
     assert proxy.request("HEAD", "/openapi.json").status == 200
     assert proxy.request("OPTIONS", "/docs").status == 204
     for path in ("/api/gateways/default/openapi.json", "/api/gateways/default/docs"):

@@ -15,23 +15,18 @@ import socket
 import time
 import uuid
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import openc2
 import pytest
 from stix2 import properties as stix_properties
 
-from proxy.api.control import FREE_BAD_TOKENS
-from proxy.api.openc2.consumer import (
-    COMMAND_TYPE,
-    ENVELOPE_TYPE,
-    PROPERTIES,
-    RESPONSE_TYPE,
-    CommandLimit,
-    find_property,
-    go_duration_seconds,
-    outcome_of,
-)
+from proxy.api.openc2.answer import outcome_of
+from proxy.api.openc2.consumer import Budgets, CommandLimit
+from proxy.api.openc2.grammar import COMMAND_TYPE, ENVELOPE_TYPE, RESPONSE_TYPE
+from proxy.api.openc2.profile import PROPERTIES, find_property, go_duration_seconds
+from proxy.api.tokens import FREE_BAD_TOKENS
 from proxy.config import load_config
 from proxy.errors import GatewayUnavailable, HTTPError
 from proxy.main import start
@@ -618,6 +613,31 @@ def test_command_limit_per_minute() -> None:
     assert limit.take() == pytest.approx(30.0)
     now[0] = 180.0
     assert limit.take() == 0.0
+
+
+def test_a_set_is_served_however_many_queries_came_first(tmp_path: Path) -> None:
+    """Reads and writes have budgets of their own: queries with the read token spend theirs
+    to the last place, and a set with the control secret is served at once."""
+    env = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_CACHE_FILE": str(tmp_path / ".powerwall"),
+           "PW_OPENC2_TOKEN": TOKEN, "PW_CONTROL_SECRET": SECRET}
+    frozen = lambda: 30.0  # noqa: E731 -- one minute throughout, whatever the test's pace
+    budgets = Budgets(reads=CommandLimit(4, frozen), writes=CommandLimit(2, frozen))
+    h = ProxyHandle(start(load_config(env, simulate=True), wait_connected=CONNECT_WAIT,
+                          openc2_budgets=budgets))
+    try:
+        statuses = [ask(h, props("battery_percentage"))[0].status for _ in range(6)]
+        assert statuses[:4] == [200] * 4 and statuses[4:] == [503, 503]  # the read budget is spent
+        refused, _ = ask(h, props("battery_percentage"), token=SECRET)
+        assert refused.status == 503 and refused.header("Retry-After") is not None
+        reply, resp = ask(h, set_cmd("backup_reserve", 35), token=SECRET)
+        assert reply.status == 200 and resp.results == {"x-esm": {"backup_reserve_percent": 35}}
+        assert h.sim.state()["reserve_app"] == pytest.approx(35, abs=0.5)
+        stats = h.get("/stats").json()
+        assert stats["openc2"] == {"reads": {"per_minute": 4, "used": 4},
+                                   "writes": {"per_minute": 2, "used": 1}}
+        assert stats["writes"]["openc2"] == {"accepted": 1, "failed": 0}  # its front door, told
+    finally:
+        h.stop()
 
 
 def test_only_openc2_statuses_reach_the_wire() -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from proxy.api.app import App
+from proxy.api.mounts import mounts
 from proxy.api.passthrough import FETCHES_PER_PERIOD, TOO_MANY, Passthrough
-from proxy.api.reference import ROUTES
 from proxy.api.web import WebFiles, style_tags
 from proxy.httpd.server import HTTPServer
 from tests.conftest import Factory, ProxyHandle, Reply
@@ -179,7 +179,7 @@ def small_pages(proxy_factory: Factory) -> Iterator[tuple[ProxyHandle, int]]:
     running = h.running
     passthrough = Passthrough(running.gateway, tags=style_tags(running.config), max_body=64)
     app = App(running.config, h.app.sites, web=WebFiles(running.config), passthrough=passthrough,
-              routes=ROUTES)
+              mounts=mounts())
     server = HTTPServer(app, "127.0.0.1", 0, workers=4).start()
     try:
         yield h, server.port

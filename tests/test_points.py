@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.api.metrics import UNITS, metric_name, point_family
 from proxy.gateway.sources import AGGREGATES, ALERTS, GRID_STATUS, RESERVE, SOE, SYSTEM_STATUS, TEMPS
-from proxy.mqtt.publisher import (
+from proxy.mqtt.discovery import (
     Settings,
     aggregate_messages,
     expire_after,
@@ -21,8 +21,9 @@ from proxy.mqtt.publisher import (
     online_message,
     payload_of,
 )
-from proxy.site.frames import Snapshot, aggregate
-from proxy.site.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Frame, Kind, values
+from proxy.site.frames import Frame, aggregate
+from proxy.site.points import MAX_LABELS, MODE, POINT_SOURCES, POINTS, Kind, values
+from tests.frames import numbers_frame
 from tests.ha_rules import check_config, check_state
 
 AGG = {m: {"instant_power": p, "energy_imported": 1000.5 * (i + 1), "energy_exported": 10.0 * i}
@@ -142,9 +143,8 @@ def test_a_point_that_loses_its_value_says_none() -> None:
 
 
 def test_aggregate_device() -> None:
-    snaps = [Snapshot(id=g, name=g, type="powerwall", status="ok", online=True,
-                      power={"site": 1.0, "battery": 2.0, "load": 3.0, "solar": 4.0, "grid": 1.0},
-                      percent=50.0, full_wh=10000.0, remaining_wh=5000.0, grid_status="UP")
+    snaps = [numbers_frame(g, power={"site": 1.0, "battery": 2.0, "load": 3.0, "solar": 4.0},
+                           percent=50.0, full=10000.0, remaining=5000.0, grid="UP")
              for g in ("a", "b")]
     configs, states = aggregate_messages(SETTINGS, aggregate(snaps, 0.0), 5.0)
     by_state = {m.topic: m.payload for m in states}
@@ -236,12 +236,14 @@ class _StuckBroker:
 def test_the_publisher_drops_rather_than_queues_without_end(tmp_path: Any) -> None:
     from proxy.config import GatewayConfig
     from proxy.gateway import Gateway
-    from proxy.mqtt.publisher import MAX_IN_FLIGHT, Message, Publisher
+    from proxy.mqtt.discovery import Message
+    from proxy.mqtt.publisher import MAX_IN_FLIGHT, Publisher
+    from proxy.site.hub import Hub
     from proxy.site.site import Site, Sites
 
     sites = Sites([Site(Gateway(GatewayConfig(host="127.0.0.1:9", cache_file=str(tmp_path / "c"))),
                         cache_ttl=0)])
-    publisher = Publisher(SETTINGS, sites, client_factory=_StuckBroker)
+    publisher = Publisher(SETTINGS, sites, Hub(sites), client_factory=_StuckBroker)
     publisher.start()
     try:
         client = _StuckBroker.made[-1]

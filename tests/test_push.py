@@ -23,10 +23,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from proxy.api.live import AGGREGATE, gateway_topic
 from proxy.httpd.server import HTTPServer
 from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Request, Response
-from proxy.site.hub import AGGREGATE, gateway_topic
 from tests.conftest import Factory, ProxyHandle
 
 WAIT = 20.0  # the longest any test waits for something that should come within a window or two
@@ -114,7 +114,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
 
 
 def listeners(h: ProxyHandle, key: str = AGGREGATE) -> int:
-    return h.running.hub.stats()["topics"][key]["listeners"]
+    return h.running.topics.stats()["topics"][key]["listeners"]
 
 
 def raw_upgrade(port: int, path: str, extra: str = "", key: str | None = None) -> tuple[socket.socket, bytes]:
@@ -253,7 +253,7 @@ def test_sse_last_event_id_gets_the_current_snapshot_at_once(proxy_factory: Fact
     finally:
         first_conn.close()
     # Both listened to one topic, read once in that window.
-    assert h.running.hub.stats()["topics"][AGGREGATE]["pushes"] == 1
+    assert h.running.topics.stats()["topics"][AGGREGATE]["pushes"] == 1
 
 
 def test_sse_head_is_the_head_alone(live: ProxyHandle) -> None:
@@ -291,11 +291,11 @@ def test_outage_and_recovery_are_pushed_once_each(proxy_factory: Factory) -> Non
         assert gone["online"] is False and gone["data"]["site_power"] is None
         assert gone["data"]["battery_percent"] is None, "never a made-up 0"
         # Nothing new from a dead gateway: windows go by, reads happen, nothing is pushed.
-        topic = h.running.hub.stats()["topics"][gateway_topic("default")]
+        topic = h.running.topics.stats()["topics"][gateway_topic("default")]
         pushes, reads = topic["pushes"], topic["reads"]
-        wait_for(lambda: h.running.hub.stats()["topics"][gateway_topic("default")]["reads"] >= reads + 3,
+        wait_for(lambda: h.running.topics.stats()["topics"][gateway_topic("default")]["reads"] >= reads + 3,
                  "three more windows")
-        assert h.running.hub.stats()["topics"][gateway_topic("default")]["pushes"] == pushes
+        assert h.running.topics.stats()["topics"][gateway_topic("default")]["pushes"] == pushes
         h.sim.clear_faults()
         back = _next_where(reader, lambda b: b["online"] is True and b["data"]["load_power"] is not None)
         assert back["data"]["stale"] is False
@@ -316,7 +316,7 @@ def _next_where(reader: SSEReader, matches: Callable[[Any], bool], limit: int = 
 def _requests_per_window(h: ProxyHandle, windows: int) -> dict[str, float]:
     """Gateway requests per path per window, counted between two refreshes of the topic."""
     def reads() -> int:
-        return int(h.running.hub.stats()["topics"][AGGREGATE]["reads"])
+        return int(h.running.topics.stats()["topics"][AGGREGATE]["reads"])
 
     start = reads()
     wait_for(lambda: reads() > start, "a refresh")
@@ -341,8 +341,8 @@ def test_many_listeners_cost_the_gateway_the_same_as_one(live: ProxyHandle) -> N
             paths = ["/ws/aggregate"] * 10 + ["/ws/gateway/default"] * 5
             sockets = [crowd.enter_context(connect(ws_url(live, p), open_timeout=WAIT)) for p in paths]
             wait_for(lambda: listeners(live) == 51, "51 aggregate listeners")
-            assert listeners(live, gateway_topic("default")) == 5
-            assert live.running.server.stats()["streams"] == 56
+            wait_for(lambda: listeners(live, gateway_topic("default")) == 5, "5 gateway listeners")
+            wait_for(lambda: live.running.server.stats()["streams"] == 56, "56 streams")
             for ws in sockets:
                 ws_json(ws)
             crowded = _requests_per_window(live, WINDOWS)
@@ -360,19 +360,19 @@ def test_many_listeners_cost_the_gateway_the_same_as_one(live: ProxyHandle) -> N
 def test_refresher_stops_when_the_last_listener_leaves(live: ProxyHandle) -> None:
     conn, response = open_sse(live)
     SSEReader(response).event()
-    assert live.running.hub.stats()["topics"][AGGREGATE]["refreshing"] is True
+    assert live.running.topics.stats()["topics"][AGGREGATE]["refreshing"] is True
     conn.close()
-    wait_for(lambda: not live.running.hub.stats()["topics"][AGGREGATE]["refreshing"],
+    wait_for(lambda: not live.running.topics.stats()["topics"][AGGREGATE]["refreshing"],
              "the refresher to stop")
-    assert live.running.server.stats()["streams"] == 0
+    wait_for(lambda: live.running.server.stats()["streams"] == 0, "the stream to end")
     # Nobody listens and nobody polls: the gateway hears nothing more from the proxy.
     quiet = live.sim.stats()["total"]
-    reads = live.running.hub.stats()["topics"][AGGREGATE]["reads"]
+    reads = live.running.topics.stats()["topics"][AGGREGATE]["reads"]
     deadline = time.monotonic() + 2.5  # more than two windows of 1 s
     while time.monotonic() < deadline:
         time.sleep(0.1)
     assert live.sim.stats()["total"] == quiet
-    assert live.running.hub.stats()["topics"][AGGREGATE]["reads"] == reads
+    assert live.running.topics.stats()["topics"][AGGREGATE]["reads"] == reads
 
 
 # ---- WebSocket -------------------------------------------------------------------------
@@ -456,7 +456,7 @@ def test_ws_disconnect_mid_frame_leaves_others_listening(live: ProxyHandle) -> N
         sock.close()
         wait_for(lambda: listeners(live) == 1, "the cut-off listener to be dropped")
         ws_json(other)  # the other one goes on receiving
-        assert live.running.server.stats()["streams"] == 1
+        wait_for(lambda: live.running.server.stats()["streams"] == 1, "one stream left")
 
 
 @pytest.mark.parametrize(("headers", "status"), [
@@ -590,7 +590,7 @@ def test_a_stalled_listener_is_dropped_and_the_others_get_everything() -> None:
             app.publish(Push(body, str(i)))
         thread.join(WAIT)
         assert received == [str(i) for i in range(3000)], "every push, in order, to the one reading"
-        assert server.stats()["dropped_streams"] == 1
+        wait_for(lambda: server.stats()["dropped_streams"] == 1, "the stalled listener to be dropped")
         assert len(app.sinks) == 1
         stalled.close()
         reader_conn.close()

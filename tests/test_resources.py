@@ -21,10 +21,8 @@ from typing import Any
 
 import pytest
 
-import proxy.httpd.server
-from proxy.api.control import FREE_BAD_TOKENS, MAX_TRACKED_CLIENTS
+from proxy.api.tokens import FREE_BAD_TOKENS, MAX_TRACKED_CLIENTS
 from proxy.config import load_config
-from proxy.httpd.server import HTTPServer
 from proxy.main import start
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
 
@@ -33,26 +31,19 @@ HEAD_TIMEOUT = 2.0  # the server's default is 10 s; shortened so the test waits 
 PARTIAL_HEAD = b"GET /aggregates HTTP/1.1\r\nHost: proxy\r\nX-Slow: "
 
 
-class ShortHeadServer(HTTPServer):
-    """The proxy's own server class with a shorter header-read deadline."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "head_timeout": HEAD_TIMEOUT})
-
-
-def make_proxy(tmp_path: Path, **env: str) -> ProxyHandle:
+def make_proxy(tmp_path: Path, server_options: dict[str, Any] | None = None) -> ProxyHandle:
     merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_CACHE_FILE": str(tmp_path / ".powerwall"),
-              "PW_CONTROL_SECRET": TOKEN, **env}
-    handle = ProxyHandle(start(load_config(merged, simulate=True), wait_connected=CONNECT_WAIT))
+              "PW_CONTROL_SECRET": TOKEN}
+    handle = ProxyHandle(start(load_config(merged, simulate=True), wait_connected=CONNECT_WAIT,
+                               server_options=server_options))
     assert handle.gateway.connected
     return handle
 
 
 @pytest.fixture
-def short_head_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProxyHandle]:
-    monkeypatch.setattr(proxy.httpd.server, "HTTPServer", ShortHeadServer)  # main.start imports it then
-    handle = make_proxy(tmp_path)
-    assert isinstance(handle.running.server, ShortHeadServer)
+def short_head_proxy(tmp_path: Path) -> Iterator[ProxyHandle]:
+    """The composed proxy, its server built with a shorter header-read deadline."""
+    handle = make_proxy(tmp_path, {"head_timeout": HEAD_TIMEOUT})
     yield handle
     handle.stop()
 
@@ -185,6 +176,5 @@ def test_bad_token_table_is_bounded(control_proxy: ProxyHandle) -> None:
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda s: post(h.port, "value=50&token=nope", source=s)[0], sources))
     assert set(statuses) == {401}
-    guard = h.app.control_guard
-    assert guard is not None and len(guard) == MAX_TRACKED_CLIENTS
+    assert h.get("/stats").json()["bad_tokens"]["clients"] == MAX_TRACKED_CLIENTS
     assert h.get("/health").status == 200

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from proxy.api.reference import ALLOWLIST, ROUTES
+from proxy.api.reference import ALLOWLIST
 from proxy.gateway.sources import PW_SOURCES as PW_CALLS
 from tests.conftest import Factory, ProxyHandle
+from tests.table import root_paths
 
 # Routes of the reference's GET table (§1.3) that are data routes answering 200 with --simulate.
 DATA_ROUTES = [
@@ -32,7 +33,7 @@ def _wait_ok(proxy: ProxyHandle, path: str, timeout: float = 10.0) -> Any:
 
 
 def test_route_table_has_every_reference_get_route() -> None:
-    paths = {r.path for r in ROUTES}
+    paths = root_paths()
     reference = set(DATA_ROUTES) | set(ALLOWLIST) | {f"/pw/{n}" for n in PW_CALLS} | {
         "/stats", "/stats/clear", "/health", "/health/reset", "/help", "/api/customer/registration",
         "/cloud/battery", "/cloud/power", "/cloud/config", "/fleetapi/info", "/fleetapi/status",

@@ -33,12 +33,13 @@ from typing import Any
 import pytest
 
 import proxy.simulator
-from proxy.api.reference import ALLOWLIST, ROUTES
+from proxy.api.reference import ALLOWLIST
 from proxy.config import load_config
 from proxy.gateway.sources import PW_SOURCES as PW_CALLS
 from proxy.main import _reap_children, _setup_logging, start
 from proxy.simulator import Simulator
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, ProxyHandle
+from tests.table import root_paths
 from tests.test_routes import DATA_ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,7 @@ def first_event(response: http.client.HTTPResponse) -> bytes:
 
 
 def sweep_paths() -> list[str]:
-    paths = {p.replace("*", "x") for p in (r.path for r in ROUTES)}
+    paths = {p.replace("*", "x") for p in root_paths()}
     paths |= set(DATA_ROUTES) | set(ALLOWLIST) | {f"/pw/{name}" for name in PW_CALLS}
     paths |= {"/", "/console", "/example.html", "/styles/clear.css", "/index.html", "/static/app.js",
               "/static/app.css", "/nope", "/api/config", "/api/login/Basic", "/csv?headers",

@@ -1,6 +1,6 @@
 """Routes over several gateways: the gateway list and details, and the aggregates.
 
-The arithmetic and the per-gateway snapshot are in `proxy.site.frames`; this
+The arithmetic and the per-gateway frame are in `proxy.site.frames`; this
 module only reads them for a request and answers.
 """
 
@@ -11,30 +11,30 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.api.apidoc import UNAVAILABLE, Answer, Doc, Param, ref
-from proxy.api.app import App, Call, Route, json_response
-from proxy.errors import GatewayUnavailable, HTTPError
+from proxy.api.app import App, json_response
+from proxy.api.routing import Call, Route
+from proxy.errors import GatewayUnavailable
 from proxy.gateway.sources import ALERTS, STRINGS, VITALS, Source
 from proxy.httpd.types import Response
 from proxy.site.frames import (
-    SNAPSHOT_SOURCES,
-    Snapshot,
+    Frame,
     aggregate,
     gateway_detail,
     gateway_row,
-    read_one,
+    has_data,
+    read_frame,
+    read_frames,
     read_sites,
-    snapshot,
 )
 from proxy.site.site import State
 
 # ---- routes --------------------------------------------------------------------------
 
-def _snapshots(app: App) -> list[Snapshot]:
-    readings = read_sites(app.sites, SNAPSHOT_SOURCES)
-    snaps = [snapshot(site, readings[site.id]) for site in app.sites]
-    if all(s.power is None and s.percent is None and s.grid_status is None for s in snaps):
+def _frames(app: App) -> list[Frame]:
+    frames = read_frames(app.sites)
+    if not has_data(frames):
         raise GatewayUnavailable("no gateway has data")
-    return snaps
+    return frames
 
 
 def _answer(body: Any) -> Response:
@@ -42,12 +42,12 @@ def _answer(body: Any) -> Response:
 
 
 def get_aggregate(app: App, call: Call) -> Response:
-    return _answer(aggregate(_snapshots(app), time.time()))
+    return _answer(aggregate(_frames(app), time.time()))
 
 
 def _part(keys: Sequence[str], section: str) -> Callable[[App, Call], Response]:
     def handler(app: App, call: Call) -> Response:
-        body = aggregate(_snapshots(app), time.time())
+        body = aggregate(_frames(app), time.time())
         picked = {k: body[k] for k in keys}
         picked["missing"] = body["missing"][section] if section else body["missing"]
         return _answer({**picked, "num_gateways": body["num_gateways"], "timestamp": body["timestamp"]})
@@ -62,7 +62,7 @@ get_aggregate_battery = _part(("total_battery_percent", "total_battery_capacity"
 
 
 def get_aggregate_status(app: App, call: Call) -> Response:
-    body = aggregate(_snapshots(app), time.time())
+    body = aggregate(_frames(app), time.time())
     keys = ("grid_status", "num_gateways", "num_online", "num_degraded", "stale", "timestamp")
     gateways = {gid: {"status": g["status"], "online": g["online"], "grid_status": g["grid_status"],
                       "error": g["error"]} for gid, g in body["gateways"].items()}
@@ -88,13 +88,8 @@ def get_gateways(app: App, call: Call) -> Response:
 
 
 def get_gateway(app: App, call: Call) -> Response:
-    gateway_id = call.path[len("/api/gateways/"):]
-    site = app.sites.get(gateway_id)
-    if site is None:
-        raise HTTPError(404, "Gateway not found")
-    site.gateway.prefetch(SNAPSHOT_SOURCES)
-    snap = snapshot(site, [read_one(site, s) for s in SNAPSHOT_SOURCES])
-    body = gateway_detail(site, snap, site is app.sites.default())
+    site = app.sites.find(call.path[len("/api/gateways/"):])  # 404 "Gateway not found"
+    body = gateway_detail(site, read_frame(site), site is app.sites.default())
     return _answer(body)
 
 
@@ -102,14 +97,14 @@ def _root(path: str, handler: Callable[[App, Call], Response], summary: str, bod
           answers: tuple[Answer, ...] = (UNAVAILABLE,), wildcard: Param | None = None) -> Route:
     tag = "gateways" if path.startswith("/api/gateways") else "aggregate"
     doc = Doc(summary, ref(body), tag=tag, answers=answers, wildcard=wildcard)
-    return Route(path, handler, root_only=True, doc=doc)
+    return Route(path, handler, doc=doc)
 
 
 _NONE_HAS_DATA = (Answer(503, "No gateway has any data", retry_after=True),)
 _GATEWAY_ID = Param("id", "A gateway id (a-z 0-9 _ -, 1 to 32 characters)",
                     {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"})
 
-FLEET_ROUTES: tuple[Route, ...] = (
+ROUTES: tuple[Route, ...] = (
     _root("/api/gateways", get_gateways, "Every gateway: id, name, type, status, mode", "Gateways",
           answers=()),
     _root("/api/gateways/*", get_gateway, "One gateway: status, site, its numbers", "GatewayDetail",

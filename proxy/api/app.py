@@ -1,9 +1,10 @@
 """The app: a Request goes in, a Response comes out.
 
-Routing is a table (`proxy.api.reference.ROUTES`) matched on the path without its
-query string, after `PROXY_BASE_URL` is stripped. Errors are typed
-(`proxy.errors`) and mapped to HTTP in `error_response`, the one place that
-does so. Unmatched paths fall through to `web/` and then the gateway's web UI.
+Every route group is a `Mount` (`proxy.api.mounts` lists them, `proxy.api.routing` finds a
+path's row by exact lookups), matched on the path without its query string, after
+`PROXY_BASE_URL` is stripped. Errors are typed (`proxy.errors`) and mapped to HTTP in
+`error_response`, the one place that does so, unless the group renders its own (OpenC2).
+Unmatched paths fall through to `web/` and then the gateway's web UI.
 """
 
 from __future__ import annotations
@@ -12,25 +13,25 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
-from proxy.api.apidoc import Doc
 from proxy.api.passthrough import Passthrough
+from proxy.api.routing import Call, Mount, NotMounted, Route, Router, allow
+from proxy.api.tokens import TokenThrottle
 from proxy.api.web import WebFiles
 from proxy.config import Config
 from proxy.errors import GatewayError, GatewayUnavailable, HTTPError, NotSupported, ProxyError
 from proxy.gateway import Gateway
 from proxy.httpd.types import Request, Response
-from proxy.site.hub import Hub
+from proxy.reports import Reports
+from proxy.site.actions import Writes
 from proxy.site.site import Rendered, Site, Sites
 from proxy.stats import Stats, Tally
 
 log = logging.getLogger("proxy.app")
 
-GATEWAY_MOUNT = "/api/gateways/"
 _SEGMENTS = re.compile(r"[/\\]")  # path segments, with a backslash counted as a separator
 
 JSON = "application/json"
@@ -44,82 +45,16 @@ PREFLIGHT = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A routed request: the path as routed, its parsed query, the original request,
-    and the site (gateway) the route serves."""
-
-    path: str
-    query: dict[str, list[str]]
-    request: Request
-    site: Site
-    mount: str = ""  # "" at the root; the gateway id under /api/gateways/{id}/
-
-    def flag(self, name: str) -> bool:
-        return name in self.query
-
-    def param(self, name: str) -> str:
-        values = self.query.get(name)
-        return values[0] if values else ""
-
-
-Handler = Callable[["App", Call], "Rendered | Response"]
-ErrorRenderer = Callable[["App", ProxyError, Call], Response]
-Report = Callable[[], dict[str, Any]]  # a part of the proxy describing itself (/stats, /metrics)
 UNMATCHED = "unmatched"  # the route label of a request refused before routing (bad path)
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One row of the route table."""
-
-    path: str
-    handler: Handler
-    methods: tuple[str, ...] = ("GET",)
-    cached: bool = False  # render once per cache window, serve the bytes to everyone
-    vary: Callable[[Call], str] | None = None  # cache-key suffix for query variants
-    root_only: bool = False  # proxy-wide (gateway list, aggregates): not under /api/gateways/{id}/
-    # A route group with its own error body (OpenC2): its typed errors, a wrong method
-    # included, are rendered by this instead of `error_response`.
-    errors: ErrorRenderer | None = None
-    doc: Doc | None = None  # what /openapi.json says about it (proxy.apidoc)
-
-
-@dataclass
-class Router:
-    """Exact-path lookup; `prefix` rows catch a family (e.g. /tedapi/…) after exact rows."""
-
-    exact: dict[str, Route] = field(default_factory=dict)
-    prefixes: list[Route] = field(default_factory=list)
-
-    @classmethod
-    def build(cls, rows: Iterable[Route]) -> Router:
-        router = cls()
-        for row in rows:
-            if row.path.endswith("*"):
-                router.prefixes.append(row)
-            elif row.path in router.exact:
-                raise ValueError(f"duplicate route {row.path}")
-            else:
-                router.exact[row.path] = row
-        return router
-
-    def match(self, path: str) -> Route | None:
-        route = self.exact.get(path)
-        if route is not None:
-            return route
-        for row in self.prefixes:
-            if path.startswith(row.path[:-1]):
-                return row
-        return None
 
 
 class App:
     """Everything a request handler may use, built once by main()."""
 
     def __init__(self, config: Config, sites: Sites, *, web: WebFiles, passthrough: Passthrough,
-                 routes: Iterable[Route], stats: Stats | None = None,
-                 reports: dict[str, Report] | None = None, hub: Hub | None = None) -> None:
+                 mounts: Iterable[Mount], stats: Stats | None = None,
+                 reports: Reports | None = None, topics: Any = None,
+                 writes: Writes | None = None, throttle: TokenThrottle | None = None) -> None:
         self.config = config
         self.sites = sites
         self.site = sites.default()
@@ -129,14 +64,13 @@ class App:
         # For /metrics: answers by (route, status) and stale answers by gateway; never cleared.
         self.requests = Tally(limit=1024, overflow=("other", "other"))
         self.stale_answers = Tally(limit=64)
-        # Other parts' own status (e.g. "mqtt"), shown in /stats and /metrics.
-        self.reports: dict[str, Report] = dict(reports or {})
-        self.routes = tuple(routes)  # in table order, for /openapi.json
-        self.hub = hub  # live push topics; None: no streams (their routes answer 404)
-        self.router = Router.build(self.routes)
+        # Every part's own report (server, hub, streams, mqtt, ...): /stats, /health, /metrics.
+        self.reports = Reports() if reports is None else reports
+        self.topics = topics  # live push topics (proxy.api.live.Topics); None: no streams (404)
+        self.router = Router(mounts)  # every route group (proxy.api.mounts)
         self.started = time.time()
-        self.server_stats: Callable[[], dict[str, int]] = dict
-        self.control_guard: Any = None  # set by proxy.control (bad-token throttling)
+        self.writes = Writes() if writes is None else writes  # every control write, from every front door
+        self.throttle = TokenThrottle() if throttle is None else throttle  # wrong tokens, per client
 
     @property
     def gateway(self) -> Gateway:
@@ -155,23 +89,25 @@ class App:
 
     def _dispatch(self, request: Request, routed: list[str]) -> Response:
         path, query = self.split_target(request.target)
-        call = self.mounted(path, query, request)
         method = "GET" if request.method == "HEAD" else request.method
-        route = self.router.match(call.path)
-        if route is None or (call.mount and route.root_only):
-            if call.mount:
-                routed.append(GATEWAY_MOUNT + "{id}/*")
-                raise HTTPError(404, "Not Found")
+        try:
+            match = self.router.match(path, self.sites)
+        except NotMounted as exc:
+            routed.append(exc.label)
+            raise
+        if match is None:
             routed.append("fallback")
-            return self.fallback(call, method)
-        routed.append(GATEWAY_MOUNT + "{id}" + route.path if call.mount else route.path)
-        if route.errors is not None:
-            try:
-                return self._routed(route, call, path, method)
-            except ProxyError as exc:
-                self._count_error(exc)
-                return route.errors(self, exc, call)
-        return self._routed(route, call, path, method)
+            return self.fallback(Call(path, query, request, self.site), method)
+        routed.append(match.label)
+        call = Call(match.path, query, request, match.site, mount=match.gateway_id)
+        errors = match.mount.errors
+        if errors is None:
+            return self._routed(match.route, call, path, method)
+        try:
+            return self._routed(match.route, call, path, method)
+        except ProxyError as exc:  # the group renders its own errors (OpenC2)
+            self._count_error(exc)
+            return errors(self, exc, call)
 
     def _routed(self, route: Route, call: Call, path: str, method: str) -> Response:
         request = call.request
@@ -185,18 +121,6 @@ class App:
             self.stats.count_get(path)
             call.site.stats.count_get(call.path)
         return response
-
-    def mounted(self, path: str, query: dict[str, list[str]], request: Request) -> Call:
-        """The reference routes serve the default gateway at the root and each gateway under
-        /api/gateways/{id}/ (the list and detail routes of that prefix are rows of their own)."""
-        if path.startswith(GATEWAY_MOUNT):
-            gateway_id, slash, rest = path[len(GATEWAY_MOUNT):].partition("/")
-            if slash:
-                site = self.sites.get(gateway_id)
-                if site is None:
-                    raise HTTPError(404, "Gateway not found")
-                return Call("/" + rest, query, request, site, mount=gateway_id)
-        return Call(path, query, request, self.site)
 
     def _cached(self, route: Route, call: Call) -> Rendered | Response:
         """The route's bytes of this window, rendered once from fresh data."""
@@ -285,13 +209,6 @@ class App:
             self.stats.count_timeout()
         elif exc.status >= 400 and not isinstance(exc, NotSupported) and exc.status != 404:
             self.stats.count_error()
-
-
-def allow(route: Route) -> str:
-    methods = list(route.methods)
-    if "GET" in methods:
-        methods.append("HEAD")
-    return ", ".join([*methods, "OPTIONS"])
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -25,7 +25,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from proxy.api.apidoc import Answer, Doc, Param, Schema
-from proxy.api.app import CORS, JSON, App, Call, Route, json_response
+from proxy.api.app import CORS, JSON, App, json_response
+from proxy.api.routing import Call, Route
 from proxy.errors import HTTPError
 from proxy.history import answers, events, query
 from proxy.history.energy import day_of
@@ -40,6 +41,7 @@ DAY = 86400
 CSV = "text/csv; charset=utf-8"
 SQLITE = "application/vnd.sqlite3"
 ALL = "all"
+OFF = "History is off (PW_HISTORY=no, or no gateway has history: true)"
 EVENTS_KEPT = (QUARTER_DAYS + 1) * DAY
 
 Handler = Callable[[App, Call], Response]
@@ -50,7 +52,7 @@ Handler = Callable[[App, Call], Response]
 def _store(history: History) -> Store:
     store = history.store
     if not history.settings.enabled or store is None:
-        raise HTTPError(404, "History is off (PW_HISTORY=no, or no gateway has history: true)")
+        raise HTTPError(404, OFF)
     if not store.available():
         raise _unavailable(store)
     return store
@@ -276,11 +278,17 @@ EVENTS_BODY: Schema = {
                        "detail": {"type": "object"}}}}}}
 
 
-def routes(history: History) -> tuple[Route, ...]:
-    """The history routes, reading `history`."""
+def _off(app: App, call: Call) -> Response:
+    raise HTTPError(404, OFF)
+
+
+def routes(history: History | None) -> tuple[Route, ...]:
+    """The history routes, reading `history` (None: they answer 404, as with PW_HISTORY=no)."""
     kinds = ", ".join(f"`{k}`" for k in events.KINDS)
+    handlers = (_off,) * 4 if history is None else (
+        get_history(history), get_energy(history), get_events(history), get_backup(history))
     return (
-        Route("/api/history", get_history(history), root_only=True, doc=Doc(
+        Route("/api/history", handlers[0], doc=Doc(
             "Recorded measurements of a gateway (or all added up)", HISTORY_BODY, tag="history",
             answers=(*_ANSWERS, Answer(200, "With format=csv: the same columns as CSV",
                                        {"type": "string"}, media=CSV)),
@@ -295,7 +303,7 @@ def routes(history: History) -> tuple[Route, ...]:
                                                                 "pattern": "^[0-9]{1,9}$"}, ("60",)),
                    Param("format", "json (default) or csv", {"type": "string",
                                                              "enum": ["json", "csv"]})))),
-        Route("/api/history/energy", get_energy(history), root_only=True, doc=Doc(
+        Route("/api/history/energy", handlers[1], doc=Doc(
             "Daily (or monthly) energy per meter from the lifetime counters", ENERGY_BODY,
             tag="history", answers=_ANSWERS,
             description="Days are cut at local midnight in the gateway's time zone; a counter "
@@ -303,7 +311,7 @@ def routes(history: History) -> tuple[Route, ...]:
             query=(_GW, Param("period", "day (default) or month", {"type": "string",
                                                                   "enum": ["day", "month"]}),
                    _FROM, _TO))),
-        Route("/api/events", get_events(history), root_only=True, doc=Doc(
+        Route("/api/events", handlers[2], doc=Doc(
             "What happened: grid, firmware, alerts, settings, reachability", EVENTS_BODY,
             tag="history", answers=_ANSWERS, description=f"Kinds: {kinds}. Oldest first; at most "
             f"the newest {answers.MAX_EVENTS}.",
@@ -312,7 +320,7 @@ def routes(history: History) -> tuple[Route, ...]:
                          "firmware, mode, reserve", {"type": "string"}, ("grid",)),
                    Param("from", f"Start (default: everything kept): {_TIME_NOTE}",
                          {"type": "string"}), _TO))),
-        Route("/api/history/backup", get_backup(history), root_only=True, doc=Doc(
+        Route("/api/history/backup", handlers[3], doc=Doc(
             "A consistent copy of the history file (SQLite)", {"type": "string",
                                                               "format": "binary"},
             SQLITE, tag="history",

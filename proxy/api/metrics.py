@@ -1,7 +1,7 @@
 """GET /metrics: every measurement and the proxy's own counters for Prometheus.
 
 The families are built per scrape from the table of measurements
-(`proxy.points.POINTS`), each sample with a `gateway` label, and encoded by
+(`proxy.site.points.POINTS`), each sample with a `gateway` label, and encoded by
 the `prometheus_client` library in the format the scraper asks for (the text
 format, or OpenMetrics). Units are in the names and in base units: watts,
 ratio (a percentage / 100), joules (Wh x 3600), seconds (h x 3600), celsius.
@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.api.apidoc import Answer, Doc
-from proxy.api.app import App, Call, Route
+from proxy.api.app import App
+from proxy.api.routing import Call, Route
 from proxy.api.status import library_version
 from proxy.httpd.types import Response
-from proxy.site.points import POINTS, Frame, Kind, Point, read_frames, values
+from proxy.site.frames import Frame, read_frames
+from proxy.site.points import POINT_SOURCES, POINTS, Kind, Point, values
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -38,7 +40,6 @@ UNITS: dict[str | None, tuple[str, float]] = {
     "°C": ("celsius", 1.0),
     None: ("", 1.0),
 }
-STREAM_LISTENERS = 0  # live streams do not exist yet
 
 
 def metric_name(point: Point) -> str:
@@ -101,6 +102,21 @@ def point_family(point: Point, frames: list[Frame]) -> Metric:
 
 # ---- the proxy's own numbers -------------------------------------------------------------
 
+# The "gateways" report's counters, as families: (report key, name, counter?, HELP).
+GATEWAY_FAMILIES = (
+    ("requests", "gateway_requests", True,
+     "Gateway calls that got a verdict (cache hits and skipped calls are not counted)"),
+    ("failures", "gateway_failures", True, "Gateway calls that failed"),
+    ("cooldown_seconds", "gateway_cooldown_seconds", False,
+     "Seconds left until a gateway that refused requests is asked again"),
+    ("login_backoff_seconds", "gateway_login_backoff_seconds", False,
+     "Seconds left until a refused login is tried again"),
+    ("cache_hits", "cache_hits", True, "Reads answered from the window cache"),
+    ("cache_misses", "cache_misses", True,
+     "Reads that waited for a gateway fetch (their own or one already in flight)"),
+)
+
+
 def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
     from prometheus_client.metrics_core import (
         CounterMetricFamily,
@@ -117,59 +133,49 @@ def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
     for (route, status), count in sorted(app.requests.snapshot().items()):
         requests.add_metric([route, status], count)
     yield requests
-
-    gw = ["gateway"]
-    calls = CounterMetricFamily(f"{PROXY}_gateway_requests", "Gateway calls that got a verdict "
-                                "(cache hits and skipped calls are not counted)", labels=gw)
-    failures = CounterMetricFamily(f"{PROXY}_gateway_failures", "Gateway calls that failed", labels=gw)
-    cooldown = GaugeMetricFamily(f"{PROXY}_gateway_cooldown_seconds", "Seconds left until a "
-                                 "gateway that refused requests is asked again", labels=gw)
-    backoff = GaugeMetricFamily(f"{PROXY}_gateway_login_backoff_seconds", "Seconds left until a "
-                                "refused login is tried again", labels=gw)
-    hits = CounterMetricFamily(f"{PROXY}_cache_hits", "Reads answered from the window cache",
-                               labels=gw)
-    misses = CounterMetricFamily(f"{PROXY}_cache_misses", "Reads that waited for a gateway fetch "
-                                 "(their own or one already in flight)", labels=gw)
+    yield from gateway_families(app.reports.get("gateways") or {})
     stale = CounterMetricFamily(f"{PROXY}_stale_answers", "Answers served from the last good "
-                                "copy while the gateway failed (X-Cache: STALE)", labels=gw)
-    for site in app.sites:
-        gateway, labels = site.gateway, [site.id]
-        health = gateway.health.snapshot()
-        calls.add_metric(labels, health.total_successes + health.total_failures)
-        failures.add_metric(labels, health.total_failures)
-        cooldown.add_metric(labels, gateway.cooldown.remaining())
-        backoff.add_metric(labels, gateway.auth.remaining())
-        hits.add_metric(labels, gateway.lookups.get(("hit",)))
-        misses.add_metric(labels, gateway.lookups.get(("miss",)))
-        stale.add_metric(labels, app.stale_answers.get((site.id,)))
-    yield from (calls, failures, cooldown, backoff, hits, misses, stale)
-
+                                "copy while the gateway failed (X-Cache: STALE)", labels=["gateway"])
     age = GaugeMetricFamily(f"{PROXY}_data_age_seconds", "Age of the newest gateway data "
-                            "behind the measurements", labels=gw)
+                            "behind the measurements", labels=["gateway"])
     for site, frame in zip(app.sites, frames, strict=True):
+        stale.add_metric([site.id], app.stale_answers.get((site.id,)))
         if frame.at is not None:
             age.add_metric([site.id], site.age(frame.at))
-    yield age
+    yield from (stale, age)
+    streams = app.reports.get("streams") or {}
     yield GaugeMetricFamily(f"{PROXY}_stream_listeners", "Live stream listeners connected",
-                            value=STREAM_LISTENERS)
+                            value=float(streams.get("listeners", 0)))
     mqtt = app.reports.get("mqtt")
     if mqtt is not None:
-        yield from mqtt_families(mqtt())
+        yield from mqtt_families(mqtt)
     history = app.reports.get("history")
     if history is not None:
-        yield from history_families(history())
+        yield from history_families(history)
 
 
 def history_families(view: dict[str, Any]) -> Iterator[Metric]:
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
     yield GaugeMetricFamily(f"{PROXY}_history_ok", "1 while the history store works (0: off or "
-                            "failing; /health says why)", value=1.0 if view["status"] == "ok" else 0.0)
-    if view["file_bytes"] is not None:
+                            "failing; /health says why)", value=1.0 if view.get("status") == "ok" else 0.0)
+    if view.get("file_bytes") is not None:
         yield GaugeMetricFamily(f"{PROXY}_history_file_bytes", "Size of the history file and its "
                                 "write-ahead log", value=float(view["file_bytes"]))
     yield CounterMetricFamily(f"{PROXY}_history_events", "Events found since the proxy started",
-                              value=float(view["events"]))
+                              value=float(view.get("events", 0)))
+
+
+def gateway_families(report: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """Each gateway's counters from the "gateways" report, a sample per gateway."""
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    for key, name, counter, doc in GATEWAY_FAMILIES:
+        kind = CounterMetricFamily if counter else GaugeMetricFamily
+        family = kind(f"{PROXY}_{name}", doc, labels=["gateway"])
+        for gateway_id, counters in report.items():
+            family.add_metric([gateway_id], float(counters.get(key, 0)))
+        yield family
 
 
 def mqtt_families(status: dict[str, Any]) -> Iterator[Metric]:
@@ -193,7 +199,7 @@ class Scrape:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        frames = [frame for frame, _ in read_frames(self.app.sites)]
+        frames = read_frames(self.app.sites, POINT_SOURCES)
         for point in POINTS:
             yield point_family(point, frames)
         yield from proxy_families(self.app, frames)
@@ -207,8 +213,8 @@ def get_metrics(app: App, call: Call) -> Response:
     return Response(200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body)
 
 
-METRICS_ROUTES: tuple[Route, ...] = (
-    Route("/metrics", get_metrics, root_only=True,
+ROUTES: tuple[Route, ...] = (
+    Route("/metrics", get_metrics,
           doc=Doc("Prometheus metrics: every measurement per gateway, and the proxy's own counters",
                   {"type": "string"}, "text/plain", tag="metrics",
                   description="The Prometheus text exposition format (0.0.4), or OpenMetrics when "

@@ -29,7 +29,8 @@ from proxy.api.apidoc import (
     Write,
     ref,
 )
-from proxy.api.app import CORS, GATEWAY_MOUNT, App, Call, Route, json_bytes
+from proxy.api.app import CORS, App, json_bytes
+from proxy.api.routing import Call, Mount, Route
 from proxy.errors import HTTPError
 from proxy.httpd.types import Response
 
@@ -96,17 +97,17 @@ HEADERS: Obj = {
 
 # ---- the document --------------------------------------------------------------------------
 
-def document(routes: Iterable[Route], *, base_url: str = "/", gateway_ids: Sequence[str] = ()) -> Obj:
-    """The OpenAPI 3.1 object for these rows; ids are the examples of the gateway mount's {id}."""
+def document(mounts: Iterable[Mount], *, base_url: str = "/", gateway_ids: Sequence[str] = ()) -> Obj:
+    """The OpenAPI 3.1 object for these route groups; ids are the examples of a gateway
+    mount's {id}."""
     build = _Builder()
-    for route in routes:
-        doc = route.doc or Doc("Not documented yet", tag="undocumented")
-        template, wild = _template(route, doc)
-        build.path(template, route, doc, [], wild, ())
-        if not route.root_only:
-            mount = _param(MOUNT_ID, "path", examples=tuple(gateway_ids))
-            build.path(GATEWAY_MOUNT + "{id}" + template, route, doc, [mount], wild,
-                       (UNKNOWN_GATEWAY,))
+    gateway = _param(MOUNT_ID, "path", examples=tuple(gateway_ids))
+    for mount in mounts:
+        for route in mount.routes:
+            doc = route.doc or Doc("Not documented yet", tag="undocumented")
+            template, wild = _template(route, doc)
+            params, unknown = ([gateway], (UNKNOWN_GATEWAY,)) if mount.templated else ([], ())
+            build.path(mount.prefix[:-1] + template, route, doc, params, wild, unknown)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -289,7 +290,7 @@ def _response(group: list[Answer], body: bool) -> Obj:
 def _encoded(app: App) -> bytes:
     """The document of this app: its routes and gateways never change, so built once
     (about 25 ms and 330 KB a time) rather than per request."""
-    return json_bytes(document(app.routes, base_url=app.config.base_url,
+    return json_bytes(document(app.router.mounts, base_url=app.config.base_url,
                                gateway_ids=[s.id for s in app.sites]))
 
 
@@ -306,10 +307,10 @@ def get_docs(app: App, call: Call) -> Response:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("/openapi.json", get_openapi, root_only=True,
+    Route("/openapi.json", get_openapi,
           doc=Doc("This OpenAPI 3.1 document, generated from the route table", ref("OpenAPI"),
                   tag="docs")),
-    Route("/docs", get_docs, root_only=True,
+    Route("/docs", get_docs,
           doc=Doc("The API documentation as a page (works offline)", {"type": "string"}, HTML,
                   tag="docs", answers=(Answer(404, "The page is missing from web/"),))),
 )

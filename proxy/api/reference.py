@@ -1,9 +1,11 @@
-"""The route table: one row per GET/POST route of the reference, plus ours.
+"""The reference proxy's routes: one row per GET route of pyPowerwall's proxy (its data, the
+gateway's own /api paths, /pw/*, /tedapi/*, /cloud/*, /fleetapi/*).
 
-Search this file for a path to find its handler. Data routes are `cached`:
-rendered once per cache window from window-cached gateway readings, then
-served as the same bytes to every poller. A data route names its sources and a
-pure render function; `Need` says what a missing source does to it.
+Mounted for the default gateway at the root and for each gateway under /api/gateways/{id}/
+(`proxy.api.mounts`, where every other group is listed). Search for a path to find its row.
+Data routes are `cached`: rendered once per cache window from window-cached gateway readings,
+then served as the same bytes to every poller. A data route names its sources and a pure
+render function; `Need` says what a missing source does to it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,9 @@ from enum import Enum
 from typing import Any
 
 from proxy import payloads
-from proxy.api import openapi
-from proxy.api import status as status_pages
-from proxy.api.aggregate import FLEET_ROUTES
 from proxy.api.apidoc import (
     ANY,
     DATA,
-    HTML,
     NAME,
     NUMBER_OR_NULL,
     OBJECT,
@@ -33,10 +31,8 @@ from proxy.api.apidoc import (
     nullable,
     ref,
 )
-from proxy.api.app import CSV, JSON, App, Call, Route, json_bytes
-from proxy.api.control import CONTROL_ROUTES
-from proxy.api.live import LIVE_ROUTES
-from proxy.api.metrics import METRICS_ROUTES
+from proxy.api.app import CSV, JSON, App, json_bytes
+from proxy.api.routing import Call, Route
 from proxy.errors import HTTPError, NotSupported
 from proxy.gateway.sources import (
     AGGREGATES,
@@ -292,16 +288,6 @@ ROUTES: tuple[Route, ...] = (
                  query=HEADERS)),
     data("/vitals", [VITALS], as_pretty, doc=doc("Device vitals keyed by device")),
     data("/strings", [STRINGS], as_pretty, doc=doc("Solar strings", nullable(ref("Strings")))),
-    Route("/stats", status_pages.get_stats,
-          doc=Doc("Counters, mode, configuration", ref("Stats"), tag="status")),
-    Route("/stats/clear", status_pages.get_stats_clear,
-          doc=Doc("Reset the counters, then answer as /stats", ref("Stats"), tag="status")),
-    Route("/health", status_pages.get_health,
-          doc=Doc("Health: 200 only when ok", ref("Health"), tag="status",
-                  answers=(Answer(503, "Not ok (starting or degraded): the same body",
-                                  ref("Health"), retry_after=True),))),
-    Route("/health/reset", status_pages.get_health_reset,
-          doc=Doc("Clear health counters, cooldown and cached data", ref("HealthReset"), tag="status")),
     data("/temps", [TEMPS], pretty_or({}), doc=doc("Temperatures by device, °C", ref("Temps"))),
     data("/temps/pw", [TEMPS], json_with(payloads.temps_pw),
          doc=doc("Temperatures as PW1_temp, PW2_temp, …", ref("Temps"))),
@@ -315,9 +301,6 @@ ROUTES: tuple[Route, ...] = (
     data("/json", [AGGREGATES, LEVEL, GRID_STATUS, RESERVE, TIME_REMAINING, SYSTEM_STATUS, STRINGS],
          render_json, Need.ANY, doc=doc("Powers, level, grid, reserve, energies, strings", ref("Summary"))),
     data("/version", [VERSION], render_version, doc=doc("Firmware version", ref("Version"))),
-    Route("/help", status_pages.get_help,
-          doc=Doc("The /stats counters as a self-refreshing HTML page", {"type": "string"}, HTML,
-                  tag="status")),
     Route("/api/troubleshooting/problems", get_problems,
           doc=Doc("Always {\"problems\": []} (the gateway removed this API)",
                   keyed("problems", {"type": "array"}), tag="api")),
@@ -338,9 +321,4 @@ ROUTES: tuple[Route, ...] = (
           doc=Doc("Any other /pw/ name: 404", tag="pw",
                   wildcard=Param("name", "Any other name", NAME, ("unknown",)),
                   answers=(Answer(404, '{"error": "Invalid Request"}'), *DATA))),
-    *CONTROL_ROUTES,
-    *FLEET_ROUTES,
-    *LIVE_ROUTES,
-    *METRICS_ROUTES,
-    *openapi.ROUTES,
 )

@@ -1,4 +1,7 @@
-"""/stats, /health and /help: the proxy describing itself, never calling the gateway."""
+"""/stats, /health and /help: the proxy describing itself, never calling the gateway.
+
+Each part reports itself in the registry (`proxy.reports`); these pages add what the
+reference proxy had and the gateways' own state, and show every report."""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import time
 from typing import Any
 
 from proxy import __version__
-from proxy.api.app import App, Call, json_response
+from proxy.api.apidoc import HTML, Answer, Doc, ref
+from proxy.api.app import App, json_response
+from proxy.api.routing import Call, Route
 from proxy.gateway import Gateway, Kind
 from proxy.httpd.types import Response
+from proxy.reports import HEALTH, STATS
 from proxy.site.site import Site
 
 
@@ -139,12 +145,7 @@ def stats_body(app: App, call: Call) -> dict[str, Any]:
     body["gateway"] = _gateway_view(app, site)
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_stats(app, s) for s in app.sites}
-    body["server"] = app.server_stats()
-    if app.hub is not None:
-        body["streams"] = app.hub.stats()
-    if not call.mount:
-        for name, report in app.reports.items():
-            body[name] = report()
+    body.update(app.reports.collect(STATS))  # server, hub, streams, mqtt, ...: each part's own
     return body
 
 
@@ -182,11 +183,7 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
     body["gateway"] = _gateway_view(app, site)
     if _fleet(app, call):
         body["gateways"] = {s.id: _gateway_health(s) for s in app.sites}
-    history = app.reports.get("history")
-    if history is not None and not call.mount:
-        # The store's own state; a full disk does not make the proxy unhealthy.
-        view = history()
-        body["history"] = {key: view[key] for key in ("status", "error", "path", "file_bytes")}
+    body.update(app.reports.collect(HEALTH))
     return body
 
 
@@ -268,3 +265,19 @@ d.open=localStorage.getItem("pwConfigOpen")==="1";
 d.addEventListener("toggle",function(){{localStorage.setItem("pwConfigOpen",d.open?"1":"0")}});
 </script></body></html>
 """
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("/stats", get_stats, doc=Doc("Counters, mode, configuration", ref("Stats"), tag="status")),
+    Route("/stats/clear", get_stats_clear,
+          doc=Doc("Reset the counters, then answer as /stats", ref("Stats"), tag="status")),
+    Route("/health", get_health,
+          doc=Doc("Health: 200 only when ok", ref("Health"), tag="status",
+                  answers=(Answer(503, "Not ok (starting or degraded): the same body",
+                                  ref("Health"), retry_after=True),))),
+    Route("/health/reset", get_health_reset,
+          doc=Doc("Clear health counters, cooldown and cached data", ref("HealthReset"), tag="status")),
+    Route("/help", get_help,
+          doc=Doc("The /stats counters as a self-refreshing HTML page", {"type": "string"}, HTML,
+                  tag="status")),
+)

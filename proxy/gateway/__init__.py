@@ -1,7 +1,8 @@
 """Everything that touches pypowerwall: the adapter, its verdicts, sources, cache and health.
 
 Only this package imports the library. It picks no HTTP status: failures come
-out as verdicts (`outcome.Kind`) or typed errors (`proxy.errors`).
+out as verdicts (`outcome.Kind`) or typed errors (`proxy.errors`). It may import
+`proxy.config`, `proxy.errors` and `proxy.stats`, nothing above it.
 """
 
 from proxy.gateway.adapter import Gateway, GatewayInfo, error_for

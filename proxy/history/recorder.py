@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -48,6 +49,36 @@ def observation(window: Window) -> Observation:
         t=window.t, fresh=window.fresh, error=window.error,
         grid=grid if isinstance(grid, str) else None, mode=mode if isinstance(mode, str) else None,
         reserve=float(reserve) if isinstance(reserve, (int, float)) else None, alerts=window.alerts)
+
+
+# Writes that change each setting the events watch, by the actions table's names.
+SETTINGS = {"mode": ("mode", "operation"), "reserve": ("reserve", "reserve_hold", "operation")}
+ORIGIN_FRESH = 60.0  # a change seen this long after a write of this proxy is that write's
+
+
+class Origins:
+    """Who wrote each gateway's settings lately (the actions' audit records): a change the
+    events see soon after is told as that front door's (http, openc2, mqtt), once."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[str, str], tuple[str, float]] = {}  # (gw, setting) -> (origin, at)
+
+    def heard(self, gw: str, action: str, origin: str, accepted: bool) -> None:
+        if not accepted:
+            return
+        with self._lock:
+            for setting, actions in SETTINGS.items():
+                if action in actions:
+                    self._latest[(gw, setting)] = (origin, self._clock())
+
+    def __call__(self, gw: str, setting: str) -> str | None:
+        with self._lock:
+            found = self._latest.pop((gw, setting), None)
+        if found is None or self._clock() - found[1] > ORIGIN_FRESH:
+            return None
+        return found[0]
 
 
 class Recorder:

@@ -17,10 +17,13 @@ from zoneinfo import ZoneInfo
 from proxy.config import Config
 from proxy.history.feed import Feed
 from proxy.history.firmware import FirmwareWatch
-from proxy.history.recorder import Outlet, Recorder
+from proxy.history.recorder import Origins, Outlet, Recorder
 from proxy.history.store import Limits, Store, open_store
 from proxy.history.webhook import Webhooks
-from proxy.site.points import display_name
+from proxy.reports import HEALTH, STATS, Reports
+from proxy.site.actions import Writes
+from proxy.site.frames import display_name
+from proxy.site.hub import Hub
 from proxy.site.site import Site, Sites
 
 DEFAULT_DIR = "data"
@@ -99,9 +102,12 @@ def data_dir(config: Config, simulated_dir: str | None) -> str:
     return simulated_dir if simulated_dir and config.simulate else DEFAULT_DIR
 
 
-def build_history(config: Config, sites: Sites, *, simulated_dir: str | None = None,
-                  outlets: Sequence[Outlet] = ()) -> History:
-    """The history parts for this configuration (not started)."""
+def build_history(config: Config, sites: Sites, hub: Hub, *, writes: Writes | None = None,
+                  reports: Reports | None = None, outlets: Sequence[Outlet] = (),
+                  simulated_dir: str | None = None) -> History:
+    """The history parts for this configuration (not started): a hub subscriber, told of every
+    control write (who changed a setting), reporting in `reports`, sending events to the
+    webhooks and `outlets` (live streams, MQTT)."""
     recorded = [site for site in sites if site.config.history] if config.history else []
     store = None
     if recorded:
@@ -111,8 +117,11 @@ def build_history(config: Config, sites: Sites, *, simulated_dir: str | None = N
     names = _names(sites)
     webhooks = Webhooks(config.events_webhook, names)
     zones = {site.id: ZoneInfo(site.config.timezone) for site in recorded}
-    recorder = Recorder(store, zones, outlets=[webhooks, *outlets])
-    feed = Feed(sites, recorder) if recorded else None
+    origins = Origins()
+    if writes is not None:
+        writes.subscribe(lambda a: origins.heard(a.gateway, a.action, a.origin.value, a.accepted))
+    recorder = Recorder(store, zones, outlets=[webhooks, *outlets], origin=origins)
+    feed = Feed(sites, hub, recorder) if recorded else None
     watch = None
     if config.firmware_check_interval > 0:
         watch = FirmwareWatch(list(sites), config.firmware_check_interval,
@@ -120,8 +129,11 @@ def build_history(config: Config, sites: Sites, *, simulated_dir: str | None = N
                               listeners=[recorder.firmware_seen])
     zone = ZoneInfo(config.timezone) if config.history else None
     settings = Settings(config.history, config.history_raw_days, zone)
-    return History(settings, sites, store=store, recorder=recorder, feed=feed, watch=watch,
-                   webhooks=webhooks)
+    history = History(settings, sites, store=store, recorder=recorder, feed=feed, watch=watch,
+                      webhooks=webhooks)
+    if reports is not None:
+        reports.register("history", history.describe, pages=(STATS, HEALTH))
+    return history
 
 
 def _names(sites: Sites) -> Callable[[str], str]:

@@ -1,25 +1,21 @@
 """MQTT: every gateway's measurements on a broker, with Home Assistant discovery.
 
-On when PW_MQTT_HOST is set. A publisher thread reads each gateway through its
-window cache once per cache window (so it adds no gateway request beyond the
-one per resource per window) and, when the window brought new data, publishes
-one topic per measurement under `{prefix}/{gateway}/…`, plus `{prefix}/aggregate/…`
-with several gateways. Home Assistant discovery configs are built from the
-table of measurements (`proxy.site.points`): one device per gateway, stable unique
-ids, an origin block, classes and units from the table, availability from the
-proxy's last will (`{prefix}/status`) and each gateway's own topic
-(`{prefix}/{gateway}/status`), and `expire_after` so a silent proxy shows
-unavailable rather than frozen numbers. Discovery is sent again whenever
-Home Assistant announces itself online.
+On when PW_MQTT_HOST is set. While connected to the broker, the publisher follows the hub
+(`proxy.site.hub`): each time a gateway's cache window brings its frame, the frame is handed
+to the publisher thread, which publishes one topic per measurement under `{prefix}/{gateway}/…`
+when it holds new data (plus `{prefix}/aggregate/…` with several gateways), and the
+discovery configs that are new or changed (`proxy.mqtt.discovery`). The hub reads through
+the window caches, so MQTT adds no gateway request. Discovery is sent again whenever Home
+Assistant announces itself online.
 
-The broker never holds up HTTP: the paho network thread reconnects with
-backoff on its own, the publisher only hands messages to it while connected,
-with a bounded number in flight (the rest are dropped and counted), and
-request handlers only ever read `status()`.
+The broker never holds up HTTP: the paho network thread reconnects with backoff on its own,
+the publisher only hands messages to it while connected, with a bounded number in flight
+(the rest are dropped and counted), and request handlers only ever read `status()`.
 
-Control over MQTT (`{prefix}/{gateway}/control/{reserve|mode}/set`) is on only
-when PW_CONTROL_SECRET is set and the broker login has a user and a password;
-retained commands are ignored, so a stale command never replays on connect.
+Control over MQTT (`{prefix}/{gateway}/control/{reserve|mode}/set`) is on only when
+PW_CONTROL_SECRET is set and the broker login has a user and a password; retained commands
+are ignored, so a stale command never replays on connect. A command is a row of the actions
+table (`proxy.site.actions`), run on the publisher thread, never on paho's.
 """
 
 from __future__ import annotations
@@ -29,26 +25,39 @@ import json
 import logging
 import math
 import queue
+import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy import __version__
-from proxy.api.control import COMMANDS, Command, run_command
-from proxy.config import Config, Secret
-from proxy.errors import ProxyError
-from proxy.site.frames import Snapshot, aggregate
-from proxy.site.points import AGGREGATE_POINTS, MODES, POINTS, Frame, Kind, Point, read_frames, slug, values
+from proxy.errors import ProxyError, UnknownGateway
+from proxy.history.events import Event
+from proxy.mqtt.discovery import (
+    Message,
+    Settings,
+    aggregate_messages,
+    command_topic,
+    event_topic,
+    firmware,
+    gateway_messages,
+    gateway_status_topic,
+    online_message,
+    result_topic,
+)
+from proxy.ratelog import RateLog
+from proxy.reports import Reports
+from proxy.site.actions import Action, Origin, Writes, for_mqtt
+from proxy.site.frames import Frame, aggregate
+from proxy.site.hub import Hub, Refresh
+from proxy.site.points import POINT_SOURCES
 from proxy.site.site import Site, Sites
 
 log = logging.getLogger("proxy.mqtt")
 
-ORIGIN = {"name": "Powerwall proxy", "sw_version": __version__}
-MANUFACTURER = "Tesla"
 ONLINE, OFFLINE = "online", "offline"
 KEEPALIVE = 30  # seconds between pings to the broker
 RECONNECT_MIN, RECONNECT_MAX = 1, 60  # paho's reconnect backoff, seconds
@@ -56,232 +65,9 @@ CONNECT_TIMEOUT = 5.0
 MAX_IN_FLIGHT = 1000  # messages handed to paho and not yet written; past it new ones are dropped
 COMMAND_QUEUE = 16  # control commands waiting for the publisher thread; past it they are ignored
 MAX_ENTITIES = 2048  # discovery configs remembered for re-sending
-EXPIRE_WINDOWS = 6  # a state expires in Home Assistant after this many silent windows ...
-MIN_EXPIRE = 30  # ... and never sooner than this many seconds
 DEFAULT_INTERVAL = 5.0  # publishing interval when caching is off (PW_CACHE_EXPIRE=0)
 MIN_INTERVAL = 0.5
 STOP_FLUSH = 2.0  # seconds stop() waits for the "offline" message to leave
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What the publisher needs from the configuration."""
-
-    host: str
-    port: int
-    user: str = ""
-    password: Secret = Secret()
-    tls: bool = False
-    prefix: str = "pypowerwall"
-    discovery_prefix: str = "homeassistant"
-    retain: bool = False
-    control: bool = False  # commands accepted: control secret set and a broker user + password
-
-    @classmethod
-    def from_config(cls, config: Config) -> Settings:
-        return cls(
-            host=config.mqtt_host, port=config.mqtt_port or (8883 if config.mqtt_tls else 1883),
-            user=config.mqtt_user, password=config.mqtt_password, tls=config.mqtt_tls,
-            prefix=config.mqtt_prefix, discovery_prefix=config.mqtt_discovery_prefix,
-            retain=config.mqtt_retain,
-            control=bool(config.control_secret) and bool(config.mqtt_user) and bool(config.mqtt_password),
-        )
-
-    @property
-    def status_topic(self) -> str:
-        """The proxy's availability: "online" while connected, "offline" as its last will."""
-        return f"{self.prefix}/status"
-
-    @property
-    def birth_topic(self) -> str:
-        """Where Home Assistant says it is online (and discovery must be sent again)."""
-        return f"{self.discovery_prefix}/status"
-
-    @property
-    def command_filter(self) -> str:
-        return f"{self.prefix}/+/control/+/set"
-
-    @property
-    def node(self) -> str:
-        """The prefix as an id part (unique ids and discovery object ids)."""
-        return slug(self.prefix.replace("/", "_"))
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: str
-    retain: bool = False
-    qos: int = 0
-
-
-# ---- topics and payloads: pure functions ----------------------------------------------
-
-def state_topic(settings: Settings, gateway: str, point: Point, label: str = "") -> str:
-    base = f"{settings.prefix}/{gateway}/{point.key}"
-    return f"{base}/{slug(label)}" if label else base
-
-
-def gateway_status_topic(settings: Settings, gateway: str) -> str:
-    return f"{settings.prefix}/{gateway}/status"
-
-
-def command_topic(settings: Settings, gateway: str, command: str) -> str:
-    return f"{settings.prefix}/{gateway}/control/{command}/set"
-
-
-def result_topic(settings: Settings, gateway: str, command: str) -> str:
-    return f"{settings.prefix}/{gateway}/control/{command}/result"
-
-
-def payload_of(value: Any) -> str:
-    """A state as its MQTT payload: numbers plain (integral ones without .0), ON/OFF, text."""
-    if isinstance(value, bool):
-        return "ON" if value else "OFF"
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return repr(value)
-    return str(value)
-
-
-def expire_after(interval: float) -> int:
-    return max(MIN_EXPIRE, math.ceil(EXPIRE_WINDOWS * interval))
-
-
-def _label_name(point: Point, label: str) -> str:
-    if point.label == "meter":
-        return f"{label.title()} {point.name}"
-    short = label.rsplit("--", 1)[-1]  # a battery's serial number ends its name
-    return f"{point.name} {short}"
-
-
-def device_block(settings: Settings, gateway: str, name: str, firmware: str | None,
-                 model: str = "Powerwall gateway") -> dict[str, Any]:
-    device: dict[str, Any] = {"identifiers": [f"{settings.node}_{gateway}"], "name": name,
-                              "manufacturer": MANUFACTURER, "model": model}
-    if firmware:
-        device["sw_version"] = firmware
-    return device
-
-
-def entity_config(settings: Settings, point: Point, *, gateway: str, label: str, device: dict[str, Any],
-                  availability: list[str], expire: int) -> tuple[str, dict[str, Any]]:
-    """(discovery topic, config) of one Home Assistant entity for a point (and label)."""
-    object_id = f"{point.key}_{slug(label)}" if label else point.key
-    unique_id = f"{settings.node}_{gateway}_{object_id}"
-    component = "binary_sensor" if point.kind is Kind.FLAG else "sensor"
-    config: dict[str, Any] = {
-        "name": _label_name(point, label) if label else point.name,
-        "unique_id": unique_id,
-        "state_topic": state_topic(settings, gateway, point, label),
-        "availability": [{"topic": t} for t in availability],
-        "availability_mode": "all",
-        "expire_after": expire,
-        "device": device,
-        "origin": ORIGIN,
-    }
-    if point.device_class:
-        config["device_class"] = point.device_class
-    if point.state_class:
-        config["state_class"] = point.state_class
-    if point.unit:
-        config["unit_of_measurement"] = point.unit
-    if point.device_class == "enum":
-        config["options"] = list(point.states)
-    if point.diagnostic:
-        config["entity_category"] = "diagnostic"
-    if point.icon:
-        config["icon"] = point.icon
-    return f"{settings.discovery_prefix}/{component}/{unique_id}/config", config
-
-
-def control_configs(settings: Settings, gateway: str, device: dict[str, Any],
-                    availability: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """A number (reserve) and a select (mode) entity, when MQTT control is on."""
-    by_key = {p.key: p for p in POINTS}
-    common = {"availability": [{"topic": t} for t in availability], "availability_mode": "all",
-              "device": device, "origin": ORIGIN}
-    reserve_id = f"{settings.node}_{gateway}_reserve_setting"
-    mode_id = f"{settings.node}_{gateway}_mode_setting"
-    return [
-        (f"{settings.discovery_prefix}/number/{reserve_id}/config", {
-            "name": "Backup reserve setting", "unique_id": reserve_id,
-            "command_topic": command_topic(settings, gateway, "reserve"),
-            "state_topic": state_topic(settings, gateway, by_key["battery_reserve"]),
-            "min": 0, "max": 100, "step": 1, "mode": "box", "unit_of_measurement": "%",
-            "entity_category": "config", "icon": "mdi:battery-lock", **common}),
-        (f"{settings.discovery_prefix}/select/{mode_id}/config", {
-            "name": "Operation mode setting", "unique_id": mode_id,
-            "command_topic": command_topic(settings, gateway, "mode"),
-            "state_topic": state_topic(settings, gateway, by_key["operation_mode"]),
-            "options": list(MODES), "entity_category": "config", "icon": "mdi:home-battery",
-            **common}),
-    ]
-
-
-def gateway_messages(settings: Settings, frame: Frame, firmware: str | None, interval: float,
-                     announced: Iterable[str],
-                     control: bool = False) -> tuple[list[Message], list[Message]]:
-    """(discovery configs, states) of one gateway's frame, with the control entities when
-    `control`. A point without a value gets no new entity; one announced before gets "None"
-    (Home Assistant's unknown), never a 0."""
-    known = set(announced)
-    device = device_block(settings, frame.id, frame.name, firmware)
-    proxy_only = [settings.status_topic]
-    both = [settings.status_topic, gateway_status_topic(settings, frame.id)]
-    expire = expire_after(interval)
-    configs: list[Message] = []
-    states: list[Message] = []
-    for point in POINTS:
-        found = values(point, frame)
-        availability = proxy_only if point.kind is Kind.FLAG else both
-        for label, value in found.items():
-            topic, config = entity_config(settings, point, gateway=frame.id, label=label,
-                                          device=device, availability=availability, expire=expire)
-            configs.append(Message(topic, json.dumps(config), retain=True, qos=1))
-            states.append(Message(state_topic(settings, frame.id, point, label), payload_of(value),
-                                  retain=settings.retain))
-        if not point.label and not found:
-            topic, _ = entity_config(settings, point, gateway=frame.id, label="", device=device,
-                                     availability=availability, expire=expire)
-            if topic in known:
-                states.append(Message(state_topic(settings, frame.id, point), "None",
-                                      retain=settings.retain))
-    if control:
-        for topic, config in control_configs(settings, frame.id, device, both):
-            configs.append(Message(topic, json.dumps(config), retain=True, qos=1))
-    return configs, states
-
-
-def aggregate_messages(settings: Settings, body: dict[str, Any],
-                       interval: float) -> tuple[list[Message], list[Message]]:
-    """(discovery configs, states) of the aggregate device (several gateways)."""
-    device = device_block(settings, "aggregate", "Powerwall aggregate", None, model="All gateways")
-    configs: list[Message] = []
-    states: list[Message] = []
-    for point in AGGREGATE_POINTS:
-        for label, value in values(point, body).items():
-            topic, config = entity_config(settings, point, gateway="aggregate", label=label,
-                                          device=device, availability=[settings.status_topic],
-                                          expire=expire_after(interval))
-            configs.append(Message(topic, json.dumps(config), retain=True, qos=1))
-            states.append(Message(state_topic(settings, "aggregate", point, label),
-                                  payload_of(value), retain=settings.retain))
-    return configs, states
-
-
-def online_message(settings: Settings, frame: Frame) -> Message:
-    """The gateway_online state, which is the proxy's to tell even when the gateway is silent."""
-    point = next(p for p in POINTS if p.kind is Kind.FLAG)
-    return Message(state_topic(settings, frame.id, point), payload_of(frame.online),
-                   retain=settings.retain)
-
-
-def _firmware(frame: Frame) -> str | None:
-    point = next(p for p in POINTS if p.key == "firmware_version")
-    found = values(point, frame)
-    return str(found[""]) if found else None
 
 
 def _period(site: Site) -> float:
@@ -289,8 +75,6 @@ def _period(site: Site) -> float:
     period = site.gateway.cache.period
     return max(MIN_INTERVAL, period) if period > 0 else DEFAULT_INTERVAL
 
-
-# ---- the publisher ------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class _Counts:
@@ -306,28 +90,36 @@ class _Counts:
 
 
 class Publisher:
-    """The MQTT side of the proxy: one paho client, one publisher thread."""
+    """The MQTT side of the proxy: one paho client, one publisher thread that follows the hub."""
 
-    def __init__(self, settings: Settings, sites: Sites, *,
+    def __init__(self, settings: Settings, sites: Sites, hub: Hub, *, writes: Writes | None = None,
+                 reports: Reports | None = None,
                  client_factory: Callable[..., Any] | None = None) -> None:
         self.settings = settings
         self.sites = sites
+        self.hub = hub
+        self.writes = Writes() if writes is None else writes
         self._factory = client_factory
-        self._lock = threading.Lock()  # _counts and _in_flight
+        self._lock = threading.Lock()  # _counts, _in_flight, _pending, _unfollow
         self._counts = _Counts()
         # What was handed to paho and not yet written (paho's MQTTMessageInfo), oldest first.
         self._in_flight: deque[Any] = deque()
         self._commands: queue.Queue[tuple[str, str, str]] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._pending: Refresh | None = None  # the hub's latest refresh, not yet published
+        self._unfollow: Callable[[], None] | None = None  # set while following the hub
         self._wake = threading.Event()
         self._resend = threading.Event()
         self._stop = threading.Event()
         self._client: Any = None
         self._thread: threading.Thread | None = None
+        self._ignored_log = RateLog(log)
         # Owned by the publisher thread alone:
         self._announced: dict[str, str] = {}  # discovery topic -> config sent
         self._availability: dict[str, str] = {}  # gateway -> online/offline sent
         self._published_at: dict[str, float] = {}  # gateway -> data time last published
-        self._windows: dict[str, int | None] = {}  # gateway -> window last read
+        self._sent_at: dict[str, float] = {}  # gateway -> when its states last went out
+        if reports is not None:
+            reports.register("mqtt", self.status)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -346,6 +138,7 @@ class Publisher:
     def stop(self) -> None:
         """Say "offline", disconnect and stop both threads."""
         self._stop.set()
+        self._follow(False)
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -421,6 +214,7 @@ class Publisher:
             subscriptions.append((self.settings.command_filter, 1))
         client.subscribe(subscriptions)
         self._resend.set()
+        self._follow(True)  # a newcomer to the hub: every gateway's frame comes at once
         self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
@@ -432,6 +226,7 @@ class Publisher:
             was = self._counts.connected
             self._counts.connected = False
             self._in_flight.clear()
+        self._follow(False)  # nobody to tell: no reading for MQTT's sake
         if was and not self._stop.is_set():
             self._note_error(f"disconnected: {reason}")
 
@@ -474,80 +269,96 @@ class Publisher:
         self._wake.set()
 
     def _ignored(self, topic: str, why: str) -> None:
+        """Counted every time; logged the first time, then once a minute with a count (anyone
+        who may publish on the broker can send them)."""
         with self._lock:
             self._counts.commands_ignored += 1
-        log.warning("mqtt: ignored a command on %s: %s", topic, why)
+        self._ignored_log.warning("mqtt: ignored a command on %s: %s", topic, why)
 
-    # ---- the publisher thread ------------------------------------------------------------
+    # ---- following the hub ---------------------------------------------------------------
 
-    def interval(self) -> float:
-        """The publisher's tick: the shortest cache window of any gateway."""
-        return min(_period(site) for site in self.sites)
+    def _follow(self, on: bool) -> None:
+        with self._lock:
+            following = self._unfollow is not None
+            if on and not following and not self._stop.is_set():
+                self._unfollow = self.hub.subscribe(self._on_refresh, POINT_SOURCES, name="mqtt")
+                return
+            unfollow, self._unfollow = (self._unfollow, None) if not on else (None, self._unfollow)
+        if unfollow is not None:
+            unfollow()
+
+    def _on_refresh(self, refresh: Refresh) -> None:
+        """The hub's thread: leave the refresh for the publisher thread (the latest wins, with
+        every gateway read since the last one taken)."""
+        with self._lock:
+            waiting = self._pending
+            read = refresh.read | waiting.read if waiting is not None else refresh.read
+            self._pending = Refresh(refresh.frames, read)
+        self._wake.set()
+
+    # ---- the publisher thread: woken by the hub, a command or a resend --------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
             try:
-                self._publish_due()
-            except Exception:  # a bug must not end publishing for good
-                log.exception("mqtt: unexpected error while publishing")
-            deadline = self._next_tick()
-            while not self._stop.is_set():
                 self._handle_commands()
                 if self._resend.is_set():
                     self._resend.clear()
                     self._resend_all()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.wait(remaining)
-                self._wake.clear()
-
-    def _next_tick(self) -> float:
-        """Just after the next window boundary of the fastest gateway."""
-        interval = self.interval()
-        now = time.monotonic()
-        return (math.floor(now / interval) + 1) * interval + 0.05
+                with self._lock:
+                    refresh, self._pending = self._pending, None
+                if refresh is not None:
+                    self._publish(refresh)
+            except Exception:  # a bug must not end publishing for good
+                log.exception("mqtt: unexpected error while publishing")
 
     def _connected(self) -> bool:
         with self._lock:
             return self._counts.connected
 
-    def _publish_due(self) -> None:
+    def _publish(self, refresh: Refresh) -> None:
         if not self._connected():
-            return  # nobody to tell: no reading, so no gateway request for nothing
-        due = [site.id for site in self.sites
-               if site.window() == -1 or self._windows.get(site.id) != site.window()]
-        if not due:
             return
-        published = False
-        snapshots: list[Snapshot] = []
-        for site, (frame, snapshot) in zip(self.sites, read_frames(self.sites), strict=True):
-            snapshots.append(snapshot)
-            if site.id not in due:
-                continue
-            self._windows[site.id] = site.window()
-            self._set_availability(frame.id, ONLINE if frame.fresh else OFFLINE)
-            if not frame.fresh or frame.at is None or frame.at == self._published_at.get(frame.id):
-                # No new data this window: only the proxy's own view of the gateway is news
-                # (the measurements expire in Home Assistant by themselves).
-                self._send([online_message(self.settings, frame)])
-                continue
-            control = self.settings.control and site.gateway.control_pw is not None
-            configs, states = gateway_messages(self.settings, frame, _firmware(frame),
-                                               _period(site), self._announced, control)
-            self._announce(configs)
-            self._send(states)
-            self._published_at[frame.id] = frame.at
-            published = True
+        published = [frame for frame in refresh.new() if self._publish_gateway(frame)]
         if published and len(self.sites) > 1:
             slowest = max(_period(site) for site in self.sites)
-            configs, states = aggregate_messages(self.settings, aggregate(snapshots, time.time()),
+            configs, states = aggregate_messages(self.settings, aggregate(refresh.frames, time.time()),
                                                  slowest)
             self._announce(configs)
             self._send(states)
         if published:
             with self._lock:
                 self._counts.last_publish = time.time()
+
+    def _publish_gateway(self, frame: Frame) -> bool:
+        """One gateway's availability and, when its frame holds new data, its states; whether
+        states went out."""
+        site = self.sites.get(frame.id)
+        if site is None or self._too_soon(frame, site):
+            return False
+        self._set_availability(frame.id, ONLINE if frame.fresh else OFFLINE)
+        if not frame.fresh or frame.at is None or frame.at == self._published_at.get(frame.id):
+            # No new data this window: only the proxy's own view of the gateway is news
+            # (the measurements expire in Home Assistant by themselves).
+            self._send([online_message(self.settings, frame)])
+            return False
+        control = self.settings.control and site.gateway.control_pw is not None
+        configs, states = gateway_messages(self.settings, frame, firmware(frame), _period(site),
+                                           self._announced, control)
+        self._announce(configs)
+        self._send(states)
+        self._published_at[frame.id] = frame.at
+        return True
+
+    def _too_soon(self, frame: Frame, site: Site) -> bool:
+        """With caching off every read is new: publish at most once per DEFAULT_INTERVAL."""
+        now = time.monotonic()
+        if frame.window == -1 and now - self._sent_at.get(site.id, -math.inf) < _period(site):
+            return True
+        self._sent_at[site.id] = now
+        return False
 
     def _set_availability(self, gateway: str, state: str) -> None:
         message = Message(gateway_status_topic(self.settings, gateway), state, True, 1)
@@ -563,13 +374,14 @@ class Publisher:
                 self._announced[message.topic] = message.payload
 
     def _resend_all(self) -> None:
-        """After a (re)connect or Home Assistant's birth message: every config and availability."""
+        """After a (re)connect or Home Assistant's birth message: every config and availability,
+        and the states again with the next frames."""
         messages = [Message(t, p, True, 1) for t, p in self._announced.items()]
         messages += [Message(gateway_status_topic(self.settings, g), s, True, 1)
                      for g, s in self._availability.items()]
         self._send(messages)
-        self._published_at.clear()  # and the states again at the next window
-        self._windows.clear()
+        self._published_at.clear()
+        self._sent_at.clear()
 
     def _send(self, messages: list[Message]) -> int:
         """Hand messages to paho; returns how many it took (the rest are dropped, counted)."""
@@ -593,7 +405,19 @@ class Publisher:
                 self._counts.dropped += len(messages) - taken
         return taken
 
-    # ---- control commands ----------------------------------------------------------------
+    # ---- events (the history's) -------------------------------------------------------------
+
+    def event(self, event: Event) -> None:
+        """Publish an event on {prefix}/{gateway}/event (QoS 1, not retained: an event is told
+        once, never replayed to a newcomer); dropped, and counted, while not connected."""
+        message = Message(event_topic(self.settings, event.gw), json.dumps(event.as_json()), qos=1)
+        if self._connected():
+            self._send([message])
+        else:
+            with self._lock:
+                self._counts.dropped += 1
+
+    # ---- control commands: rows of the actions table ---------------------------------------
 
     def _handle_commands(self) -> None:
         while True:
@@ -604,26 +428,33 @@ class Publisher:
             self._command(gateway, name, payload)
 
     def _command(self, gateway: str, name: str, payload: str) -> None:
-        site = self.sites.get(gateway)
-        command = next((c for c in COMMANDS if c.name == name), None)
-        if site is None or command is None:
-            self._ignored(command_topic(self.settings, gateway, name), "no such gateway or command")
+        topic = command_topic(self.settings, gateway, name)
+        action = for_mqtt(name)
+        try:
+            site: Site | None = self.sites.find(gateway)
+        except UnknownGateway:
+            site = None
+        if site is None or action is None:
+            self._ignored(topic, "no such gateway or command")
             return
-        result = self._carry_out(site.id, command, payload)
+        result = self._carry_out(site, action, payload)
         self._send([Message(result_topic(self.settings, gateway, name), json.dumps(result))])
         if result["ok"]:
+            # The write moved the gateway's window on: the hub reads it again at once.
             with self._lock:
                 self._counts.commands += 1
-            self._windows.pop(site.id, None)  # publish the new setting at once
-            self._wake.set()
         else:
-            self._ignored(command_topic(self.settings, gateway, name), str(result["error"]))
+            self._ignored(topic, str(result["error"]))
 
-    def _carry_out(self, gateway: str, command: Command, payload: str) -> dict[str, Any]:
-        site = self.sites.get(gateway)
-        assert site is not None
+    def _carry_out(self, site: Site, action: Action[Any], payload: str) -> dict[str, Any]:
         try:
-            answer = run_command(site, command, payload, "mqtt")
+            answer = self.writes.run(site, action, action.parse(_whole(payload)), Origin.MQTT)
         except ProxyError as exc:
             return {"ok": False, "error": exc.message}
         return {"ok": True, "result": answer}
+
+
+def _whole(raw: str) -> str:
+    """"37.0" as "37": Home Assistant's number entity may send an integral value that way."""
+    text = raw.strip()
+    return re.sub(r"\.0+$", "", text) if re.fullmatch(r"[0-9]{1,3}\.0+", text) else text

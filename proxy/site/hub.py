@@ -1,185 +1,201 @@
-"""The publish/subscribe hub behind live push (server-sent events, WebSocket, later MQTT).
+"""The hub: one refresher reads every gateway's frame once per window and hands it to whoever
+follows the gateways (live push topics, MQTT, the history store).
 
-One topic per gateway and one for the aggregate. A topic has a feed (read its gateways through
-their window caches and build the payload) and a refresher thread that runs only while the
-topic has listeners: it reads once per cache window, just after the window starts, and
-publishes only when that read brought new data or a changed state (stale, offline); an
-unchanged window publishes nothing. Readers and pollers share the same window cache, so the
-gateway sees one request per resource per window however many listen.
+Subscribing is one line; the subscriber gets a `Refresh` each time a gateway's cache window
+brings its frame, and once at once with every gateway's current frame:
 
-A published `Push` is encoded once (JSON, then once per protocol) and offered to every
-listener's sink. Sinks are bounded by whoever provides them (the HTTP server's out-buffers);
-a sink that refuses a push (its listener is gone or too slow) is dropped from the topic.
+    unsubscribe = hub.subscribe(on_refresh, POINT_SOURCES, name="history")
+
+    def on_refresh(refresh: Refresh) -> None:
+        for frame in refresh.new():  # one frame per gateway per window
+            ...
+
+The refresher thread runs only while someone subscribes. It wakes just after the next
+window of any gateway starts, reads the gateways whose window changed (the union of the
+sources the subscribers asked for, through the window caches: subscribers never add gateway
+requests), and calls every subscriber in turn. A newcomer is served at once from a read of
+every gateway in its current window (cache hits), without the others hearing of it again.
+
+`receive` runs on the refresher thread: it must return quickly (offer to a bounded queue,
+hand to another thread); a subscriber that raises is logged and kept. The hub knows frames
+only: it never renders, encodes or sends.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.httpd.stream import Push, Sink
+from proxy.gateway.sources import Source
+from proxy.reports import Reports
+from proxy.site.frames import CORE_SOURCES, Frame, read_frames, with_core
+from proxy.site.site import Site, Sites
 
 log = logging.getLogger("proxy.hub")
 
-AGGREGATE = "aggregate"
 AFTER_WINDOW = 0.02  # read this long after a window starts, so its first fetch is under way
 MIN_WAIT = 0.05  # never spin, whatever a schedule says
-ERROR_PAUSE = 1.0  # a feed that raised is retried after this
+ERROR_PAUSE = 1.0  # a read that raised is tried again after this
+MAX_SUBSCRIBERS = 64  # parts of the proxy, not clients: live topics, MQTT, history, ...
 
 
 @dataclass(frozen=True, slots=True)
-class Update:
-    """What a feed read: the payload, and what it is made of (`news`).
+class Refresh:
+    """What one refresh gives a subscriber: every gateway's latest frame, and which were read."""
 
-    A topic publishes when `news` differs from what it last published: new gateway data
-    (a reading's time), a reading turning stale or unavailable, a gateway's status changing.
-    """
+    frames: tuple[Frame, ...]  # every gateway, the default one first
+    read: frozenset[str]  # ids of the gateways whose frame is new to this subscriber
 
-    body: Any
-    news: Hashable
+    def new(self) -> list[Frame]:
+        """The frames read for this refresh: one per gateway per window."""
+        return [f for f in self.frames if f.id in self.read]
 
-
-Feed = Callable[[], Update]
-Schedule = Callable[[], float]  # seconds until the feed's next cache window
-
-
-def gateway_topic(gateway_id: str) -> str:
-    return "gateway:" + gateway_id
+    def frame(self, gateway_id: str) -> Frame | None:
+        return next((f for f in self.frames if f.id == gateway_id), None)
 
 
-class Topic:
-    """One stream of pushes: its listeners, its last push, and its refresher while listened."""
+Receive = Callable[[Refresh], None]
 
-    def __init__(self, key: str, feed: Feed, schedule: Schedule, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.key = key
-        self._feed = feed
-        self._schedule = schedule
-        self._clock = clock
+
+@dataclass(eq=False, slots=True)
+class _Subscriber:
+    name: str
+    receive: Receive
+    sources: tuple[Source, ...]
+    served: bool = False  # has had its first refresh
+    refreshes: int = field(default=0)
+
+
+class Hub:
+    """Subscribers by registration; one refresher thread while there are any."""
+
+    def __init__(self, sites: Sites, reports: Reports | None = None) -> None:
+        self._sites = list(sites)
         self._lock = threading.Lock()
-        self._sinks: dict[int, Sink] = {}
-        self._next_sink = 0
-        self._last: Push | None = None  # the current snapshot while the refresher runs
-        self._news: Hashable = None
-        self._last_id = 0
-        self._stop: threading.Event | None = None  # the running refresher's stop flag
+        self._wake = threading.Condition(self._lock)
+        self._subscribers: list[_Subscriber] = []
         self._thread: threading.Thread | None = None
-        self.published = 0
-        self.refreshes = 0
+        self._stopped = False
+        self._nudged = False  # something to do before the next window: don't sleep
+        self._latest: dict[str, Frame] = {}  # owned by the refresher thread
+        self._windows: dict[str, int] = {}  # gateway -> window last read (refresher thread)
+        self.refreshes = 0  # reads made (each of the due gateways, at once)
+        if reports is not None:
+            reports.register("hub", self.stats)
 
-    # --- listeners ---
+    # --- subscribers ---
 
-    def subscribe(self, sink: Sink, last_event_id: str = "") -> Callable[[], None]:
-        """Add a listener; it gets the current snapshot at once (unless `last_event_id` says it
-        has it already). Returns the unsubscribe. Never blocks."""
+    def subscribe(self, receive: Receive, sources: Iterable[Source] = CORE_SOURCES,
+                  name: str = "", *, core: bool = True) -> Callable[[], None]:
+        """Follow every gateway's frames; returns the unsubscribe. Never blocks.
+
+        `core=False`: these sources are all this subscriber needs, the core ones (the system
+        status among them) are read only when another subscriber asks for them. The history
+        uses it: its cost to the gateway is bounded to exactly what it reads."""
+        wanted = with_core(sources) if core else tuple({s.key: s for s in sources}.values())
+        subscriber = _Subscriber(name or getattr(receive, "__qualname__", "subscriber"), receive,
+                                 wanted)
         with self._lock:
-            token = self._next_sink
-            self._next_sink += 1
-            self._sinks[token] = sink
-            current = self._last
-            if self._stop is None or self._stop.is_set():  # none, or one on its way out
-                self._start()
-        if current is not None and current.event_id != last_event_id and not sink.offer(current):
-            self._remove(token)
-        return lambda: self._remove(token)
+            if self._stopped:
+                return lambda: None
+            if len(self._subscribers) >= MAX_SUBSCRIBERS:
+                raise RuntimeError(f"more than {MAX_SUBSCRIBERS} hub subscribers")
+            self._subscribers.append(subscriber)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hub-refresher", daemon=True)
+                self._thread.start()
+            self._nudge()
+        return lambda: self._remove(subscriber)
 
-    def _remove(self, token: int) -> None:
+    def _remove(self, subscriber: _Subscriber) -> None:
         with self._lock:
-            self._sinks.pop(token, None)
-            if not self._sinks and self._stop is not None:
-                self._stop.set()  # the refresher ends without waiting for its next window
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+            self._nudge()  # the refresher ends without waiting for its next window
 
-    def listeners(self) -> int:
-        return len(self._sinks)
+    def wake(self) -> None:
+        """Look again now rather than at the next window: a write moved a gateway's window on
+        (its cache was emptied), so its frame is read at once and everyone hears of it."""
+        with self._lock:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Under the lock: the refresher's next wait is skipped (or cut short)."""
+        self._nudged = True
+        self._wake.notify()
 
     def running(self) -> bool:
         return self._thread is not None
 
-    # --- the refresher ---
-
-    def _start(self) -> None:
-        """Under the lock: start a refresher for the new first listener."""
-        stop = self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(stop,), daemon=True,
-                                        name=f"push-{self.key}")
-        self._thread.start()
-
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            pause = self._refresh_once()
-            stop.wait(max(MIN_WAIT, pause))
-            with self._lock:
-                if stop.is_set() or not self._sinks:
-                    if self._stop is stop:
-                        # Nobody listens: forget the snapshot, so a later listener is sent a
-                        # fresh one, not what was current when the last one left.
-                        self._stop = self._thread = None
-                        self._last, self._news = None, None
-                    return
-
-    def _refresh_once(self) -> float:
-        try:
-            update = self._feed()
-        except Exception:
-            log.exception("live push: reading topic %s failed", self.key)
-            return ERROR_PAUSE
-        self.refreshes += 1
-        if update.news != self._news:
-            self.publish(update)
-        return self._schedule() + AFTER_WINDOW
-
-    def publish(self, update: Update) -> Push:
-        """Encode once and offer to every listener; drop the ones that refuse."""
-        data = json.dumps(update.body).encode()
+    def stats(self) -> dict[str, Any]:
+        """For /stats: whether the refresher runs, who follows, how many reads it made."""
         with self._lock:
-            push = Push(data, self._next_id())
-            self._last, self._news = push, update.news
-            sinks = list(self._sinks.items())
-            self.published += 1
-        refused = [token for token, sink in sinks if not sink.offer(push)]
-        for token in refused:
-            self._remove(token)
-        return push
-
-    def _next_id(self) -> str:
-        """The publish time in milliseconds since the epoch, strictly increasing per topic."""
-        now = int(self._clock() * 1000)
-        self._last_id = max(now, self._last_id + 1)
-        return str(self._last_id)
+            names = [s.name for s in self._subscribers]
+        return {"running": self.running(), "subscribers": names, "refreshes": self.refreshes}
 
     def stop(self, timeout: float = 1.0) -> None:
         with self._lock:
-            stop, thread = self._stop, self._thread
-            self._sinks.clear()
-        if stop is not None:
-            stop.set()
+            self._stopped = True
+            self._subscribers.clear()
+            thread = self._thread
+            self._nudge()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    # --- the refresher ---
 
-class Hub:
-    """Every topic by key: `AGGREGATE` and `gateway_topic(id)` per gateway; fixed once built."""
+    def _run(self) -> None:
+        pause = 0.0
+        while True:
+            with self._lock:
+                if pause > 0 and not self._nudged:
+                    self._wake.wait(pause)
+                self._nudged = False
+                subscribers = list(self._subscribers)
+                if not subscribers:
+                    # Nobody follows: forget what was read, so a later subscriber is sent fresh
+                    # frames, not what was current when the last one left.
+                    self._thread = None
+                    self._latest.clear()
+                    self._windows.clear()
+                    return
+            pause = self._refresh(subscribers)
 
-    def __init__(self, topics: Iterable[Topic]) -> None:
-        self._topics = {t.key: t for t in topics}
+    def _refresh(self, subscribers: Sequence[_Subscriber]) -> float:
+        """One turn: read what is due, deliver; the seconds until the next turn."""
+        newcomers = [s for s in subscribers if not s.served]
+        due = [site for site in self._sites if self._due(site)]
+        if due or newcomers:
+            wanted = tuple({src.key: src for s in subscribers for src in s.sources}.values())
+            try:
+                frames = read_frames(self._sites if newcomers else due, wanted, core=False)
+            except Exception:
+                log.exception("hub: reading the gateways failed")
+                return ERROR_PAUSE
+            self.refreshes += 1
+            for frame in frames:
+                self._latest[frame.id] = frame
+                self._windows[frame.id] = frame.window
+            self._deliver(subscribers, frozenset(site.id for site in due))
+        return max(MIN_WAIT, min(site.next_window_in() for site in self._sites) + AFTER_WINDOW)
 
-    def topic(self, key: str) -> Topic | None:
-        return self._topics.get(key)
+    def _due(self, site: Site) -> bool:
+        window = site.window()
+        return window == -1 or self._windows.get(site.id) != window  # -1: caching is off
 
-    def topics(self) -> Sequence[Topic]:
-        return list(self._topics.values())
-
-    def stop(self) -> None:
-        for topic in self._topics.values():
-            topic.stop()
-
-    def stats(self) -> dict[str, Any]:
-        """Listeners and pushes per topic, for /stats."""
-        topics = {t.key: {"listeners": t.listeners(), "refreshing": t.running(),
-                          "pushes": t.published, "reads": t.refreshes} for t in self._topics.values()}
-        return {"listeners": sum(t["listeners"] for t in topics.values()), "topics": topics}
+    def _deliver(self, subscribers: Sequence[_Subscriber], due: frozenset[str]) -> None:
+        frames = tuple(self._latest[site.id] for site in self._sites)
+        everyone = frozenset(f.id for f in frames)
+        for subscriber in subscribers:
+            read = due if subscriber.served else everyone
+            if not read:
+                continue
+            subscriber.served = True
+            subscriber.refreshes += 1
+            try:
+                subscriber.receive(Refresh(frames, read))
+            except Exception:  # one subscriber's bug must not starve the others
+                log.exception("hub: subscriber %s failed", subscriber.name)

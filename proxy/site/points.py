@@ -1,29 +1,32 @@
-"""One table of measurements: what /metrics exports and MQTT publishes, one frozen row each.
+"""One table of measurements: what /metrics exports, MQTT publishes and OpenC2 answers.
 
-A `Point` names a measurement once: its key (topic level, unique id, metric
-stem), its unit, its kind, the Home Assistant device and state class, the
-sources it needs and how to read it from one gateway's `Frame`. A frame is
-one gateway's window-cached readings (`fleet.read_sites`), so every output
-built on points costs no gateway request beyond the one per resource per
-window that the cache already allows. Adding a measurement is adding a row.
+A `Point` names a measurement once: its key (topic level, unique id, metric stem), its
+unit, its kind, the Home Assistant device and state class, the sources it needs and how
+to read it from one gateway's `Frame` (`proxy.site.frames`). A row may say how it reads
+over all gateways (`Total`: the /api/aggregate key that carries it) and under which name
+OpenC2 offers it (`Property`). A frame is one gateway's window-cached readings, so every
+output built on points costs no gateway request beyond the one per resource per window
+that the cache already allows. Adding a measurement is adding a row.
 
-Absence stays absence: a point with no data reads as None (or an empty
-mapping) and is left out, never published or exported as a made-up 0.
+Absence stays absence: a point with no data reads as None (or an empty mapping) and is
+left out, never published or exported as a made-up 0.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from proxy import payloads
+from proxy.gateway import user_number
 from proxy.gateway.sources import (
     AGGREGATES,
     ALERTS,
     GRID_STATUS,
+    GRID_STATUS_RAW,
+    LEVEL_SCALED,
     PW_SOURCES,
     RESERVE,
     SOE,
@@ -33,10 +36,11 @@ from proxy.gateway.sources import (
     VERSION,
     Source,
 )
-from proxy.site import frames as fleet
-from proxy.site.site import Reading, Site, Sites, State
+from proxy.payloads import number, real
+from proxy.site.frames import Frame, with_core
 
 Scalar = float | str | bool
+Read = Callable[[Any], Any]  # a frame (or the aggregate body) -> the value
 
 
 class Kind(Enum):
@@ -48,27 +52,26 @@ class Kind(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
-    """One gateway's readings of one window, as the points read them."""
+class Total:
+    """How a point reads over all gateways: the /api/aggregate key that carries it."""
 
-    id: str
+    field: str
+    name: str = ""  # the aggregate entity's name; "" for "Total <the point's name>"
+    key: str = ""  # its own key where it differs from the point's
+    count: bool = False  # a count of gateways rather than a sum: a plain gauge
+    icon: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Property:
+    """How OpenC2's x-esm profile offers a measurement: its property name and, where the
+    profile words the value as the gateway does (the Tesla app's charge, the gateway's grid
+    status text, the whole firmware text), that reading instead of the row's."""
+
     name: str
-    type: str
-    status: str  # starting | ok | degraded
-    values: Mapping[str, Any]  # source key -> value; missing when the source gave no data
-    fresh: bool  # some value is gateway data of its window, not a last good copy
-    stale: bool  # some value is a last good copy
-    at: float | None  # monotonic time of the newest gateway data in the frame
-
-    @property
-    def online(self) -> bool:
-        return self.status == "ok"
-
-    def get(self, source: Source) -> Any:
-        return self.values.get(source.key)
-
-
-Read = Callable[[Any], Any]  # a frame (or the aggregate body) -> the value
+    sources: tuple[Source, ...] = ()  # () for the row's own
+    read: Read | None = None  # None for the row's own
+    seed: str = ""  # the 2018 connector's name for it, if it had one
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +90,11 @@ class Point:
     states: tuple[str, ...] = ()  # STATE: the names it may take
     diagnostic: bool = False  # Home Assistant entity category "diagnostic"
     icon: str | None = None
+    total: Total | None = None  # how it reads over all gateways, if it does
+    openc2: Property | None = None  # how OpenC2 offers it, if it does
 
 
 # ---- reading helpers: pure functions of a frame ------------------------------------------
-
-def number(value: Any) -> float | None:
-    """A JSON number as float; None for anything else (booleans included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
 
 def _section(frame: Frame, meter: str) -> dict[str, Any]:
     agg = frame.get(AGGREGATES)
@@ -105,30 +103,26 @@ def _section(frame: Frame, meter: str) -> dict[str, Any]:
 
 
 def _power(meter: str) -> Read:
-    return lambda frame: number(_section(frame, meter).get("instant_power"))
+    """A power as /aggregates shows it (PW_NEG_SOLAR, PW_SITE_ZERO_THRESHOLD on grid)."""
+    return lambda frame: real((frame.power or {}).get(meter))
 
 
 def _energy(direction: str) -> Read:
     def read(frame: Frame) -> dict[str, float]:
-        found = {m: number(_section(frame, m).get(f"energy_{direction}")) for m in METERS}
+        found = {m: real(_section(frame, m).get(f"energy_{direction}")) for m in METERS}
         return {m: v for m, v in found.items() if v is not None}
     return read
-
-
-def _grid_power(frame: Frame) -> float | None:
-    # The aggregates are already shaped (PW_SITE_ZERO_THRESHOLD, PW_NEG_SOLAR) in the frame.
-    return number(_section(frame, "site").get("instant_power"))
 
 
 def _field(source: Source, name: str) -> Read:
     def read(frame: Frame) -> float | None:
         value = frame.get(source)
-        return number(value.get(name)) if isinstance(value, dict) else None
+        return real(value.get(name)) if isinstance(value, dict) else None
     return read
 
 
 def _value(source: Source) -> Read:
-    return lambda frame: number(frame.get(source))
+    return lambda frame: real(frame.get(source))
 
 
 def _text(source: Source) -> Read:
@@ -138,11 +132,26 @@ def _text(source: Source) -> Read:
     return read
 
 
+def _as_given(source: Source, *path: str) -> Read:
+    """A text exactly as the gateway gave it (OpenC2 answers in the gateway's words)."""
+    def read(frame: Frame) -> str | None:
+        value = frame.get(source)
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, str) else None
+    return read
+
+
+def _reserve(frame: Frame) -> float | int | None:
+    value = number(frame.get(RESERVE))
+    return None if value is None else user_number(value)  # 20, not 20.000000000000004
+
+
 def _temperatures(frame: Frame) -> dict[str, float]:
     temps = frame.get(TEMPS)
     if not isinstance(temps, dict):
         return {}
-    found = {str(name): number(value) for name, value in temps.items()}
+    found = {str(name): real(value) for name, value in temps.items()}
     return {name: value for name, value in list(found.items())[:MAX_LABELS] if value is not None}
 
 
@@ -171,27 +180,38 @@ MODE = PW_SOURCES["get_mode"]
 
 POINTS: tuple[Point, ...] = (
     Point("site_power", "Site power", "W", Kind.GAUGE, "power", "measurement",
-          (AGGREGATES,), _power("site")),
+          (AGGREGATES,), _power("site"), total=Total("total_site_power"),
+          openc2=Property("site_power")),
     Point("solar_power", "Solar power", "W", Kind.GAUGE, "power", "measurement",
-          (AGGREGATES,), _power("solar")),
+          (AGGREGATES,), _power("solar"), total=Total("total_solar_power"),
+          openc2=Property("solar_power")),
     Point("battery_power", "Battery power", "W", Kind.GAUGE, "power", "measurement",
-          (AGGREGATES,), _power("battery")),
+          (AGGREGATES,), _power("battery"), total=Total("total_battery_power"),
+          openc2=Property("battery_power")),
     Point("load_power", "Load power", "W", Kind.GAUGE, "power", "measurement",
-          (AGGREGATES,), _power("load")),
+          (AGGREGATES,), _power("load"), total=Total("total_load_power"),
+          openc2=Property("load_power")),
     Point("grid_power", "Grid power", "W", Kind.GAUGE, "power", "measurement",
-          (AGGREGATES,), _grid_power),
+          (AGGREGATES,), _power("grid"), total=Total("total_grid_power"),
+          openc2=Property("grid_power")),
     Point("battery_level", "Battery level", "%", Kind.GAUGE, "battery", "measurement",
-          (SOE,), _field(SOE, "percentage")),
+          (SOE,), _field(SOE, "percentage"), total=Total("total_battery_percent"),
+          openc2=Property("battery_percentage", (LEVEL_SCALED,), _value(LEVEL_SCALED),
+                          seed="battery_percentage")),  # OpenC2: the Tesla app's scale
     Point("battery_reserve", "Backup reserve", "%", Kind.GAUGE, None, "measurement",
-          (RESERVE,), _value(RESERVE), icon="mdi:battery-lock"),
+          (RESERVE,), _reserve, icon="mdi:battery-lock",
+          openc2=Property("backup_reserve_percent")),
     Point("battery_remaining_energy", "Battery remaining energy", "Wh", Kind.GAUGE,
           "energy_storage", "measurement", (SYSTEM_STATUS,),
-          _field(SYSTEM_STATUS, "nominal_energy_remaining")),
+          _field(SYSTEM_STATUS, "nominal_energy_remaining"),
+          total=Total("total_battery_remaining")),
     Point("battery_full_energy", "Battery full energy", "Wh", Kind.GAUGE,
           "energy_storage", "measurement", (SYSTEM_STATUS,),
-          _field(SYSTEM_STATUS, "nominal_full_pack_energy")),
+          _field(SYSTEM_STATUS, "nominal_full_pack_energy"),
+          total=Total("total_battery_capacity")),
     Point("battery_time_remaining", "Battery time remaining", "h", Kind.GAUGE, "duration",
-          "measurement", (TIME_REMAINING,), _value(TIME_REMAINING)),
+          "measurement", (TIME_REMAINING,), _value(TIME_REMAINING),
+          openc2=Property("time_remaining_hours")),
     Point("energy_imported", "energy imported", "Wh", Kind.TOTAL, "energy", "total_increasing",
           (AGGREGATES,), _energy("imported"), label="meter"),
     Point("energy_exported", "energy exported", "Wh", Kind.TOTAL, "energy", "total_increasing",
@@ -199,28 +219,25 @@ POINTS: tuple[Point, ...] = (
     Point("battery_temperature", "Battery temperature", "°C", Kind.GAUGE, "temperature",
           "measurement", (TEMPS,), _temperatures, label="battery", diagnostic=True),
     Point("grid_status", "Grid status", None, Kind.STATE, "enum", None,
-          (GRID_STATUS,), _grid_status, states=GRID_STATES, icon="mdi:transmission-tower"),
+          (GRID_STATUS,), _grid_status, states=GRID_STATES, icon="mdi:transmission-tower",
+          total=Total("grid_status", "Grid status (worst)"),
+          openc2=Property("grid_status", (GRID_STATUS_RAW,), _as_given(GRID_STATUS_RAW, "grid_status"))),
     Point("operation_mode", "Operation mode", None, Kind.STATE, None, None,
-          (MODE,), _text(MODE), states=MODES, icon="mdi:home-battery"),
+          (MODE,), _text(MODE), states=MODES, icon="mdi:home-battery",
+          openc2=Property("operation_mode")),
     Point("alerts", "Active alerts", None, Kind.GAUGE, None, "measurement",
           (ALERTS,), _alerts, diagnostic=True, icon="mdi:alert-circle-outline"),
     Point("gateway_online", "Gateway online", None, Kind.FLAG, "connectivity", None,
-          (), lambda frame: frame.online, diagnostic=True),
+          (), lambda frame: frame.online, diagnostic=True,
+          total=Total("num_online", "Gateways online", key="gateways_online", count=True,
+                      icon="mdi:lan-connect")),
     Point("firmware_version", "Firmware version", None, Kind.TEXT, None, None,
-          (VERSION,), _firmware, diagnostic=True, icon="mdi:chip"),
+          (VERSION,), _firmware, diagnostic=True, icon="mdi:chip",
+          openc2=Property("firmware_version", read=_as_given(VERSION))),
 )
 
 
-def sources_of(points: Sequence[Point]) -> tuple[Source, ...]:
-    """Every source the points need, each once; the aggregate's snapshot sources first."""
-    found: dict[str, Source] = {s.key: s for s in fleet.SNAPSHOT_SOURCES}
-    for point in points:
-        for source in point.sources:
-            found.setdefault(source.key, source)
-    return tuple(found.values())
-
-
-POINT_SOURCES = sources_of(POINTS)
+POINT_SOURCES = with_core(s for point in POINTS for s in point.sources)
 
 
 def values(point: Point, frame: Frame | dict[str, Any]) -> dict[str, Scalar]:
@@ -235,79 +252,27 @@ def values(point: Point, frame: Frame | dict[str, Any]) -> dict[str, Scalar]:
     return {} if value is None else {"": value}
 
 
-# ---- frames: one gateway's window-cached readings ----------------------------------------
+# ---- the aggregate of several gateways: the same rows, read from the /api/aggregate body ---
 
-def frame(site: Site, sources: Sequence[Source], readings: Sequence[Reading | None]) -> Frame:
-    found: dict[str, Any] = {}
-    for source, reading in zip(sources, readings, strict=True):
-        if reading is not None and reading.state is State.DATA and reading.value is not None:
-            found[source.key] = reading.value
-    agg = found.get(AGGREGATES.key)
-    if isinstance(agg, dict):  # shaped as /aggregates shows it
-        found[AGGREGATES.key] = payloads.process_aggregates(
-            agg, neg_solar=site.shaping.neg_solar, zero_threshold=site.shaping.zero_threshold)
-    data = [r for r in readings if r is not None and r.state is State.DATA]
-    times = [r.at for r in data if r.at is not None]
-    return Frame(
-        id=site.id, name=display_name(site), type=site.config.type,
-        status=site.gateway.status(), values=found,
-        fresh=any(not r.stale for r in data), stale=any(r.stale for r in data),
-        at=max(times) if times else None,
-    )
+def _total(point: Point, field: str) -> Read:
+    if point.kind is Kind.STATE:
+        return lambda body: body.get(field) if body.get(field) in point.states else None
+    return lambda body: real(body.get(field)) if isinstance(body, dict) else None
 
 
-def display_name(site: Site) -> str:
-    """The configured name, else the site name the gateway reports, else "Powerwall <id>"."""
-    site_name = site.gateway.site_name
-    if site.config.name:
-        return site.config.name
-    if isinstance(site_name, str) and site_name.strip():
-        return site_name.strip()
-    return "Powerwall" if site.id == "default" else f"Powerwall {site.id}"
+def over_all(point: Point) -> Point:
+    """The row as it reads over all gateways (its `total`)."""
+    total = point.total
+    assert total is not None
+    summed = replace(point, key=total.key or point.key, read=_total(point, total.field), sources=(),
+                     name=total.name or f"Total {point.name.lower()}", icon=total.icon or point.icon,
+                     diagnostic=False, total=None, openc2=None)
+    if total.count:  # how many gateways: a plain number, whatever the row is per gateway
+        return replace(summed, kind=Kind.GAUGE, unit=None, device_class=None, state_class="measurement")
+    return summed
 
 
-def read_frames(sites: Sites | Sequence[Site],
-                sources: Sequence[Source] = POINT_SOURCES) -> list[tuple[Frame, fleet.Snapshot]]:
-    """Each gateway's frame and its aggregate snapshot, read through the window cache."""
-    group = sites if isinstance(sites, Sites) else Sites(list(sites))
-    readings = fleet.read_sites(group, sources)
-    count = len(fleet.SNAPSHOT_SOURCES)
-    out = []
-    for site in group:
-        got = readings[site.id]
-        out.append((frame(site, sources, got), fleet.snapshot(site, got[:count])))
-    return out
-
-
-# ---- the aggregate of several gateways ---------------------------------------------------
-
-def _total(name: str) -> Read:
-    return lambda body: number(body.get(name)) if isinstance(body, dict) else None
-
-
-AGGREGATE_POINTS: tuple[Point, ...] = (
-    Point("site_power", "Total site power", "W", Kind.GAUGE, "power", "measurement",
-          (), _total("total_site_power")),
-    Point("solar_power", "Total solar power", "W", Kind.GAUGE, "power", "measurement",
-          (), _total("total_solar_power")),
-    Point("battery_power", "Total battery power", "W", Kind.GAUGE, "power", "measurement",
-          (), _total("total_battery_power")),
-    Point("load_power", "Total load power", "W", Kind.GAUGE, "power", "measurement",
-          (), _total("total_load_power")),
-    Point("grid_power", "Total grid power", "W", Kind.GAUGE, "power", "measurement",
-          (), _total("total_grid_power")),
-    Point("battery_level", "Total battery level", "%", Kind.GAUGE, "battery", "measurement",
-          (), _total("total_battery_percent")),
-    Point("battery_remaining_energy", "Total battery remaining energy", "Wh", Kind.GAUGE,
-          "energy_storage", "measurement", (), _total("total_battery_remaining")),
-    Point("battery_full_energy", "Total battery full energy", "Wh", Kind.GAUGE,
-          "energy_storage", "measurement", (), _total("total_battery_capacity")),
-    Point("grid_status", "Grid status (worst)", None, Kind.STATE, "enum", None,
-          (), lambda body: body.get("grid_status") if body.get("grid_status") in GRID_STATES
-          else None, states=GRID_STATES, icon="mdi:transmission-tower"),
-    Point("gateways_online", "Gateways online", None, Kind.GAUGE, None, "measurement",
-          (), _total("num_online"), icon="mdi:lan-connect"),
-)
+AGGREGATE_POINTS: tuple[Point, ...] = tuple(over_all(p) for p in POINTS if p.total is not None)
 
 
 def slug(text: str) -> str:

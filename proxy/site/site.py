@@ -15,10 +15,11 @@ from enum import Enum
 from typing import Any
 
 from proxy.config import GatewayConfig
-from proxy.errors import GatewayError, NotSupported
+from proxy.errors import GatewayError, NotSupported, UnknownGateway
 from proxy.gateway import Gateway, Kind, error_for
 from proxy.gateway.registry import Registry
 from proxy.gateway.sources import Source
+from proxy.reports import Reports
 from proxy.stats import Stats
 
 
@@ -139,4 +140,36 @@ class Site:
 
 
 class Sites(Registry[Site]):
-    """Every site by gateway id, the default one first; fixed once built."""
+    """Every site by gateway id, the default one first; fixed once built.
+
+    With a `Reports`, the sites report their gateways' counters as "gateways" (read by
+    /metrics; /stats and /health show each gateway in their own words)."""
+
+    def __init__(self, items: Sequence[Site], reports: Reports | None = None) -> None:
+        super().__init__(items)
+        if reports is not None:
+            reports.register("gateways", self.report, pages=())
+
+    def find(self, gateway_id: str) -> Site:
+        """The site an outside id names (a path segment, ?gw=, a topic level); UnknownGateway
+        ("Gateway not found", 404) when none does."""
+        site = self.get(gateway_id)
+        if site is None:
+            raise UnknownGateway()
+        return site
+
+    def report(self) -> dict[str, Any]:
+        """Each gateway's counters: calls, failures, cooldown and login backoff, cache lookups."""
+        return {site.id: _counters(site.gateway) for site in self}
+
+
+def _counters(gateway: Gateway) -> dict[str, Any]:
+    health = gateway.health.snapshot()
+    return {
+        "requests": health.total_successes + health.total_failures,
+        "failures": health.total_failures,
+        "cooldown_seconds": gateway.cooldown.remaining(),
+        "login_backoff_seconds": gateway.auth.remaining(),
+        "cache_hits": gateway.lookups.get(("hit",)),
+        "cache_misses": gateway.lookups.get(("miss",)),
+    }
