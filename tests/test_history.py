@@ -8,6 +8,7 @@ a separate process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,18 +16,21 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 from proxy.config import load_config
 from proxy.main import start
-from tests.brokers import free_port, wait_for
+from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, free_port, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
 from tests.expected import EDGE, requests_by_path
+from tests.test_push import SSEReader, open_sse, ws_url
 from tests.webhooks import Hook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,28 +111,110 @@ def test_daily_energy_adds_up_to_the_counters_difference(proxy_factory: Factory)
 
 # ---- events ------------------------------------------------------------------------------------
 
+class Streams:
+    """An SSE listener on /events and a WebSocket on /ws/gateway/default, keeping the events."""
+
+    def __init__(self, h: ProxyHandle) -> None:
+        self.lock = threading.Lock()
+        self.sse: list[dict[str, Any]] = []
+        self.ws: list[dict[str, Any]] = []
+        self.listening = open_sse(h, "/events")
+        self._stack = contextlib.ExitStack()
+        self.socket = self._stack.enter_context(connect(ws_url(h, "/ws/gateway/default")))
+        for target in (self._read_sse, self._read_ws):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _read_sse(self) -> None:
+        reader = SSEReader(self.listening.response)
+        with contextlib.suppress(Exception):
+            while True:
+                fields = reader.next()
+                if fields.get("event") == "event":
+                    assert "id" not in fields  # a snapshot's id stays the Last-Event-ID
+                    with self.lock:
+                        self.sse.append(json.loads(fields["data"]))
+
+    def _read_ws(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                message = json.loads(self.socket.recv())
+                if message.get("type") == "event":
+                    with self.lock:
+                        self.ws.append(message)
+
+    def kinds(self) -> tuple[list[str], list[str]]:
+        with self.lock:
+            return [e["kind"] for e in self.sse], [e["kind"] for e in self.ws]
+
+    def close(self) -> None:
+        self._stack.close()
+        self.listening.close()
+
+
 def test_a_grid_outage_is_one_down_and_one_up_event_with_its_duration(proxy_factory: Factory,
                                                                       hook: Hook) -> None:
     h = proxy_factory({**HISTORY, "PW_EVENTS_WEBHOOK": hook.url()})
     wait_for(lambda: feed_reads(h) >= 2, what="the first windows")
-    h.sim.set_fault("grid_outage")
-    down = wait_for(lambda: events_of(h, "kind=grid"), what="grid_down")
-    began = time.monotonic()
-    time.sleep(3)
-    h.sim.clear_faults()
-    ended = time.monotonic()
-    found = wait_for(lambda: exactly(2, events_of(h, "kind=grid")), what="grid_up")
-    assert [e["kind"] for e in found] == ["grid_down", "grid_up"] and found[0] == down[0]
-    duration = found[1]["detail"]["duration_seconds"]
-    assert abs(duration - (found[1]["time"] - found[0]["time"])) <= 1
-    assert ended - began - 2 <= duration <= ended - began + 4  # within a window or two of it
+    streams = Streams(h)
+    try:
+        wait_for(lambda: h.app.topics.listeners() == 2, what="both listeners")
+        h.sim.set_fault("grid_outage")
+        down = wait_for(lambda: events_of(h, "kind=grid"), what="grid_down")
+        began = time.monotonic()
+        time.sleep(3)
+        h.sim.clear_faults()
+        ended = time.monotonic()
+        found = wait_for(lambda: exactly(2, events_of(h, "kind=grid")), what="grid_up")
+        wanted = ["grid_down", "grid_up"]
+        assert [e["kind"] for e in found] == wanted and found[0] == down[0]
+        duration = found[1]["detail"]["duration_seconds"]
+        assert abs(duration - (found[1]["time"] - found[0]["time"])) <= 1
+        assert ended - began - 2 <= duration <= ended - began + 4  # within a window or two of it
+        wait_for(lambda: streams.kinds() == (wanted, wanted), what="the events on both streams")
+        assert streams.sse[1] == {"type": "event", **found[1]} == streams.ws[1]
+    finally:
+        streams.close()
     posted = wait_for(lambda: exactly(2, hook.received()), what="both webhooks")
-    assert [p["kind"] for p in posted] == ["grid_down", "grid_up"]
+    assert [p["kind"] for p in posted] == wanted
     assert posted[1]["detail"] == found[1]["detail"] and posted[0]["message"].startswith("Grid down at")
     stats = h.get("/stats").json()["history"]
     assert stats["webhooks"][0]["sent"] == 2 and "secret-id" not in json.dumps(stats)
     time.sleep(2)
     assert len(events_of(h, "kind=grid")) == 2  # and no more
+
+
+@pytest.mark.skipif(MOSQUITTO is None or MOSQUITTO_PASSWD is None, reason="mosquitto not found")
+def test_a_grid_outage_reaches_mqtt_and_home_assistant(proxy_factory: Factory) -> None:
+    broker = Mosquitto().start()
+    try:
+        listener = Listener(broker, ("pypowerwall/#", "homeassistant/#"))
+        h = proxy_factory({**HISTORY, **broker.env()})
+        topic = "homeassistant/event/pypowerwall_default_grid_event/config"
+        config = json.loads(wait_for(lambda: listener.last(topic), what="the grid event entity"))
+        assert config["state_topic"] == "pypowerwall/default/event"
+        assert config["event_types"] == ["grid_down", "grid_up"] and config["device"]["identifiers"]
+        h.sim.set_fault("grid_outage")
+        wait_for(lambda: events_of(h, "kind=grid_down"), what="grid_down")
+        h.sim.clear_faults()
+        told = wait_for(lambda: exactly(2, [json.loads(m.payload) for m in listener.all()
+                                            if m.topic == "pypowerwall/default/event"]), what="both")
+        assert [e["kind"] for e in told] == ["grid_down", "grid_up"]
+        assert told == events_of(h, "kind=grid")
+        assert not any(m.retain for m in listener.all() if m.topic.endswith("/event"))
+        listener.client.loop_stop()
+    finally:
+        broker.close()
+
+
+def test_who_changed_a_setting_comes_from_the_control_writes(proxy_factory: Factory) -> None:
+    h = proxy_factory({**HISTORY, "PW_CONTROL_SECRET": "s3cret"})
+    wait_for(lambda: feed_reads(h) >= 2, what="the first windows")
+    assert h.post("/control/mode", "value=backup&token=s3cret").status == 200
+    changed = wait_for(lambda: events_of(h, "kind=mode"), what="mode_changed")
+    assert changed[0]["detail"] == {"old": "self_consumption", "new": "backup", "by": "http"}
+    assert h.post("/control/reserve", "value=40&token=s3cret").status == 200
+    reserve = wait_for(lambda: events_of(h, "kind=reserve"), what="reserve_changed")
+    assert reserve[0]["detail"]["by"] == "http" and reserve[0]["detail"]["new"] == 40.0
 
 
 def test_a_firmware_change_is_one_event_and_one_log_line(proxy_factory: Factory,

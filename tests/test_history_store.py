@@ -21,7 +21,7 @@ import pytest
 from proxy.config import Secret
 from proxy.history import answers, energy, events, query, rollup, schema
 from proxy.history.events import Event, Observation, State, watch
-from proxy.history.recorder import Recorder, Window
+from proxy.history.recorder import Origins, Recorder, Window
 from proxy.history.store import Limits, Sample, Store, StoreError
 from proxy.history.webhook import Receiver, Webhooks
 from tests.webhooks import Hook
@@ -309,6 +309,18 @@ def test_settings_changes_say_who_changed_them() -> None:
     assert [(e.kind, dict(e.detail)) for e in found] == [
         ("mode_changed", {"old": "self_consumption", "new": "backup", "by": "gateway"}),
         ("reserve_changed", {"old": 20.0, "new": 35.0, "by": "mqtt"})]
+
+
+def test_a_change_soon_after_a_write_is_that_front_doors_once() -> None:
+    clock = Clock(T0)
+    origins = Origins(clock)
+    origins.heard("default", "operation", "openc2", accepted=True)  # reserve and mode at once
+    origins.heard("default", "reserve", "mqtt", accepted=False)  # refused: no change to explain
+    assert origins("default", "mode") == "openc2"
+    assert origins("default", "mode") is None  # told once: a later change is the gateway's
+    clock.now += 61
+    assert origins("default", "reserve") is None  # too long ago to be the cause
+    assert origins("cabin", "mode") is None
 
 
 def test_unreachable_after_60_seconds_and_back() -> None:
