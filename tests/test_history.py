@@ -30,6 +30,9 @@ from proxy.main import start
 from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, free_port, wait_for
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, settled
 from tests.expected import EDGE, requests_by_path
+from tests.ha_rules import check_config
+from tests.test_openapi import _report as report
+from tests.test_openapi import schemathesis
 from tests.test_push import SSEReader, open_sse, ws_url
 from tests.webhooks import Hook
 
@@ -191,6 +194,7 @@ def test_a_grid_outage_reaches_mqtt_and_home_assistant(proxy_factory: Factory) -
         h = proxy_factory({**HISTORY, **broker.env()})
         topic = "homeassistant/event/pypowerwall_default_grid_event/config"
         config = json.loads(wait_for(lambda: listener.last(topic), what="the grid event entity"))
+        assert check_config(topic, config) == "event"  # as Home Assistant takes it
         assert config["state_topic"] == "pypowerwall/default/event"
         assert config["event_types"] == ["grid_down", "grid_up"] and config["device"]["identifiers"]
         h.sim.set_fault("grid_outage")
@@ -204,6 +208,17 @@ def test_a_grid_outage_reaches_mqtt_and_home_assistant(proxy_factory: Factory) -
         listener.client.loop_stop()
     finally:
         broker.close()
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_nothing_in_the_history_routes(proxy_factory: Factory) -> None:
+    """The routes as /openapi.json documents them, with the store on (the other tests of the
+    document run with it off, where these routes answer 404)."""
+    h = proxy_factory(HISTORY)
+    wait_for(lambda: feed_reads(h) >= 2, what="a few windows")
+    run = schemathesis(h.url + "openapi.json", "--include-tag", "history")
+    assert run.returncode == 0, report(run)
+    assert "12 selected /" in run.stdout and " passed" in run.stdout  # 4 routes: GET, HEAD, OPTIONS
 
 
 def test_who_changed_a_setting_comes_from_the_control_writes(proxy_factory: Factory) -> None:

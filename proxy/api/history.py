@@ -83,10 +83,11 @@ def _gateway(site: Any) -> answers.Gateway:
     return answers.Gateway(site.id, period, site.config.type != "inverter")
 
 
-def _range(history: History, call: Call, default_span: float, now: float) -> tuple[float, float]:
+def _range(history: History, call: Call, default_span: float, now: float,
+           longest: float = query.MAX_RANGE) -> tuple[float, float]:
     zone = history.settings.zone
     assert zone is not None
-    return query.time_range(call.param("from"), call.param("to"), now, zone, default_span)
+    return query.time_range(call.param("from"), call.param("to"), now, zone, default_span, longest)
 
 
 def _choice(call: Call, name: str, allowed: tuple[str, ...]) -> str:
@@ -188,7 +189,7 @@ def get_events(history: History) -> Handler:
         try:
             kinds = events.kinds_matching(call.param("kind")) if call.param("kind").strip() else None
             # Without from: everything kept.
-            begin, end = _range(history, call, EVENTS_KEPT, time.time())
+            begin, end = _range(history, call, EVENTS_KEPT, time.time(), math.inf)
         except (QueryError, ValueError) as exc:
             raise _bad(exc) from None
         try:
@@ -243,8 +244,10 @@ _TIME_NOTE = ("ISO 8601 (without an offset: local time in PW_TIMEZONE), negative
               "before now (-3600), or Unix seconds")
 _GW = Param("gw", "A gateway id, or `all` for every gateway added up (default: the default "
             "gateway)", {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}, ("all",))
-_FROM = Param("from", f"Start: {_TIME_NOTE}", {"type": "string"}, ("-3600",))
-_TO = Param("to", f"End (default: now): {_TIME_NOTE}", {"type": "string"}, ("-60",))
+_TIME: Schema = {"type": "string", "pattern": "^(-?[0-9]{1,12}(\\.[0-9]{1,6})?|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                 "([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)$"}
+_FROM = Param("from", f"Start: {_TIME_NOTE}", _TIME, ("-3600",))
+_TO = Param("to", f"End (default: now): {_TIME_NOTE}", _TIME, ("-60",))
 _OFF = Answer(404, "Unknown gateway, a gateway without history, or the history is off")
 _UNAVAILABLE = Answer(503, "The store cannot be used right now (read-only folder, full disk, "
                            "a file of a newer version): the error says why", retry_after=True)
@@ -318,8 +321,8 @@ def routes(history: History | None) -> tuple[Route, ...]:
             query=(Param("gw", "A gateway id (default: every gateway)", _GW.schema),
                    Param("kind", "Comma-separated kinds, or groups: grid, alert, gateway, "
                          "firmware, mode, reserve", {"type": "string"}, ("grid",)),
-                   Param("from", f"Start (default: everything kept): {_TIME_NOTE}",
-                         {"type": "string"}), _TO))),
+                   Param("from", f"Start (default: everything kept): {_TIME_NOTE}", _TIME),
+                   _TO))),
         Route("/api/history/backup", handlers[3], doc=Doc(
             "A consistent copy of the history file (SQLite)", {"type": "string",
                                                               "format": "binary"},

@@ -54,14 +54,15 @@ def parse_time(raw: str, name: str, now: float, zone: ZoneInfo) -> float:
     return moment.timestamp()
 
 
-def time_range(start: str, end: str, now: float, zone: ZoneInfo,
-               default_span: float) -> tuple[float, float]:
-    """[from, to) as Unix seconds; to defaults to now, from to `default_span` before it."""
+def time_range(start: str, end: str, now: float, zone: ZoneInfo, default_span: float,
+               longest: float = MAX_RANGE) -> tuple[float, float]:
+    """[from, to) as Unix seconds; to defaults to now, from to `default_span` before it; at
+    most `longest` apart."""
     stop = parse_time(end, "to", now, zone) if end.strip() else now
     begin = parse_time(start, "from", now, zone) if start.strip() else stop - default_span
     if not (math.isfinite(begin) and math.isfinite(stop)) or begin >= stop:
         raise QueryError("from must be before to")
-    if stop - begin > MAX_RANGE:
+    if stop - begin > longest:
         raise QueryError("from and to may be at most ten years apart")
     return begin, stop
 
