@@ -285,50 +285,54 @@ def _off(app: App, call: Call) -> Response:
     raise HTTPError(404, OFF)
 
 
+HISTORY_DOC = Doc(
+    "Recorded measurements of a gateway (or all added up)", HISTORY_BODY, tag="history",
+    answers=(*_ANSWERS, Answer(200, "With format=csv: the same columns as CSV", {"type": "string"},
+                               media=CSV)),
+    description="Without step, the step is the finest resolution the store keeps for `from` "
+                "(each window, a minute, a quarter) that keeps the answer within 10,000 rows, else "
+                "a coarser one aggregated on read; a step that would exceed 10,000 rows is a 400 "
+                "naming the smallest that fits.",
+    query=(_GW, Param("points", "Comma-separated points (default: powers and battery level); a "
+                      "labelled point alone means each of its labels, or name one: "
+                      "energy_imported/site", {"type": "string"}, ("site_power,battery_level",)),
+           _FROM, _TO, Param("step", "Seconds per row", {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                             ("60",)),
+           Param("format", "json (default) or csv", {"type": "string", "enum": ["json", "csv"]})))
+ENERGY_DOC = Doc(
+    "Daily (or monthly) energy per meter from the lifetime counters", ENERGY_BODY, tag="history",
+    answers=_ANSWERS,
+    description="Days are cut at local midnight in the gateway's time zone; a counter that goes "
+                "down starts a new segment, so nothing is counted twice.",
+    query=(_GW, Param("period", "day (default) or month", {"type": "string", "enum": ["day", "month"]}),
+           _FROM, _TO))
+EVENTS_DOC = Doc(
+    "What happened: grid, firmware, alerts, settings, reachability", EVENTS_BODY, tag="history",
+    answers=_ANSWERS,
+    description=f"Kinds: {', '.join(f'`{k}`' for k in events.KINDS)}. Oldest first; at most the "
+                f"newest {answers.MAX_EVENTS}.",
+    query=(Param("gw", "A gateway id (default: every gateway)", _GW.schema),
+           Param("kind", "Comma-separated kinds, or groups: grid, alert, gateway, firmware, mode, "
+                 "reserve", {"type": "string"}, ("grid",)),
+           Param("from", f"Start (default: everything kept): {_TIME_NOTE}", _TIME), _TO))
+BACKUP_DOC = Doc(
+    "A consistent copy of the history file (SQLite)", {"type": "string", "format": "binary"}, SQLITE,
+    tag="history",
+    answers=(_OFF, Answer(503, "The store cannot be used, or a backup is being made",
+                          retry_after=True)),
+    description="Made with SQLite's backup API from what is committed (a commit is made first); "
+                "open it with any SQLite tool.")
+
+
 def routes(history: History | None) -> tuple[Route, ...]:
     """The history routes, reading `history` (None: they answer 404, as with PW_HISTORY=no)."""
-    kinds = ", ".join(f"`{k}`" for k in events.KINDS)
-    handlers = (_off,) * 4 if history is None else (
-        get_history(history), get_energy(history), get_events(history), get_backup(history))
+    if history is None:
+        return tuple(Route(path, _off, doc=doc) for path, doc in (
+            ("/api/history", HISTORY_DOC), ("/api/history/energy", ENERGY_DOC),
+            ("/api/events", EVENTS_DOC), ("/api/history/backup", BACKUP_DOC)))
     return (
-        Route("/api/history", handlers[0], doc=Doc(
-            "Recorded measurements of a gateway (or all added up)", HISTORY_BODY, tag="history",
-            answers=(*_ANSWERS, Answer(200, "With format=csv: the same columns as CSV",
-                                       {"type": "string"}, media=CSV)),
-            description="Without step, the step is the smallest that keeps the answer within "
-                        "10,000 rows; a step that would exceed it is a 400 naming the smallest "
-                        "that fits.",
-            query=(_GW, Param("points", "Comma-separated points (default: powers and battery "
-                              "level); a labelled point alone means each of its labels, or "
-                              "name one: energy_imported/site", {"type": "string"},
-                              ("site_power,battery_level",)),
-                   _FROM, _TO, Param("step", "Seconds per row", {"type": "string",
-                                                                "pattern": "^[0-9]{1,9}$"}, ("60",)),
-                   Param("format", "json (default) or csv", {"type": "string",
-                                                             "enum": ["json", "csv"]})))),
-        Route("/api/history/energy", handlers[1], doc=Doc(
-            "Daily (or monthly) energy per meter from the lifetime counters", ENERGY_BODY,
-            tag="history", answers=_ANSWERS,
-            description="Days are cut at local midnight in the gateway's time zone; a counter "
-                        "that goes down starts a new segment, so nothing is counted twice.",
-            query=(_GW, Param("period", "day (default) or month", {"type": "string",
-                                                                  "enum": ["day", "month"]}),
-                   _FROM, _TO))),
-        Route("/api/events", handlers[2], doc=Doc(
-            "What happened: grid, firmware, alerts, settings, reachability", EVENTS_BODY,
-            tag="history", answers=_ANSWERS, description=f"Kinds: {kinds}. Oldest first; at most "
-            f"the newest {answers.MAX_EVENTS}.",
-            query=(Param("gw", "A gateway id (default: every gateway)", _GW.schema),
-                   Param("kind", "Comma-separated kinds, or groups: grid, alert, gateway, "
-                         "firmware, mode, reserve", {"type": "string"}, ("grid",)),
-                   Param("from", f"Start (default: everything kept): {_TIME_NOTE}", _TIME),
-                   _TO))),
-        Route("/api/history/backup", handlers[3], doc=Doc(
-            "A consistent copy of the history file (SQLite)", {"type": "string",
-                                                              "format": "binary"},
-            SQLITE, tag="history",
-            answers=(_OFF, Answer(503, "The store cannot be used, or a backup is being made",
-                                  retry_after=True)),
-            description="Made with SQLite's backup API from what is committed (a commit is made "
-                        "first); open it with any SQLite tool.")),
+        Route("/api/history", get_history(history), doc=HISTORY_DOC),
+        Route("/api/history/energy", get_energy(history), doc=ENERGY_DOC),
+        Route("/api/events", get_events(history), doc=EVENTS_DOC),
+        Route("/api/history/backup", get_backup(history), doc=BACKUP_DOC),
     )
