@@ -341,6 +341,27 @@ def _read_only(data: Path) -> tuple[str, ...]:
             f"mount -t tmpfs -o ro tmpfs '{data}' && exec \"$0\" \"$@\"")
 
 
+def test_a_full_disk_degrades_honestly(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("a small file system of its own needs root in a mount namespace")
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f"mount -t tmpfs -o size=96k tmpfs '{data}' && exec \"$0\" \"$@\"")
+    proc, port = _subprocess_proxy(tmp_path, data, tiny)
+    try:
+        store = wait_for(lambda: (r := _get(port, "/health"))[0] == 200 and r[1]["history"]["error"]
+                         and r[1]["history"], what="the store to fill the disk", timeout=60)
+        assert store["status"] == "error" and "full" in store["error"], store
+        assert _get(port, "/aggregates")[0] == 200  # the proxy serves on
+        status, body = _get(port, "/api/history?from=-60")
+        assert status in (200, 503), body  # what was kept can still be read, or an honest 503
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
+
+
 def test_a_read_only_data_folder_degrades_honestly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
