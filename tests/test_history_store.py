@@ -100,6 +100,7 @@ def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events_gateway'").fetchone()
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'hour'").fetchone()
 
 
 def test_a_newer_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
@@ -176,6 +177,7 @@ def test_three_days_are_rolled_up_and_raw_rows_pruned(tmp_path: Path) -> None:
     assert oldest_raw >= clock.now - 86400 - 60  # raw for PW_HISTORY_RAW_DAYS ...
     assert conn.execute("SELECT MIN(t) FROM minute").fetchone()[0] == T0 // 60 * 60  # ... minutes
     assert conn.execute("SELECT MIN(t) FROM quarter").fetchone()[0] == T0 // 900 * 900
+    assert conn.execute("SELECT MIN(t) FROM hour").fetchone()[0] == T0 // 3600 * 3600
     # A minute's mean is the mean of its samples; a state keeps the minute's last value.
     minute = (T0 // 60 + 10) * 60
     expected = sum(float(t % 120) for t in range(minute, minute + 60, 5)) / 12

@@ -78,9 +78,9 @@ def columns(store: Store, gateways: Sequence[Gateway], wanted: Sequence[str]) ->
 Ids = dict[str, dict[tuple[str, str], tuple[int, int]]]  # gateway -> (point, label) -> (id, agg)
 
 
-def _table(conn: sqlite3.Connection, marks: Marks, ids: Ids, gateways: Sequence[Gateway],
-           cols: Sequence[Column], begin: int, end: int, step: int) -> tuple[str, list[Any]]:
-    """SQL of the whole answer: each column per gateway, combined, side by side by bucket."""
+def _columns(conn: sqlite3.Connection, marks: Marks, ids: Ids, gateways: Sequence[Gateway],
+             cols: Sequence[Column], begin: int, end: int, step: int) -> list[tuple[str, list[Any]]]:
+    """SQL (b, v) of each column: per gateway bucketed, combined over gateways."""
     columns = []
     for col in cols:
         parts = []
@@ -93,7 +93,7 @@ def _table(conn: sqlite3.Connection, marks: Marks, ids: Ids, gateways: Sequence[
             parts.append(query.Part(sql, args, weight))
         how = {"battery_level": query.WEIGHTED, "grid_status": query.WORST}.get(col.point, query.SUM)
         columns.append(query.combined(parts, how) if parts else (query.NOTHING, []))
-    return query.pivot(columns)
+    return columns
 
 
 def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
@@ -104,23 +104,22 @@ def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], b
         if reading is None:
             raise Unavailable()
         conn, marks = reading
-        sql, args = _table(conn, marks, ids, gateways, cols, begin, end, step)
-        rows = conn.execute(sql, args).fetchall()
-    return [[row[0], *(_render(c, v) for c, v in zip(cols, row[1:], strict=True))] for row in rows]
+        found = []
+        for sql, args in _columns(conn, marks, ids, gateways, cols, begin, end, step):
+            buckets, values = conn.execute(query.arrays(sql), args).fetchone()
+            found.append((json.loads(buckets), json.loads(values)))
+    rows = query.side_by_side(found)
+    flags = [i + 1 for i, c in enumerate(cols) if KINDS[c.point] is Kind.FLAG]
+    for row in rows if flags else ():
+        for i in flags:
+            row[i] = None if row[i] is None else bool(row[i])
+    return rows
 
 
 def history_json(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
                  end: int, step: int) -> str:
-    """The same rows as JSON text, encoded by SQLite: no per-row work in Python."""
-    ids = {gw.id: store.series_ids(gw.id) for gw in gateways}
-    flags = [i for i, c in enumerate(cols) if KINDS[c.point] is Kind.FLAG]
-    with store.reading() as reading:
-        if reading is None:
-            raise Unavailable()
-        conn, marks = reading
-        sql, args = _table(conn, marks, ids, gateways, cols, begin, end, step)
-        text: str = conn.execute(query.as_json(sql, len(cols), flags), args).fetchone()[0]
-    return text
+    """The same rows as JSON text."""
+    return json.dumps(history(store, gateways, cols, begin, end, step))
 
 
 def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, int]]) -> float:
@@ -128,12 +127,6 @@ def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, in
     found = ids.get(("battery_full_energy", ""))
     value = None if found is None else query.latest(conn, found[0])
     return float(value) if isinstance(value, (int, float)) else 0.0
-
-
-def _render(col: Column, value: Value) -> Any:
-    if KINDS[col.point] is Kind.FLAG and isinstance(value, (int, float)):
-        return bool(value)
-    return value
 
 
 # ---- daily energy -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from proxy.history import schema
-from proxy.history.rollup import DAY, MINUTE, MINUTE_DAYS, QUARTER, Marks
+from proxy.history.rollup import DAY, HOUR, MINUTE, MINUTE_DAYS, QUARTER, Marks
 
 MAX_ROWS = 10_000
 NOTHING = "SELECT NULL AS b, NULL AS v WHERE 0"  # a column without data
@@ -108,35 +108,54 @@ class Span:
     weight: int  # seconds one row of the table stands for
 
 
+# The sample tables, coarse to fine: (table, seconds a row stands for, the Marks field from
+# which it is complete, the Marks field up to which it was rolled up; raw: not rolled, "").
+LEVELS = (("hour", HOUR, "hour_from", "hour"), ("quarter", QUARTER, "quarter_from", "quarter"),
+          ("minute", MINUTE, "minute_from", "minute"), ("raw", 0, "raw_from", ""))
+
+
 def spans(marks: Marks, step: int, begin: int, end: int, period: int) -> list[Span]:
-    """The tables to read for [begin, end) at `step`: oldest first, never overlapping."""
-    if step < MINUTE:
-        edges = (marks.minute_from, marks.raw_from)
-    elif step < QUARTER:
-        edges = (marks.minute_from, marks.minute)
-    else:
-        edges = (marks.quarter, marks.minute)
-    cuts = [begin, max(begin, min(end, edges[0])), max(begin, min(end, edges[1])), end]
-    cuts[2] = max(cuts[1], cuts[2])
-    tables = (("quarter", QUARTER), ("minute", MINUTE), ("raw", max(1, period)))
-    return [Span(table, cuts[i], cuts[i + 1], weight)
-            for i, (table, weight) in enumerate(tables) if cuts[i + 1] > cuts[i]]
+    """The tables to read for [begin, end) at `step`, oldest first, never overlapping: the
+    coarsest table as fine as the step (the base) where it is complete, coarser ones before
+    that (where it was pruned), finer ones after it (what is not rolled up into it yet)."""
+    widths = [width or max(1, period) for _, width, _, _ in LEVELS]
+    base = next(i for i, width in enumerate(widths) if width <= step or i == len(LEVELS) - 1)
+    uppers: list[float] = [getattr(marks, LEVELS[i + 1][2]) for i in range(base)]
+    uppers += [getattr(marks, rolled) if rolled else math.inf for _, _, _, rolled in LEVELS[base:]]
+    out, low = [], begin
+    for (table, _, _, _), width, upper in zip(LEVELS, widths, uppers, strict=True):
+        high = int(max(low, min(end, upper)))
+        if high > low:
+            out.append(Span(table, low, high, width))
+        low = high
+    return out
 
 
 def bucketed(marks: Marks, series: int, agg: int, step: int, begin: int, end: int,
              period: int) -> tuple[str, list[Any]]:
     """SQL for one series bucketed by `step`: rows (b, v), b the bucket start, v the mean
-    (weighted by what each row stands for) or the last value; and its arguments."""
-    parts, args = [], []
+    (weighted by what each row stands for) or the last value; and its arguments. Rows of a
+    table whose rows are whole buckets already (an hour's row at a one-hour step) are taken as
+    they are: no aggregation, no sorting."""
+    direct, grouped, args, more = [], [], [], []
     for span in spans(marks, step, begin, end, period):
-        parts.append(f"SELECT t, value, {span.weight} AS w FROM {span.table} "
-                     "WHERE series = ? AND t >= ? AND t < ?")
-        args += [series, span.start, span.end]
-    if not parts:
+        where = f"FROM {span.table} WHERE series = ? AND t >= ? AND t < ?"
+        if span.table != "raw" and span.weight % step == 0:
+            direct.append(f"SELECT t AS b, value AS v {where}")
+            args += [series, span.start, span.end]
+        else:
+            grouped.append(f"SELECT t, value, {span.weight} AS w {where}")
+            more += [series, span.start, span.end]
+    arms = list(direct)
+    if grouped:
+        # The last value of a bucket: SQLite takes a bare column from the row that gave MAX().
+        value = "SUM(value * w) / SUM(w)" if agg == schema.MEAN else "value"
+        arms.append(f"SELECT b, v FROM (SELECT (t / {step}) * {step} AS b, {value} AS v, "
+                    f"MAX(t) AS last FROM ({' UNION ALL '.join(grouped)}) GROUP BY b)")
+        args += more
+    if not arms:
         return NOTHING, []
-    value = "SUM(value * w) / SUM(w)" if agg == schema.MEAN else "value"
-    return (f"SELECT (t / {step}) * {step} AS b, {value} AS v, MAX(t) AS last "
-            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY b"), args
+    return " UNION ALL ".join(arms), args
 
 
 def latest(conn: sqlite3.Connection, series: int) -> Value:
@@ -191,24 +210,24 @@ def combined(parts: Sequence[Part], how: str) -> tuple[str, list[Any]]:
 _ROUNDED = "CASE WHEN typeof(v) = 'real' THEN round(v, 3) ELSE v END"
 
 
-def pivot(columns: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
-    """SQL of the table: one row per bucket with data, (b, c0, c1, …), numbers to 3 decimals."""
-    count = len(columns)
-    arms, args = [], []
-    for i, (sql, more) in enumerate(columns):
-        cells = ", ".join((_ROUNDED if j == i else "NULL") + f" AS c{j}" for j in range(count))
-        arms.append(f"SELECT b, {cells} FROM ({sql}) WHERE b IS NOT NULL")
-        args += more
-    picked = ", ".join(f"MAX(c{j}) AS c{j}" for j in range(count))
-    return f"SELECT b, {picked} FROM ({' UNION ALL '.join(arms)}) GROUP BY b ORDER BY b", args
+def arrays(sql: str) -> str:
+    """SQL giving one column as two JSON arrays, bucket starts and values, in bucket order
+    (SQLite builds them: a column of a year is one row to Python, not 8,760)."""
+    return (f"SELECT json_group_array(b), json_group_array({_ROUNDED}) "
+            f"FROM (SELECT b, v FROM ({sql}) WHERE b IS NOT NULL ORDER BY b)")
 
 
-def as_json(table_sql: str, count: int, flags: Sequence[int] = ()) -> str:
-    """SQL that encodes the table as one JSON array of rows (SQLite does the per-row work);
-    the `flags` columns as true/false."""
-    def cell(j: int) -> str:
-        if j in flags:
-            return f"CASE WHEN c{j} IS NULL THEN NULL WHEN c{j} THEN json('true') ELSE json('false') END"
-        return f"c{j}"
-    cells = ", ".join(["b", *(cell(j) for j in range(count))])
-    return f"SELECT json_group_array(json_array({cells})) FROM ({table_sql})"
+def side_by_side(columns: Sequence[tuple[list[int], list[Value]]]) -> list[list[Value]]:
+    """Rows [b, v0, v1, …] from each column's (bucket starts, values): zipped when every column
+    has the same buckets (one gateway read at once: the usual case), else merged by bucket (a
+    bucket twice in one column, where two tables meet, keeps the later value)."""
+    if not columns:
+        return []
+    first = columns[0][0]
+    if all(b == first for b, _ in columns) and len(set(first)) == len(first):
+        return [list(row) for row in zip(first, *(values for _, values in columns), strict=True)]
+    table: dict[int, list[Value]] = {}
+    for i, (buckets, values) in enumerate(columns):
+        for b, v in zip(buckets, values, strict=True):
+            table.setdefault(b, [None] * len(columns))[i] = v
+    return [[b, *table[b]] for b in sorted(table)]

@@ -20,13 +20,14 @@ from dataclasses import dataclass, replace
 
 from proxy.history import schema
 
-MINUTE, QUARTER, DAY = 60, 900, 86400
+MINUTE, QUARTER, HOUR, DAY = 60, 900, 3600, 86400
 MINUTE_DAYS = 30  # 1-minute means are kept this long ...
-QUARTER_DAYS = 730  # ... 15-minute means this long; events too
+QUARTER_DAYS = 730  # ... 15-minute and hourly means this long; events too
 SETTLE = 30  # a minute is rolled up once it ended this long ago (late samples are in by then)
 ROLL_RAW = 3600  # raw seconds rolled per step
 ROLL_MINUTES = 6 * 3600  # minute-table seconds rolled per step
-PRUNE_SPANS = {"raw": 3600, "minute": 6 * 3600, "quarter": 7 * DAY}
+ROLL_QUARTERS = 7 * DAY  # quarter-table seconds rolled per step
+PRUNE_SPANS = {"raw": 3600, "minute": 6 * 3600, "quarter": 7 * DAY, "hour": 7 * DAY}
 VACUUM_PAGES = 256  # pages handed back to the file system per step
 SERIES = "series IN (SELECT id FROM series)"  # lets SQLite use the (series, t) key per series
 
@@ -35,9 +36,11 @@ SERIES = "series IN (SELECT id FROM series)"  # lets SQLite use the (series, t) 
 class Marks:
     minute: int = 0  # raw rolled into `minute` before this time
     quarter: int = 0  # minutes rolled into `quarter` before this time
+    hour: int = 0  # quarters rolled into `hour` before this time
     raw_from: int = 0  # raw rows complete from this time on
     minute_from: int = 0  # minute rows complete from this time on
     quarter_from: int = 0
+    hour_from: int = 0
     events_from: int = 0
 
 
@@ -119,6 +122,7 @@ class Roll:
 ROLLS = (
     Roll("raw", "minute", MINUTE, "minute", ROLL_RAW, lambda m, p: _floor(p.now - SETTLE, MINUTE)),
     Roll("minute", "quarter", QUARTER, "quarter", ROLL_MINUTES, lambda m, p: _floor(m.minute, QUARTER)),
+    Roll("quarter", "hour", HOUR, "hour", ROLL_QUARTERS, lambda m, p: _floor(m.quarter, HOUR)),
 )
 
 
@@ -168,14 +172,17 @@ RETENTION = (
     Prune("raw", "raw_from", lambda m, p: min(_floor(p.now - p.raw_days * DAY, MINUTE), m.minute)),
     Prune("minute", "minute_from", lambda m, p: min(_floor(p.now - MINUTE_DAYS * DAY, QUARTER),
                                                     m.quarter)),
-    Prune("quarter", "quarter_from", lambda m, p: _floor(p.now - QUARTER_DAYS * DAY, QUARTER)),
+    Prune("quarter", "quarter_from", lambda m, p: min(_floor(p.now - QUARTER_DAYS * DAY, QUARTER),
+                                                      m.hour)),
+    Prune("hour", "hour_from", lambda m, p: _floor(p.now - QUARTER_DAYS * DAY, HOUR)),
 )
 # Over PW_HISTORY_MAX_MB: the oldest fine-grained rows go first (raw already rolled up, then
-# minutes already rolled up, then the oldest quarters). Daily energy stays.
+# minutes already rolled up, quarters already rolled up, then the oldest hours). Daily energy stays.
 OVERSIZE = (
     Prune("raw", "raw_from", lambda m, p: m.minute),
     Prune("minute", "minute_from", lambda m, p: m.quarter),
-    Prune("quarter", "quarter_from", lambda m, p: _floor(p.now, QUARTER)),
+    Prune("quarter", "quarter_from", lambda m, p: m.hour),
+    Prune("hour", "hour_from", lambda m, p: _floor(p.now, HOUR)),
 )
 
 

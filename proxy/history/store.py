@@ -361,7 +361,8 @@ class Store:
                 else round(self._clock() - self._last_commit, 1),
                 "series": len(self._series),
                 "samples_dropped": self._dropped,
-                "rolled_up_to": {"minute": self._marks.minute, "quarter": self._marks.quarter},
+                "rolled_up_to": {"minute": self._marks.minute, "quarter": self._marks.quarter,
+                                 "hour": self._marks.hour},
             }
         view["file_bytes"] = self.file_bytes()
         view["max_bytes"] = self.limits.max_bytes
