@@ -245,13 +245,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     from proxy.api.openc2 import Budgets
     from proxy.history.service import build_history
 
-    simulators: list[Any] = []
-    tmp = None
-    control_password = ""
-    if config.simulate or simulate:
-        config, simulators, tmp, control_password = _simulated(config, max(1, simulate))
-        config = dataclasses.replace(config, simulate=True)
-    _trust_gateway_certificate(config)
+    config, simulators, tmp, control_password = _prepared(config, simulate)
     reports = Reports()
     gateways = _gateways(config, control_password, client_factory)
     shaping = Shaping(config.neg_solar, config.site_zero_threshold)
@@ -283,6 +277,19 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     if wait_connected:
         gateways.wait_connected(wait_connected)
     return running
+
+
+def _prepared(config: Config, simulate: int) -> tuple[Config, list[Any], Any, str]:
+    """The config to run: pointed at built-in simulators when asked (with them, their temp
+    folder and the control password), and the gateway's self-signed certificate trusted."""
+    simulators: list[Any] = []
+    tmp = None
+    control_password = ""
+    if config.simulate or simulate:
+        config, simulators, tmp, control_password = _simulated(config, max(1, simulate))
+        config = dataclasses.replace(config, simulate=True)
+    _trust_gateway_certificate(config)
+    return config, simulators, tmp, control_password
 
 
 def _gateways(config: Config, control_password: str, client_factory: Any) -> Gateways:

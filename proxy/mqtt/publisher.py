@@ -50,7 +50,7 @@ from proxy.mqtt.discovery import (
 )
 from proxy.ratelog import RateLog
 from proxy.reports import Reports
-from proxy.site.actions import Action, Origin, Writes, for_mqtt
+from proxy.site.actions import Origin, Writes, for_mqtt
 from proxy.site.frames import Frame, aggregate
 from proxy.site.hub import Hub, Refresh
 from proxy.site.points import POINT_SOURCES
@@ -429,29 +429,33 @@ class Publisher:
 
     def _command(self, gateway: str, name: str, payload: str) -> None:
         topic = command_topic(self.settings, gateway, name)
-        action = for_mqtt(name)
-        try:
-            site: Site | None = self.sites.find(gateway)
-        except UnknownGateway:
-            site = None
-        if site is None or action is None:
+        result = carry_out(self.sites, self.writes, gateway, name, payload)
+        if result is None:
             self._ignored(topic, "no such gateway or command")
             return
-        result = self._carry_out(site, action, payload)
-        self._send([Message(result_topic(self.settings, gateway, name), json.dumps(result))])
-        if result["ok"]:
-            # The write moved the gateway's window on: the hub reads it again at once.
+        if result["ok"]:  # the write moved the gateway's window on: the hub reads it at once
             with self._lock:
                 self._counts.commands += 1
         else:
             self._ignored(topic, str(result["error"]))
+        self._send([Message(result_topic(self.settings, gateway, name), json.dumps(result))])
 
-    def _carry_out(self, site: Site, action: Action[Any], payload: str) -> dict[str, Any]:
-        try:
-            answer = self.writes.run(site, action, action.parse(_whole(payload)), Origin.MQTT)
-        except ProxyError as exc:
-            return {"ok": False, "error": exc.message}
-        return {"ok": True, "result": answer}
+
+def carry_out(sites: Sites, writes: Writes, gateway: str, name: str, payload: str) -> dict[str, Any] | None:
+    """Run an MQTT command as its row of the actions table: {"ok": True, "result": …} or
+    {"ok": False, "error": …}; None when no gateway or no command has that name."""
+    action = for_mqtt(name)
+    try:
+        site = sites.find(gateway)
+    except UnknownGateway:
+        return None
+    if action is None:
+        return None
+    try:
+        answer = writes.run(site, action, action.parse(_whole(payload)), Origin.MQTT)
+    except ProxyError as exc:
+        return {"ok": False, "error": exc.message}
+    return {"ok": True, "result": answer}
 
 
 def _whole(raw: str) -> str:

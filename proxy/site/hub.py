@@ -19,6 +19,12 @@ every gateway in its current window (cache hits), without the others hearing of 
 `receive` runs on the refresher thread: it must return quickly (offer to a bounded queue,
 hand to another thread); a subscriber that raises is logged and kept. The hub knows frames
 only: it never renders, encodes or sends.
+
+The gateways due in one turn are fetched at once (each in its own bulkhead) and waited for
+with one deadline, so a refresh is as late as its slowest gateway: a stalled one delays the
+others' frames of that window by at most its wait (about PW_TIMEOUT), and its failure is
+then remembered for the rest of its window. A write anywhere (`Writes.run`) wakes the hub,
+whose next turn reads that gateway again (its window moved on).
 """
 
 from __future__ import annotations

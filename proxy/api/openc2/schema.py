@@ -53,35 +53,46 @@ def _set(setting: str, value: dict[str, Any]) -> dict[str, Any]:
     return _command({"const": "set"}, {"required": [setting], "properties": {setting: value}})
 
 
-def _shapes() -> dict[str, Any]:
+def _value_schemas() -> dict[str, dict[str, Any]]:
+    """The value each action OpenC2 may set takes, by action name (a new one needs its row)."""
     from proxy.api.apidoc import LEVEL, MODE
 
+    return {"reserve": dict(LEVEL), "mode": dict(MODE),
+            "grid_charging": dict(control.GRID_CHARGING_VALUE),
+            "grid_export": dict(control.GRID_EXPORT_VALUE)}
+
+
+def _command_shape() -> dict[str, Any]:
+    values = _value_schemas()
     settings = [setting_target(s) for s in SETTINGS]
-    response: dict[str, Any] = {"type": "object", "required": ["status"], "properties": {
-        "status": {"type": "integer"}, "status_text": {"type": "string"}, "results": {}}}
+    return {"description": "An OpenC2 1.0 Command: what the x-esm profile does (query features "
+                           "or properties, set a setting), or any other action-target pair (501)",
+            "anyOf": [
+        _command({"const": "query"}, {"required": ["features"], "properties": {"features": {
+            "type": "array", "maxItems": 10, "items": {"enum": list(FEATURES)}}}},
+            args={"type": "object", "required": ["response_requested"], "additionalProperties": False,
+                  "properties": {"response_requested": {"const": "complete"}}},
+            actuator={"type": "object", "minProperties": 1, "maxProperties": 1,
+                      "properties": {NSID: {"type": "object"}}}),
+        _command({"const": "query"}, {"required": ["properties"], "properties": {"properties": {
+            "type": "array", "minItems": 1, "maxItems": MAX_PROPERTIES, "items": {"type": "string"},
+            "examples": [["battery_percentage", "site_power", "grid_status"]]}}}),
+        *(_set(setting_target(action), values[action.name]) for action in SETTINGS),
+        _command({"enum": [a for a in ACTIONS if a not in ("query", "set")]},
+                 {"propertyNames": _TARGET_NAME}, actuator={"type": "object", "minProperties": 1,
+                                                            "maxProperties": 1}),
+        _command({"enum": ["query", "set"]}, {"propertyNames": {
+            "allOf": [_TARGET_NAME, {"not": {"enum": ["features", "properties", *settings]}}]}}),
+    ]}
+
+
+_RESPONSE: dict[str, Any] = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "integer"}, "status_text": {"type": "string"}, "results": {}}}
+
+
+def _transfer_shapes() -> dict[str, Any]:
+    """The HTTPS transfer 1.1 envelopes around a Command and a Response, and the Response."""
     return {
-        "OpenC2Command": {"description": "An OpenC2 1.0 Command: what the x-esm profile does "
-                          "(query features or properties, set a setting), or any other "
-                          "action-target pair (501)", "anyOf": [
-            _command({"const": "query"}, {"required": ["features"], "properties": {"features": {
-                "type": "array", "maxItems": 10, "items": {"enum": list(FEATURES)}}}},
-                args={"type": "object", "required": ["response_requested"], "additionalProperties": False,
-                      "properties": {"response_requested": {"const": "complete"}}},
-                actuator={"type": "object", "minProperties": 1, "maxProperties": 1,
-                          "properties": {NSID: {"type": "object"}}}),
-            _command({"const": "query"}, {"required": ["properties"], "properties": {"properties": {
-                "type": "array", "minItems": 1, "maxItems": MAX_PROPERTIES, "items": {"type": "string"},
-                "examples": [["battery_percentage", "site_power", "grid_status"]]}}}),
-            _set(f"{NSID}:backup_reserve", dict(LEVEL)),
-            _set(f"{NSID}:operation_mode", dict(MODE)),
-            _set(f"{NSID}:grid_charging", dict(control.GRID_CHARGING_VALUE)),
-            _set(f"{NSID}:grid_export", dict(control.GRID_EXPORT_VALUE)),
-            _command({"enum": [a for a in ACTIONS if a not in ("query", "set")]},
-                     {"propertyNames": _TARGET_NAME}, actuator={"type": "object", "minProperties": 1,
-                                                                "maxProperties": 1}),
-            _command({"enum": ["query", "set"]}, {"propertyNames": {
-                "allOf": [_TARGET_NAME, {"not": {"enum": ["features", "properties", *settings]}}]}}),
-        ]},
         "OpenC2Envelope": {"type": "object", "required": ["body"], "additionalProperties": False,
                            "description": "The HTTPS transfer 1.1 message around a Command",
                            "properties": {
@@ -92,7 +103,7 @@ def _shapes() -> dict[str, Any]:
                                               "additionalProperties": False, "properties": {
                                                   "request": {"$ref": _SCHEMA_REF + "OpenC2Command"}}}}},
                                "signature": {}}},
-        "OpenC2Response": {**response, "description": "An OpenC2 1.0 Response; status is the "
+        "OpenC2Response": {**_RESPONSE, "description": "An OpenC2 1.0 Response; status is the "
                            "HTTP status"},
         "OpenC2ResponseEnvelope": {"type": "object", "required": ["headers", "body"], "properties": {
             "headers": {"type": "object", "required": ["created"], "properties": {
@@ -101,6 +112,12 @@ def _shapes() -> dict[str, Any]:
             "body": {"type": "object", "required": ["openc2"], "properties": {"openc2": {
                 "type": "object", "required": ["response"], "properties": {
                     "response": {"$ref": _SCHEMA_REF + "OpenC2Response"}}}}}}},
+    }
+
+
+def _seed_shapes() -> dict[str, Any]:
+    """The 2018 connector's command and answer."""
+    return {
         "OpenC2SeedCommand": {"description": "The 2018 connector's grammar", "anyOf": [
             {"type": "object", "required": ["action", "target"], "properties": {
                 "id": {}, "action": {"enum": ["query", "Query", "QUERY"]},
@@ -114,35 +131,60 @@ def _shapes() -> dict[str, Any]:
             {"type": "object", "required": ["action", "target"], "properties": {
                 "id": {}, "action": {"enum": [a for a in ACTIONS if a != "query"]},
                 "target": {"type": "object", "minProperties": 1, "maxProperties": 1}}}]},
-        "OpenC2SeedResponse": {**response, "required": ["id_ref", "status", "results"],
-                               "properties": {**response["properties"], "id_ref": {}}},
+        "OpenC2SeedResponse": {**_RESPONSE, "required": ["id_ref", "status", "results"],
+                               "properties": {**_RESPONSE["properties"], "id_ref": {}}},
     }
+
+
+def _shapes() -> dict[str, Any]:
+    return {"OpenC2Command": _command_shape(), **_transfer_shapes(), **_seed_shapes()}
+
+
+Replies = list[tuple[str, dict[str, Any]]]
+
+
+def _framing(seed: bool) -> tuple[Replies, dict[str, Any]]:
+    """(the answers' media types and shapes, the request body by media type) of a path."""
+    if seed:
+        return ([("application/json", {"$ref": _SCHEMA_REF + "OpenC2SeedResponse"})],
+                {"application/json": {"$ref": _SCHEMA_REF + "OpenC2SeedCommand"}})
+    command = {"anyOf": [{"$ref": _SCHEMA_REF + "OpenC2Envelope"},
+                         {"$ref": _SCHEMA_REF + "OpenC2Command"}]}
+    replies: Replies = [(ENVELOPE_TYPE, {"$ref": _SCHEMA_REF + "OpenC2ResponseEnvelope"}),
+                        (RESPONSE_TYPE, {"$ref": _SCHEMA_REF + "OpenC2Response"})]  # as asked
+    return replies, {media: command for media in ("application/openc2+json",
+                                                  "application/openc2-cmd+json", "application/json")}
+
+
+def _answers(replies: Replies) -> tuple[Any, ...]:
+    from proxy.api.apidoc import Answer
+
+    def framed(status: int, text: str, **more: Any) -> tuple[Answer, ...]:
+        return tuple(Answer(status, text, schema, media=media, echo=("X-Request-ID",), **more)
+                     for media, schema in replies)
+
+    return (
+        *framed(200, "The Response: results of the query, or the setting written"),
+        Answer(102, "Processing: the command asked for an ack (the result follows)", None),
+        *framed(400, "Not an OpenC2 command (its status_text says why)"),
+        *framed(401, "Missing or wrong bearer token"),
+        *framed(403, "set without the control secret, or control disabled"),
+        *framed(404, "Unknown property or asset_id"),
+        Answer(404, "OpenC2 is off (PW_OPENC2_TOKEN is not set)", media="application/json"),
+        *framed(500, "Internal error"),
+        *framed(501, "Command, target or option not supported"),
+        *framed(503, "Gateway unavailable, gateway refused the write, more than "
+                     f"{READS_PER_MINUTE} queries or {WRITES_PER_MINUTE} sets a minute, or too "
+                     "many wrong tokens", retry_sometimes=True),
+    )
 
 
 def doc_for(path: str) -> Any:
     """The Doc of one OpenC2 path: what it takes and answers, in its own framing."""
-    from proxy.api.apidoc import Answer, Doc, Param, Write
+    from proxy.api.apidoc import Doc, Param, Write
 
-    ref = {"$ref": _SCHEMA_REF + "OpenC2Response"}
-    envelope = {"$ref": _SCHEMA_REF + "OpenC2ResponseEnvelope"}
     seed = path not in ("/.well-known/openc2", "/openc2")
-    replies: list[tuple[str, dict[str, Any]]]
-    body: dict[str, Any]
-    if seed:
-        replies = [("application/json", {"$ref": _SCHEMA_REF + "OpenC2SeedResponse"})]
-        body = {"application/json": {"$ref": _SCHEMA_REF + "OpenC2SeedCommand"}}
-    else:
-        command = {"anyOf": [{"$ref": _SCHEMA_REF + "OpenC2Envelope"},
-                             {"$ref": _SCHEMA_REF + "OpenC2Command"}]}
-        replies = [(ENVELOPE_TYPE, envelope), (RESPONSE_TYPE, ref)]  # as the request was framed
-        body = {media: command for media in ("application/openc2+json", "application/openc2-cmd+json",
-                                             "application/json")}
-    off = Answer(404, "OpenC2 is off (PW_OPENC2_TOKEN is not set)", media="application/json")
-
-    def answers(status: int, text: str, kinds: Any = replies, **more: Any) -> tuple[Answer, ...]:
-        return tuple(Answer(status, text, schema, media=media, echo=("X-Request-ID",), **more)
-                     for media, schema in kinds)
-
+    replies, body = _framing(seed)
     write = Write(body, security=("openc2Token", "controlSecret"), summary="Run an OpenC2 command",
                   required=True,
                   description="Answered from the window cache; set writes as /control/* does. "
@@ -152,20 +194,7 @@ def doc_for(path: str) -> Any:
                                  if seed else ""),
                   headers=(Param("X-Request-ID", "Echoed in the answer",
                                  {"type": "string", "pattern": "^[\\x20-\\x7e]{1,128}$"}),),
-                  answers=(
-                      *answers(200, "The Response: results of the query, or the setting written"),
-                      Answer(102, "Processing: the command asked for an ack (the result follows)",
-                             None),
-                      *answers(400, "Not an OpenC2 command (its status_text says why)"),
-                      *answers(401, "Missing or wrong bearer token"),
-                      *answers(403, "set without the control secret, or control disabled"),
-                      *answers(404, "Unknown property or asset_id"), off,
-                      *answers(500, "Internal error"),
-                      *answers(501, "Command, target or option not supported"),
-                      *answers(503, "Gateway unavailable, gateway refused the write, more than "
-                                    f"{READS_PER_MINUTE} queries or {WRITES_PER_MINUTE} sets a "
-                                    "minute, or too many wrong tokens",
-                               retry_sometimes=True)))
+                  answers=_answers(replies))
     return Doc("OpenC2 Consumer (x-esm profile)" if not seed else "OpenC2, the 2018 connector's grammar",
                tag="openc2", write=write, shapes=_shapes(),
                other_methods="Any other method, OPTIONS included (there is no CORS preflight here), "
