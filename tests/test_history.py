@@ -393,8 +393,8 @@ def _proxy(tmp_path: Path, profile: str, **env: str) -> ProxyHandle:
     return settled(ProxyHandle(start(config, wait_connected=CONNECT_WAIT)))
 
 
-@pytest.mark.parametrize(("profile", "slow"), [("default", 0.0), ("pw2-legacy", 0.0), ("pw3", 0.0),
-                                               ("default", 0.4)])
+# TEDAPI (default), the local API (pw2-legacy: every resource a path of its own), a slow gateway.
+@pytest.mark.parametrize(("profile", "slow"), [("default", 0.0), ("pw2-legacy", 0.0), ("default", 0.4)])
 def test_the_store_asks_the_gateway_what_a_poller_of_four_routes_would(
         tmp_path: Path, profile: str, slow: float) -> None:
     off = _proxy(tmp_path / "off", profile, PW_CACHE_EXPIRE="1")
