@@ -72,6 +72,7 @@ class GatewayConfig:
     pool_maxsize: int = 15
     concurrency: int = 2  # library calls in flight at once (PW_GATEWAY_CONCURRENCY)
     periods: tuple[tuple[str, int], ...] = ()  # (resource, seconds) the owner slowed down
+    history: bool = True  # recorded in the history store (when PW_HISTORY is on)
 
     def secrets(self) -> list[str]:
         return [f.reveal() for f in (self.password, self.gw_pwd) if f]
@@ -140,6 +141,14 @@ class Config:
     warnings: tuple[str, ...] = ()
     gateway_concurrency: int = 2
     cache_periods: tuple[tuple[str, int], ...] = ()
+    # History and events (proxy/history): the embedded store, the firmware watch, the webhooks.
+    data_dir: str = ""  # PW_DATA_DIR; unset: ./data (with --simulate: a temporary directory)
+    history: bool = True
+    history_raw_days: int = 2
+    history_commit_seconds: int = 30
+    history_max_mb: int = 512
+    firmware_check_interval: int = 300  # seconds; 0: no firmware watch
+    events_webhook: tuple[Secret, ...] = ()  # URLs that get each event as a JSON POST
 
     def reference_view(self, gateway: GatewayConfig | None = None) -> dict[str, Any]:
         """The `config` block of /stats, keyed and ordered as the reference, secrets masked;
@@ -185,12 +194,13 @@ class Config:
             "PW_MAX_STREAMS": self.max_streams,
             "PW_GATEWAY_CONCURRENCY": g.concurrency,
             "PW_CACHE_PERIODS": periods_text(g.periods),
+            "PW_FIRMWARE_CHECK_INTERVAL": self.firmware_check_interval,
         }
 
     def secrets(self) -> list[str]:
         """Every secret value that is set (for leak checks in logs and tests)."""
         own = [f.reveal() for f in (self.password, self.gw_pwd, self.control_secret,
-                                    self.openc2_token, self.mqtt_password) if f]
+                                    self.openc2_token, self.mqtt_password, *self.events_webhook) if f]
         return own + [s for g in self.gateways for s in g.secrets()]
 
     def fleet(self) -> tuple[GatewayConfig, ...]:
@@ -253,6 +263,61 @@ def _topic_prefix(name: str, raw: str) -> str:
     return value
 
 
+# ---- history and events -----------------------------------------------------------
+
+def _firmware_interval(name: str, raw: str) -> int:
+    # 0 turns the watch off; anything else is raised to the reference's minimum of 30 s.
+    value = _int_parser(0, 86400)(name, raw)
+    return value if value == 0 else max(30, value)
+
+
+def _webhooks(name: str, raw: str) -> tuple[Secret, ...]:
+    """Comma-separated http(s) URLs; kept as secrets (a webhook URL often is one)."""
+    found: list[Secret] = []
+    for item in raw.split(","):
+        url = item.strip()
+        if not url:
+            continue
+        if not re.fullmatch(r"https?://[^\s/?#]+(?::[0-9]{1,5})?(?:[/?#]\S*)?", url, re.IGNORECASE):
+            raise ConfigError(f"{name} must be comma-separated http:// or https:// URLs "
+                              "(e.g. https://ntfy.sh/my-topic)")
+        found.append(Secret(url))
+    if len(found) > MAX_WEBHOOKS:
+        raise ConfigError(f"{name}: at most {MAX_WEBHOOKS} URLs (got {len(found)})")
+    return tuple(found)
+
+
+MAX_WEBHOOKS = 8
+_HISTORY_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "PW_DATA_DIR": ("data_dir", _text),
+    "PW_HISTORY": ("history", parse_bool),
+    "PW_HISTORY_RAW_DAYS": ("history_raw_days", _int_parser(1, 30)),
+    "PW_HISTORY_COMMIT_SECONDS": ("history_commit_seconds", _int_parser(1, 3600)),
+    "PW_HISTORY_MAX_MB": ("history_max_mb", _int_parser(8, 1_000_000)),
+    "PW_FIRMWARE_CHECK_INTERVAL": ("firmware_check_interval", _firmware_interval),
+    "PW_EVENTS_WEBHOOK": ("events_webhook", _webhooks),
+}
+
+
+def _check_history(config: Config) -> None:
+    """The store cuts days at local midnight: with it on, PW_TIMEZONE (and each gateway's
+    timezone) must be a zone this machine knows."""
+    if not config.history:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    for gateway in config.fleet():
+        if not gateway.history:
+            continue
+        try:
+            ZoneInfo(gateway.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            where = "PW_TIMEZONE" if not config.gateways else f"gateway {gateway.id!r} timezone"
+            raise ConfigError(f"{where} must be a time zone name such as Europe/Berlin (got "
+                              f"{gateway.timezone!r}); the history store cuts days at local "
+                              "midnight (PW_HISTORY=no to run without it)") from None
+
+
 # variable -> (field, parser). Defaults come from the dataclass.
 _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_BIND_ADDRESS": ("bind_address", _text),
@@ -301,6 +366,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_MQTT_PREFIX": ("mqtt_prefix", _topic_prefix),
     "PW_MQTT_DISCOVERY_PREFIX": ("mqtt_discovery_prefix", _topic_prefix),
     "PW_MQTT_RETAIN": ("mqtt_retain", parse_bool),
+    **_HISTORY_VARIABLES,
 }
 
 
@@ -344,6 +410,7 @@ def load_config(environ: Mapping[str, str], *, file: str | None = None, **overri
     config = _with_gateways(config, document, path, environ.get("PW_GATEWAYS", "").strip(), notes)
     _check_tls(config)
     _check_mqtt(config)
+    _check_history(config)
     notes += _bearer_notes(config.fleet(), bool(config.gateways))
     return replace(config, warnings=tuple(notes))
 

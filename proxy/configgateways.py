@@ -70,6 +70,8 @@ GATEWAY_KEYS: dict[str, tuple[str, Parser]] = {
     # how hard the gateway is asked
     "concurrency": ("concurrency", int_parser(1, MAX_CONCURRENCY)),
     "periods": ("periods", periods),
+    # recorded in the history store (proxy/history) while PW_HISTORY is on
+    "history": ("history", parse_bool),
 }
 MAPPING_KEYS = {"periods"}  # gateway keys whose value may be a mapping (resource: seconds)
 

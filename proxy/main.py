@@ -64,6 +64,7 @@ class Running:
     simulators: list[Any] = field(default_factory=list)
     _tmp: Any = None
     mqtt: Any = None  # proxy.mqtt.Publisher when PW_MQTT_HOST is set
+    history: Any = None  # proxy.history.service.History
     stopped: threading.Event = field(default_factory=threading.Event)  # stop() began
     finished: threading.Event = field(default_factory=threading.Event)  # stop() is done
 
@@ -91,6 +92,8 @@ class Running:
         self.server.stop()  # ends every stream cleanly first
         self.topics.stop()
         self.hub.stop()
+        if self.history is not None:
+            self.history.stop()  # its last commit before the gateways and files go
         self.gateways.stop()
         for simulator in self.simulators:
             simulator.stop()
@@ -244,6 +247,7 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     """
     from proxy.api.mounts import mounts
     from proxy.api.openc2 import Budgets
+    from proxy.history.service import build_history
 
     config, simulators, tmp, control_password = _prepared(config, simulate)
     reports = Reports()
@@ -256,17 +260,22 @@ def start(config: Config, *, wait_connected: float = 0.0, client_factory: Any = 
     writes = Writes(reports)
     writes.subscribe(lambda _: hub.wake())  # a write moved its gateway's window on: read it now
     mqtt = _mqtt(config, sites, hub, writes, reports)
+    outlets = [topics.announce] + ([mqtt.event] if mqtt is not None else [])
+    history = build_history(config, sites, hub, writes=writes, reports=reports, outlets=outlets,
+                            simulated_dir=tmp.name if tmp is not None else None)
     # The gateway web UI passed through is the default gateway's.
     passthrough = Passthrough(gateways.default(), tags=style_tags(config),
                               browser_cache=config.browser_cache)
     app = App(config, sites, web=WebFiles(config), passthrough=passthrough,
-              mounts=mounts(openc2_budgets or Budgets(), reports), reports=reports,
+              mounts=mounts(openc2_budgets or Budgets(), reports, history), reports=reports,
               topics=topics, writes=writes, throttle=TokenThrottle(reports=reports))
     server = _server(config, app, max_connections, server_options)
     reports.register("server", server.stats)
-    running = Running(config, gateways, app, server, hub, topics, simulators, tmp, mqtt=mqtt)
+    running = Running(config, gateways, app, server, hub, topics, simulators, tmp, mqtt=mqtt,
+                      history=history)
     server.start()
     gateways.start()
+    history.start()
     if mqtt is not None:
         mqtt.start()
     if wait_connected:

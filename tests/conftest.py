@@ -84,6 +84,10 @@ DEFAULT_ENV = {
     "PW_CACHE_EXPIRE": "1",
     "PW_CACHE_TTL": "4",
     "PW_TIMEOUT": "2",
+    # The history store and the firmware watch read the gateway by themselves; tests that
+    # count gateway requests must not see them unless they ask (tests/test_history*.py do).
+    "PW_HISTORY": "no",
+    "PW_FIRMWARE_CHECK_INTERVAL": "0",
 }
 
 Factory = Callable[..., ProxyHandle]
@@ -103,7 +107,7 @@ def proxy_factory(tmp_path: Any) -> Iterator[Factory]:
 
     def factory(env: dict[str, str] | None = None, simulate: bool = True, connected: bool = True,
                 gateway_options: dict[str, Any] | None = None, **overrides: Any) -> ProxyHandle:
-        merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path),
+        merged = {**DEFAULT_ENV, "PW_AUTH_PATH": str(tmp_path), "PW_DATA_DIR": str(tmp_path / "data"),
                   "PW_CACHE_FILE": str(tmp_path / ".powerwall"), **(env or {})}
         config = load_config(merged, simulate=simulate, **overrides)
         handle = ProxyHandle(start(config, wait_connected=CONNECT_WAIT if connected else 0.0,

@@ -62,6 +62,19 @@ def requests_per_window(h: ProxyHandle, scrapes: int, windows: int = 4) -> float
     """Gateway requests the simulator counted per cache window over a few whole windows,
     with up to `scrapes` /metrics scrapes at the start of each window (fewer when the machine
     is so busy that they do not fit in it: a scrape never straddles a window on purpose)."""
+    def scrape(window: int) -> None:
+        for _ in range(scrapes):
+            if h.gateway.cache.window() != window:
+                break
+            assert h.get("/metrics").status == 200
+
+    return sum(requests_by_path(h, windows, scrape).values())
+
+
+def requests_by_path(h: ProxyHandle, windows: int,
+                     each: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Gateway requests per path per cache window over whole windows, `each` run at the start
+    of each window (given its number)."""
     cache = h.gateway.cache
 
     def next_boundary() -> int:
@@ -71,15 +84,14 @@ def requests_per_window(h: ProxyHandle, scrapes: int, windows: int = 4) -> float
         return cache.window()
 
     first = next_boundary()
-    before = h.sim.stats()["total"]
+    before = dict(h.sim.stats()["paths"])
     window = first
     while window - first < windows:
-        for _ in range(scrapes):
-            if cache.window() != window:
-                break
-            assert h.get("/metrics").status == 200
+        if each is not None:
+            each(window)
         window = next_boundary()
-    return (h.sim.stats()["total"] - before) / windows
+    after = h.sim.stats()["paths"]
+    return {p: (n - before.get(p, 0)) / windows for p, n in after.items() if n - before.get(p, 0)}
 
 
 # Over four windows, a fetch begun just before the last boundary may land in the count:

@@ -30,7 +30,7 @@ DEVICE_CLASS_STATE_CLASSES: dict[str, set[str | None]] = {
 }
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 BINARY_SENSOR_CLASSES = {"connectivity", "problem", "power", "running", "battery_charging"}
-TOPIC = re.compile(rf"^{DISCOVERY}/(sensor|binary_sensor|number|select)/(?:[a-zA-Z0-9_-]+/)?"
+TOPIC = re.compile(rf"^{DISCOVERY}/(sensor|binary_sensor|number|select|event)/(?:[a-zA-Z0-9_-]+/)?"
                    r"[a-zA-Z0-9_-]+/config$")
 
 
@@ -73,6 +73,10 @@ def check_config(topic: str, config: dict[str, Any]) -> str:
         assert config["min"] < config["max"] and config["step"] > 0, topic
         assert config.get("mode") in ("auto", "box", "slider"), topic
         assert config["command_topic"].startswith(PREFIX + "/"), topic
+    if component == "event":  # an event entity: the types its JSON payloads may name
+        types = config.get("event_types")
+        assert isinstance(types, list) and types and all(isinstance(t, str) for t in types), topic
+        assert isinstance(config.get("state_topic"), str) and "expire_after" not in config, topic
     if component == "select":
         assert config["options"] and config["command_topic"].startswith(PREFIX + "/"), topic
     return component

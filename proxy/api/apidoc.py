@@ -172,6 +172,12 @@ _GATEWAY_STATE = _obj(
                "description": "Resources read so far by the names PW_CACHE_PERIODS takes"},
 )
 
+_HISTORY = {**_obj(("status", "error", "path", "file_bytes"),
+                   status={"type": "string", "enum": ["ok", "error", "off"]}, error=STRING_OR_NULL,
+                   path=STRING_OR_NULL, file_bytes=_INT_OR_NULL),
+            "description": "The history store (at the root): ok, error (why: a read-only folder, "
+                           "a full disk) or off. It never changes the proxy's own status"}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": {**_all_required(error=_STR), "description": 'Every error of the API: {"error": "…"}'},
     "MeterBlock": {"type": "object", "description": "One meter (site, battery, load, solar); W, Wh, V, A",
@@ -213,7 +219,7 @@ SCHEMAS: dict[str, Schema] = {
                        "gateway": _GATEWAY_STATE,
                        "gateways": {"type": "object", "additionalProperties": _GATEWAY_STATE,
                                     "description": "With several gateways, at the root: each one"},
-                       "server": OBJECT}},
+                       "server": OBJECT, "history": _HISTORY}},
     "Health": {
         "type": "object", "description": "ok only while the gateway (at the root: every gateway) is ok",
         "required": ["status", "connection", "pypowerwall", "mode", "proxy_stats", "cached_data",
@@ -223,7 +229,8 @@ SCHEMAS: dict[str, Schema] = {
                        "tedapi_mode": STRING_OR_NULL, "startup_time": _STR, "current_time": _STR,
                        "proxy_stats": _COUNTS, "connection_health": OBJECT, "cached_data": OBJECT,
                        "endpoint_statistics": OBJECT, "gateway": _GATEWAY_STATE,
-                       "gateways": {"type": "object", "additionalProperties": OBJECT}}},
+                       "gateways": {"type": "object", "additionalProperties": OBJECT},
+                       "history": _HISTORY}},
     "HealthReset": _all_required(status={"type": "string", "const": "reset_complete"},
                                  health_counters_reset=_BOOL, cache_cleared=_BOOL,
                                  cache_entries_removed=_INT, endpoint_stats_cleared=_INT),

@@ -22,6 +22,7 @@ from proxy.api.apidoc import Answer, Doc, Param, ref
 from proxy.api.app import CORS, App
 from proxy.api.routing import Call, Route
 from proxy.errors import HTTPError, UnknownGateway
+from proxy.history.events import Event
 from proxy.httpd.stream import SSE, WEBSOCKET, Push, Sink, Stream
 from proxy.httpd.types import Response
 from proxy.reports import Reports
@@ -142,12 +143,34 @@ class Topic:
         self._last_id = max(now, self._last_id + 1)
         return str(self._last_id)
 
+    def announce(self, push: Push) -> None:
+        """Offer a push of its own (an event) to every listener now; the snapshot stays."""
+        with self._lock:
+            sinks = list(self._sinks.items())
+        refused = [token for token, sink in sinks if not sink.offer(push)]
+        for token in refused:
+            self._remove(token)
+
     def stop(self) -> None:
         with self._lock:
             self._sinks.clear()
             unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             unsubscribe()
+
+
+class EventPush(Push):
+    """An event of the history pushed on a stream: server-sent as `event: event` (a listener
+    tells it from the snapshots, which are unnamed messages), without an id so a reconnecting
+    client's Last-Event-ID keeps naming its snapshot; over WebSocket the same JSON, whose
+    `"type": "event"` tells it apart."""
+
+    __slots__ = ()
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"event: event\ndata: " + self.data + b"\n\n"
+        return self._sse
 
 
 class Topics:
@@ -167,6 +190,14 @@ class Topics:
     def stop(self) -> None:
         for topic in self._topics.values():
             topic.stop()
+
+    def announce(self, event: Event) -> None:
+        """An event to the aggregate's listeners and its gateway's, encoded once."""
+        push = EventPush(json.dumps({"type": "event", **event.as_json()}).encode())
+        for key in (AGGREGATE, gateway_topic(event.gw)):
+            topic = self._topics.get(key)
+            if topic is not None:
+                topic.announce(push)
 
     def stats(self) -> dict[str, Any]:
         """Listeners and pushes per topic, for /stats ("streams") and /metrics."""

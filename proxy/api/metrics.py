@@ -152,6 +152,21 @@ def proxy_families(app: App, frames: list[Frame]) -> Iterator[Metric]:
     mqtt = app.reports.get("mqtt")
     if mqtt is not None:
         yield from mqtt_families(mqtt)
+    history = app.reports.get("history")
+    if history is not None:
+        yield from history_families(history)
+
+
+def history_families(view: dict[str, Any]) -> Iterator[Metric]:
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily(f"{PROXY}_history_ok", "1 while the history store works (0: off or "
+                            "failing; /health says why)", value=1.0 if view.get("status") == "ok" else 0.0)
+    if view.get("file_bytes") is not None:
+        yield GaugeMetricFamily(f"{PROXY}_history_file_bytes", "Size of the history file and its "
+                                "write-ahead log", value=float(view["file_bytes"]))
+    yield CounterMetricFamily(f"{PROXY}_history_events", "Events found since the proxy started",
+                              value=float(view.get("events", 0)))
 
 
 def gateway_families(report: dict[str, dict[str, Any]]) -> Iterator[Metric]:

@@ -9,19 +9,22 @@ files under web/ and then the gateway's own web UI.
 
 from __future__ import annotations
 
-from proxy.api import aggregate, control, live, metrics, openapi, openc2, reference, status
+from proxy.api import aggregate, control, history, live, metrics, openapi, openc2, reference, status
 from proxy.api.openc2 import Budgets
 from proxy.api.routing import Mount, both
+from proxy.history.service import History
 from proxy.reports import Reports
 
 GATEWAY = "/api/gateways/{id}/"  # one gateway's copy of the per-gateway groups
 
 
-def mounts(budgets: Budgets | None = None, reports: Reports | None = None) -> tuple[Mount, ...]:
+def mounts(budgets: Budgets | None = None, reports: Reports | None = None,
+           kept: History | None = None) -> tuple[Mount, ...]:
     """The groups in lookup order (an exact path of an earlier group wins over a later one).
 
     `budgets` are OpenC2's read and write budgets, built in main (a fresh pair by default);
-    groups with state of their own report it in `reports`."""
+    groups with state of their own report it in `reports`; `kept` is the history the history
+    routes read (none: they answer 404)."""
     return (
         *both(reference.ROUTES, GATEWAY),  # the reference proxy's routes
         *both(status.ROUTES, GATEWAY),  # /stats, /health, /help
@@ -30,5 +33,6 @@ def mounts(budgets: Budgets | None = None, reports: Reports | None = None) -> tu
         Mount("/", live.ROUTES),  # /events, /ws/*
         Mount("/", metrics.ROUTES),  # /metrics
         Mount("/", openapi.ROUTES),  # /openapi.json, /docs
+        Mount("/", history.routes(kept)),  # /api/history*, /api/events
         Mount("/", openc2.routes(budgets or Budgets(), reports), errors=openc2.render_error),  # OpenC2
     )

@@ -18,7 +18,7 @@ from proxy.httpd.types import Response
 log = logging.getLogger("proxy.web")
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
-PAGES = {"/": "index.html", "/console": "console.html"}
+PAGES = {"/": "index.html", "/console": "console.html", "/history": "history.html"}
 MAX_FILE = 4 * 1024 * 1024
 TYPES = {
     ".html": "text/html; charset=utf-8",

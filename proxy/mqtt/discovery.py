@@ -41,6 +41,7 @@ class Settings:
     discovery_prefix: str = "homeassistant"
     retain: bool = False
     control: bool = False  # commands accepted: control secret set and a broker user + password
+    events: bool = False  # the history's events go to {prefix}/{gateway}/event (PW_HISTORY)
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -50,6 +51,7 @@ class Settings:
             prefix=config.mqtt_prefix, discovery_prefix=config.mqtt_discovery_prefix,
             retain=config.mqtt_retain,
             control=bool(config.control_secret) and bool(config.mqtt_user) and bool(config.mqtt_password),
+            events=config.history,
         )
 
     @property
@@ -89,6 +91,30 @@ def state_topic(settings: Settings, gateway: str, point: Point, label: str = "")
 
 def gateway_status_topic(settings: Settings, gateway: str) -> str:
     return f"{settings.prefix}/{gateway}/status"
+
+
+def event_topic(settings: Settings, gateway: str) -> str:
+    """Where a gateway's events go, as /api/events lists them (not retained)."""
+    return f"{settings.prefix}/{gateway}/event"
+
+
+# Home Assistant's event entity wants {"event_type": …} from the types it was told; the grid's
+# entity takes the grid events from the gateway's event topic and ignores the others ({}).
+GRID_EVENTS = ("grid_down", "grid_up")
+_GRID_EVENT = ("{% if value_json.kind in " + repr(list(GRID_EVENTS)) + " %}{{ {'event_type': "
+               "value_json.kind, 'duration_seconds': value_json.detail.get('duration_seconds')} "
+               "| tojson }}{% else %}{}{% endif %}")
+
+
+def grid_event_config(settings: Settings, gateway: str, device: dict[str, Any],
+                      availability: list[str]) -> tuple[str, dict[str, Any]]:
+    """(discovery topic, config) of the Home Assistant event entity of a gateway's grid."""
+    unique_id = f"{settings.node}_{gateway}_grid_event"
+    return f"{settings.discovery_prefix}/event/{unique_id}/config", {
+        "name": "Grid", "unique_id": unique_id, "state_topic": event_topic(settings, gateway),
+        "event_types": list(GRID_EVENTS), "value_template": _GRID_EVENT,
+        "availability": [{"topic": t} for t in availability], "availability_mode": "all",
+        "icon": "mdi:transmission-tower", "device": device, "origin": ORIGIN}
 
 
 def command_topic(settings: Settings, gateway: str, command: str) -> str:
@@ -223,9 +249,10 @@ def gateway_messages(settings: Settings, frame: Frame, firmware: str | None, int
             if topic in known:
                 states.append(Message(state_topic(settings, frame.id, point), "None",
                                       retain=settings.retain))
-    if control:
-        for topic, config in control_configs(settings, frame.id, device, both):
-            configs.append(Message(topic, json.dumps(config), retain=True, qos=1))
+    extra = control_configs(settings, frame.id, device, both) if control else []
+    if settings.events:
+        extra.append(grid_event_config(settings, frame.id, device, both))
+    configs += [Message(topic, json.dumps(config), retain=True, qos=1) for topic, config in extra]
     return configs, states
 
 

@@ -35,11 +35,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.errors import ProxyError, UnknownGateway
+from proxy.history.events import Event
 from proxy.mqtt.discovery import (
     Message,
     Settings,
     aggregate_messages,
     command_topic,
+    event_topic,
     firmware,
     gateway_messages,
     gateway_status_topic,
@@ -402,6 +404,18 @@ class Publisher:
             with self._lock:
                 self._counts.dropped += len(messages) - taken
         return taken
+
+    # ---- events (the history's) -------------------------------------------------------------
+
+    def event(self, event: Event) -> None:
+        """Publish an event on {prefix}/{gateway}/event (QoS 1, not retained: an event is told
+        once, never replayed to a newcomer); dropped, and counted, while not connected."""
+        message = Message(event_topic(self.settings, event.gw), json.dumps(event.as_json()), qos=1)
+        if self._connected():
+            self._send([message])
+        else:
+            with self._lock:
+                self._counts.dropped += 1
 
     # ---- control commands: rows of the actions table ---------------------------------------
 

@@ -7,6 +7,7 @@ without an answer). It never touches sockets, so it can be driven directly.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -201,12 +202,21 @@ class Gateway:
         self.counter.reset()
         return {"faults": [], "stats": self.counter.snapshot()}
 
-    def _post_fault(self, request: Request) -> Response:
+    def set_firmware(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """{"version": "25.18.1"} (or with its short git hash): the gateway runs that release."""
+        version = spec.get("version")
+        if set(spec) != {"version"} or not isinstance(version, str) \
+                or not re.fullmatch(r"[0-9A-Za-z._+-]{1,32}( [0-9a-f]{8})?", version.strip()):
+            raise ValueError('body must be {"version": "<release>"}, e.g. {"version": "25.18.1"}')
+        layout = self.site.hardware.update(version)
+        return {"version": layout.firmware, "git_hash": layout.git_hash}
+
+    def _post_json(self, request: Request, action: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
         try:
             spec = json.loads(request.body or b"null")
             if not isinstance(spec, dict):
                 raise ValueError("body must be a JSON object")
-            return json_response(self.add_fault(spec))
+            return json_response(action(spec))
         except (ValueError, UnicodeDecodeError) as exc:
             return json_response({"error": str(exc)}, 400)
 
@@ -226,9 +236,11 @@ class Gateway:
         if request.method == "GET" and request.path in readers:
             return json_response(readers[request.path]())
         if request.method == "POST" and request.path == "/sim/fault":
-            return self._post_fault(request)
+            return self._post_json(request, self.add_fault)
+        if request.method == "POST" and request.path == "/sim/firmware":
+            return self._post_json(request, self.set_firmware)
         if request.method == "POST" and request.path in writers:
             return json_response(writers[request.path]())
-        if request.path in readers or request.path in writers:
+        if request.path in readers or request.path in writers or request.path == "/sim/firmware":
             return json_response({"error": f"method {request.method} not allowed"}, 405)
         return json_response({"error": "unknown simulator endpoint"}, 404)

@@ -11,6 +11,8 @@ Two layouts mirror what the library knows how to read:
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, replace
 
 MODELS = ("pw2", "pw3", "solar")
@@ -123,6 +125,19 @@ def layout_for(model: str) -> Layout:
 def with_firmware(layout: Layout, firmware: str, git_hash: str) -> Layout:
     """The same hardware running another firmware release."""
     return replace(layout, firmware=firmware, git_hash=git_hash)
+
+
+def release(version: str) -> tuple[str, str]:
+    """("<release> <short git hash>", full git hash) for a release, with or without its short
+    hash; a made-up hash is stable for a given release."""
+    text = " ".join(version.split())
+    if text == FIRMWARE_VERSION:
+        return FIRMWARE_VERSION, GIT_HASH
+    name, _, short = text.partition(" ")
+    if not re.fullmatch(r"[0-9a-f]{8}", short):
+        short = hashlib.sha1(name.encode()).hexdigest()[:8]
+    firmware = f"{name} {short}"
+    return firmware, (short + hashlib.sha1(firmware.encode()).hexdigest())[:40]
 
 
 MAX_UNITS = 6

@@ -18,10 +18,9 @@ route, need no login and apply to every method; faults still come first.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from .layout import FIRMWARE_VERSION, GIT_HASH
+from .layout import FIRMWARE_VERSION, release
 
 # Special answers a profile can give in place of a route.
 MISSING = "missing"  # 404 with Go's "404 page not found" text
@@ -57,10 +56,7 @@ class Profile:
     @property
     def git_hash(self) -> str:
         """The firmware's full git hash: its short hash, then a stable made-up rest."""
-        if self.firmware == FIRMWARE_VERSION:
-            return GIT_HASH
-        short = self.firmware.rpartition(" ")[2]
-        return (short + hashlib.sha1(self.firmware.encode()).hexdigest())[:40]
+        return release(self.firmware)[1]
 
     def answer(self, path: str) -> str | None:
         """The special answer this gateway gives for `path`, or None for the normal route."""

@@ -15,7 +15,7 @@ from .layout import layout_for, renumbered, with_firmware, with_units
 from .model import HomeModel
 from .profiles import Profile, profile_named
 from .sessions import SessionStore
-from .site import Site
+from .site import Hardware, Site
 from .stats import RequestCounter
 
 DEFAULT_PASSWORD = "password"
@@ -47,7 +47,7 @@ class Simulator:
         self.faults = FaultBoard()
         home = HomeModel(layout, self.seed, outage=self.faults.grid_outage)
         sessions = SessionStore(clock=self.faults.now)
-        self.site = Site(layout, home, sessions, password, gw_pwd)
+        self.site = Site(Hardware(layout), home, sessions, password, gw_pwd)
         self.counter = RequestCounter()
         self._stopping = threading.Event()
         self.gateway = Gateway(self.site, self.faults, self.counter, self._stopping,
@@ -154,3 +154,7 @@ class Simulator:
     def state(self) -> dict[str, Any]:
         """The home's numbers right now (GET /sim/state)."""
         return self.gateway.state()
+
+    def set_firmware(self, version: str) -> dict[str, Any]:
+        """Run another firmware release (POST /sim/firmware); ValueError as the HTTP 400."""
+        return self.gateway.set_firmware({"version": version})

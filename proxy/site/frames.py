@@ -143,9 +143,11 @@ def with_core(sources: Iterable[Source]) -> tuple[Source, ...]:
     return tuple(found.values())
 
 
-def read_frames(sites: Sites | Sequence[Site], sources: Iterable[Source] = CORE_SOURCES) -> list[Frame]:
-    """Each gateway's frame (the core sources and these), read through its window cache."""
-    wanted = with_core(sources)
+def read_frames(sites: Sites | Sequence[Site], sources: Iterable[Source] = CORE_SOURCES, *,
+                core: bool = True) -> list[Frame]:
+    """Each gateway's frame (the core sources, unless `core` is False, and these), read through
+    its window cache."""
+    wanted = with_core(sources) if core else tuple({s.key: s for s in sources}.values())
     readings = read_sites(sites, wanted)
     return [frame_of(site, wanted, readings[site.id]) for site in sites]
 

@@ -95,10 +95,15 @@ class Hub:
     # --- subscribers ---
 
     def subscribe(self, receive: Receive, sources: Iterable[Source] = CORE_SOURCES,
-                  name: str = "") -> Callable[[], None]:
-        """Follow every gateway's frames; returns the unsubscribe. Never blocks."""
+                  name: str = "", *, core: bool = True) -> Callable[[], None]:
+        """Follow every gateway's frames; returns the unsubscribe. Never blocks.
+
+        `core=False`: these sources are all this subscriber needs, the core ones (the system
+        status among them) are read only when another subscriber asks for them. The history
+        uses it: its cost to the gateway is bounded to exactly what it reads."""
+        wanted = with_core(sources) if core else tuple({s.key: s for s in sources}.values())
         subscriber = _Subscriber(name or getattr(receive, "__qualname__", "subscriber"), receive,
-                                 with_core(sources))
+                                 wanted)
         with self._lock:
             if self._stopped:
                 return lambda: None
@@ -170,9 +175,9 @@ class Hub:
         newcomers = [s for s in subscribers if not s.served]
         due = [site for site in self._sites if self._due(site)]
         if due or newcomers:
-            wanted = with_core(src for s in subscribers for src in s.sources)
+            wanted = tuple({src.key: src for s in subscribers for src in s.sources}.values())
             try:
-                frames = read_frames(self._sites if newcomers else due, wanted)
+                frames = read_frames(self._sites if newcomers else due, wanted, core=False)
             except Exception:
                 log.exception("hub: reading the gateways failed")
                 return ERROR_PAUSE
