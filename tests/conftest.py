@@ -13,7 +13,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.main import Running, start
-from tests.browser import CHROMIUM, Chromium
+from tests.browser import CHROMIUM, Chromium, Page
 
 CONNECT_WAIT = 20.0
 
@@ -157,3 +157,23 @@ def chromium() -> Iterator[Chromium]:
     browser = Chromium(CHROMIUM)
     yield browser
     browser.close()
+
+
+@pytest.fixture
+def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
+    """Opens tabs of the module's Chromium (closed at teardown)."""
+    pages: list[Page] = []
+
+    def opener(width: int = 800, height: int = 480) -> Page:
+        page = chromium.new_page(width, height)
+        # A dark slate behind the page, the kind of backdrop (Dakboard photo, MagicMirror,
+        # Grafana) the transparent styles are made for; it shows in frames and with
+        # ?backdrop=none (a plain tab otherwise gets the style's own backdrop).
+        page.send("Emulation.setDefaultBackgroundColorOverride",
+                  {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
+        pages.append(page)
+        return page
+
+    yield opener
+    for page in pages:
+        page.close()

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser import BROWSER_TESTS, SHOTS, Chromium, Page
+from tests.browser import BROWSER_TESTS, SHOTS, Page
 
 pytestmark = BROWSER_TESTS
 SIZES = ((300, 300), (800, 480), (1920, 1080))
@@ -49,25 +49,6 @@ FRAMES_FRESH = (f"{FRAMES}.length >= 4 && {FRAMES}.every(f => f.contentDocument 
                 ".getElementById('flow').getAttribute('data-state') === 'fresh')")
 NO_SCROLLBARS = """(() => { const e = document.documentElement;
   return e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight; })()"""
-
-
-@pytest.fixture
-def open_page(chromium: Chromium) -> Iterator[Callable[..., Page]]:
-    pages: list[Page] = []
-
-    def opener(width: int = 800, height: int = 480) -> Page:
-        page = chromium.new_page(width, height)
-        # A dark slate behind the page, the kind of backdrop (Dakboard photo, MagicMirror,
-        # Grafana) the transparent styles are made for; it shows in frames and with
-        # ?backdrop=none (a plain tab otherwise gets the style's own backdrop).
-        page.send("Emulation.setDefaultBackgroundColorOverride",
-                  {"color": {"r": 58, "g": 70, "b": 84, "a": 1}})
-        pages.append(page)
-        return page
-
-    yield opener
-    for page in pages:
-        page.close()
 
 
 def prefix(proxy: Any) -> str:

@@ -21,7 +21,7 @@ from proxy.main import start
 from tests.brokers import wait_for
 from tests.browser import Page, find_chromium
 from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle
-from tests.test_browser import STYLES, assert_clean, chromium, open_page  # noqa: F401 (fixtures)
+from tests.test_browser import STYLES, assert_clean
 
 CHROMIUM = find_chromium()
 
@@ -39,7 +39,7 @@ ROWS = "Number(document.getElementById('power').getAttribute('data-rows'))"
 
 @pytest.fixture
 def page_for(request: pytest.FixtureRequest) -> Callable[..., Page]:
-    """test_browser's `open_page`: a new tab of the module's Chromium, closed at teardown."""
+    """conftest's `open_page`: a new tab of the module's Chromium, closed at teardown."""
     opener: Callable[..., Page] = request.getfixturevalue("open_page")
     return opener
 
