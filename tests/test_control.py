@@ -15,16 +15,18 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from dataclasses import replace
+from collections.abc import Iterator
 from typing import Any
+from unittest.mock import create_autospec
 
+import pypowerwall
 import pytest
 
 from proxy.api.forwarded import client_address
 from proxy.api.tokens import FORGET_AFTER, FREE_BAD_TOKENS, PENALTY_CAP, TokenThrottle, same_secret
 from proxy.config import ConfigError, load_config
-from proxy.main import main
-from tests.conftest import Factory, ProxyHandle, Reply
+from proxy.main import main, start
+from tests.conftest import CONNECT_WAIT, DEFAULT_ENV, Factory, ProxyHandle, Reply
 
 TOKEN = "s3cret-token"
 FORM = "application/x-www-form-urlencoded"
@@ -253,11 +255,23 @@ def test_get_never_writes(proxy: ProxyHandle) -> None:
 
 
 class V1rBackend:
-    """A stand-in for pypowerwall's v1r control client: the simulator has no v1r transport."""
+    """What a v1r-mode pypowerwall client answers to the backup-event calls (the simulator has no
+    v1r transport, so the library is stood in for, with its real signatures)."""
 
     def __init__(self) -> None:
         self.cancels = 0
         self.scheduled: list[int] = []
+        self.pw = create_autospec(pypowerwall.Powerwall, instance=True)
+        self.pw.client = create_autospec(object, instance=True)  # a client exists: connected
+        self.pw.cloudmode, self.pw.fleetapi, self.pw.tedapi, self.pw.tedapi_mode = False, False, None, "v1r"
+        self.pw.site_name.return_value = "Home"
+        self.pw.get_reserve.return_value = 20.0
+        self.pw.get_mode.return_value = "self_consumption"
+        self.pw.get_grid_charging.return_value = False
+        self.pw.get_grid_export.return_value = "battery_ok"
+        self.pw.get_backup_events.side_effect = self.get_backup_events
+        self.pw.cancel_max_backup.side_effect = self.cancel_max_backup
+        self.pw.schedule_max_backup.side_effect = self.schedule_max_backup
 
     def get_backup_events(self) -> dict[str, Any]:
         manual = {"start_time": 1, "duration_seconds": 60, "end_time": 61, "active": False, "priority": 1}
@@ -272,11 +286,25 @@ class V1rBackend:
         return True
 
 
-def test_max_backup_get_with_token_only_reads(proxy: ProxyHandle) -> None:
-    """The reference cancelled an expired event on GET ?token=…; here only a POST writes."""
+@pytest.fixture
+def v1r(tmp_path: Any) -> Iterator[tuple[ProxyHandle, V1rBackend]]:
+    """A proxy whose gateway is a v1r-mode client (built through start's client factory)."""
     backend = V1rBackend()
-    proxy.gateway.info = replace(proxy.gateway.info, tedapi_mode="v1r")
-    proxy.gateway.control_pw = backend
+    env = {**DEFAULT_ENV, "PW_HOST": "192.168.91.1", "PW_GW_PWD": "gw-password",
+           "PW_RSA_KEY_PATH": str(tmp_path / "key.pem"), "PW_AUTH_PATH": str(tmp_path),
+           "PW_CONTROL_SECRET": TOKEN}
+    handle = ProxyHandle(start(load_config(env), wait_connected=CONNECT_WAIT,
+                               client_factory=lambda **kwargs: backend.pw))
+    try:
+        assert handle.gateway.connected, handle.gateway.info.connect_error
+        yield handle, backend
+    finally:
+        handle.stop()
+
+
+def test_max_backup_get_with_token_only_reads(v1r: tuple[ProxyHandle, V1rBackend]) -> None:
+    """The reference cancelled an expired event on GET ?token=…; here only a POST writes."""
+    proxy, backend = v1r
     for path in (f"/control/max_backup?token={TOKEN}", f"/control/max_backup?value=cancel&token={TOKEN}",
                  f"/control/max_backup?value=600&token={TOKEN}"):
         r = proxy.get(path)
