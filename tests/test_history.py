@@ -9,6 +9,7 @@ a separate process.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -274,6 +276,29 @@ def test_a_restart_keeps_everything(proxy_factory: Factory) -> None:
     second.sim.clear_faults()  # a new simulator: its grid is up
     up = wait_for(lambda: [e for e in events_of(second, "kind=grid_up")], what="grid_up")
     assert len(up) == 1 and len(events_of(second, "kind=grid_down")) == 1
+
+
+def test_the_backup_is_a_whole_database_sent_as_a_file(proxy_factory: Factory, tmp_path: Path) -> None:
+    h = proxy_factory(HISTORY)
+    wait_for(lambda: feed_reads(h) >= 2, what="a couple of windows")
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=30)
+    conn.request("HEAD", "/api/history/backup")
+    head = conn.getresponse()
+    assert head.status == 200 and head.read() == b""
+    conn.request("GET", "/api/history/backup")
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    assert reply.status == 200 and reply.getheader("Content-Length") == str(len(body))
+    assert reply.getheader("Content-Type") == "application/vnd.sqlite3"
+    assert "attachment" in (reply.getheader("Content-Disposition") or "")
+    copy = tmp_path / "copy.sqlite3"
+    copy.write_bytes(body)
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables, "the copy has the store's tables"
+    assert not list(Path(tempfile.gettempdir()).glob("pwproxy-backup-*")), "no copy left behind"
 
 
 def _subprocess_proxy(tmp_path: Path, data: Path,

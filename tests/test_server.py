@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -210,6 +211,34 @@ def test_head_sends_no_body_but_the_get_length() -> None:
         assert [r.method for r in recorder.requests] == ["HEAD", "GET"]
     finally:
         server.stop()
+
+
+FILE_BODY = bytes(range(256)) * 1200  # 300 KiB: several of the server's chunks
+
+
+def file_app(request: Request) -> Response:
+    """Answers with a file body (a temporary file, gone once the server closes it)."""
+    handle = tempfile.TemporaryFile()  # noqa: SIM115 (the server closes it once sent)
+    handle.write(FILE_BODY)
+    handle.seek(0)
+    return Response(200, [("Content-Type", "application/octet-stream")], file=handle)
+
+
+def test_a_file_body_is_sent_whole_with_its_length_and_the_connection_kept(
+        make_server: Callable[..., HTTPServer]) -> None:
+    server = make_server(file_app)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    conn.request("GET", "/file")
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Content-Length") == str(len(FILE_BODY))
+    assert response.read() == FILE_BODY
+    conn.request("HEAD", "/file")  # the same socket: the length, and no body bytes
+    head = conn.getresponse()
+    assert head.getheader("Content-Length") == str(len(FILE_BODY)) and head.read() == b""
+    conn.request("GET", "/file")
+    assert conn.getresponse().read() == FILE_BODY
+    assert open_connections(server) == 1
+    conn.close()
 
 
 def test_options_reaches_the_app(server: HTTPServer) -> None:

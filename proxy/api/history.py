@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 from proxy.api.apidoc import Answer, Doc, Param, Schema
@@ -212,23 +212,24 @@ def get_backup(history: History) -> Handler:
             raise HTTPError(503, "A backup is being made; try again in a minute",
                             [("Retry-After", "60")])
         try:
-            body = _copy(store)
+            copy = _copy(store)
         finally:
             busy.release()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         return Response(200, [("Content-Type", SQLITE), CORS, ("Cache-Control", "no-store"),
                               ("Content-Disposition", f'attachment; filename="history-{stamp}.sqlite3"')],
-                        body)
+                        file=copy)
     return handler
 
 
-def _copy(store: Store) -> bytes:
+def _copy(store: Store) -> BinaryIO:
+    """A consistent copy of the store in a temporary file, open for the server to send in
+    chunks; its name is gone at once, so the copy disappears when the file is closed."""
     folder = tempfile.mkdtemp(prefix="pwproxy-backup-")
     target = os.path.join(folder, "history.sqlite3")
     try:
         store.backup(target)
-        with open(target, "rb") as f:
-            return f.read()
+        return open(target, "rb")  # noqa: SIM115 (the server closes it once sent)
     except OSError as exc:
         raise HTTPError(503, f"Backup failed: {exc.strerror or exc}", [("Retry-After", "60")]) from None
     finally:

@@ -14,14 +14,16 @@ connection's scheme, and is a 400 otherwise: this is no forwarding proxy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from proxy.httpd.clock import DateLine, Throttle
 from proxy.httpd.conn import Conn, Event
@@ -60,6 +62,7 @@ class Outcome(NamedTuple):
     status: int
     line: str  # the request line, for the access log
     streaming: Streaming | None = None  # becomes a stream once `data` (the head) is out
+    file: BinaryIO | None = None  # the body, sent after `data` (the head) in chunks
 
 
 class Exchange:
@@ -161,13 +164,26 @@ class Exchange:
             return Outcome(data, close, _INTERNAL.status, head.line)
 
     def _framed(self, response: Response, head: Head) -> Outcome:
-        data, close = render(response, self._date(), head_only=head.method == "HEAD",
-                             close=not head.keep_alive, keep_alive_10=head.keep_alive_10,
-                             interim_allowed=head.version >= (1, 1))
-        return Outcome(data, close, response.status, head.line)
+        file = response.file
+        try:
+            length = None if file is None else os.fstat(file.fileno()).st_size - file.tell()
+            data, close = render(response, self._date(), head_only=head.method == "HEAD",
+                                 close=not head.keep_alive, keep_alive_10=head.keep_alive_10,
+                                 interim_allowed=head.version >= (1, 1), length=length)
+        except BaseException:
+            _close(file)
+            raise
+        if head.method == "HEAD":
+            _close(file)
+            file = None
+        return Outcome(data, close, response.status, head.line, file=file)
 
     def _deliver(self, conn: Conn, outcome: Outcome, started: float) -> None:
-        if not send_all(conn.sock, outcome.data):
+        sent = send_all(conn.sock, outcome.data)
+        if outcome.file is not None:
+            with outcome.file:
+                sent = sent and send_file(conn.sock, outcome.file)
+        if not sent:
             if outcome.streaming is not None:
                 self._streams.abandon(outcome.streaming)
             self._give_back(conn, Event.CLOSED)
@@ -232,3 +248,24 @@ def send_all(sock: socket.socket, data: bytes) -> bool:
     except OSError:
         return False
     return True
+
+
+FILE_CHUNK = 64 * 1024  # what a file body costs in memory while it is sent
+
+
+def send_file(sock: socket.socket, file: BinaryIO) -> bool:
+    """Write the rest of ``file`` from a worker, a chunk at a time, each within WRITE_TIMEOUT."""
+    try:
+        sock.settimeout(WRITE_TIMEOUT)
+        while chunk := file.read(FILE_CHUNK):
+            sock.sendall(chunk)
+        sock.setblocking(False)
+    except OSError:
+        return False
+    return True
+
+
+def _close(file: BinaryIO | None) -> None:
+    if file is not None:
+        with contextlib.suppress(OSError):
+            file.close()

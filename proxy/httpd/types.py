@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from proxy.httpd.stream import Stream
@@ -27,6 +27,8 @@ class Response:
 
     With a `stream`, the body is ignored: the server writes the head and then keeps the
     connection open as a server-sent event stream or WebSocket (`proxy.httpd.stream`).
+    With a `file` (open for reading, at its start), the body is that file: the worker writes
+    it in chunks, so a large one never sits in memory whole, and closes it afterwards.
     """
 
     status: int
@@ -34,6 +36,7 @@ class Response:
     body: bytes = b""
     stream: Stream | None = None
     interim: int | None = None  # a 1xx status sent (without content) ahead of this one, e.g. 102
+    file: BinaryIO | None = None  # the body, read and sent in chunks (Content-Length: its size)
 
 
 App = Callable[[Request], Response]

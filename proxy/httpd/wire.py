@@ -402,9 +402,11 @@ def error_body(text: str) -> bytes:
 
 
 def render(response: Response, date: str, *, head_only: bool, close: bool,
-           keep_alive_10: bool, interim_allowed: bool = True) -> tuple[bytes, bool]:
+           keep_alive_10: bool, interim_allowed: bool = True,
+           length: int | None = None) -> tuple[bytes, bool]:
     """The response bytes and whether to close; raises ValueError on an unsendable response.
-    A 1xx ahead of it only where `interim_allowed` (RFC 9110 15.2: never to an HTTP/1.0 client)."""
+    A 1xx ahead of it only where `interim_allowed` (RFC 9110 15.2: never to an HTTP/1.0 client).
+    `length`: the head of a body sent after it (a file), that many bytes long."""
     if not 200 <= response.status <= 599:
         raise ValueError(f"status {response.status!r} cannot be sent")
     block, close = header_block(response.headers, close)
@@ -412,7 +414,7 @@ def render(response: Response, date: str, *, head_only: bool, close: bool,
     if response.interim is not None and interim_allowed:
         head, close = interim(response.interim), True
     return head + assemble(response.status, block, response.body, date, head_only=head_only,
-                           close=close, keep_alive_10=keep_alive_10), close
+                           close=close, keep_alive_10=keep_alive_10, length=length), close
 
 
 def render_error(err: WireError, date: str, *, close: bool = True, head_only: bool = False,
@@ -461,13 +463,15 @@ def header_block(headers: list[tuple[str, str]], close: bool) -> tuple[str, bool
 
 
 def assemble(status: int, block: str, body: bytes, date: str, *, head_only: bool = False,
-             close: bool = False, keep_alive_10: bool = False) -> bytes:
+             close: bool = False, keep_alive_10: bool = False, length: int | None = None) -> bytes:
+    """Status line, headers and body; with `length`, the head alone of a body that long."""
     no_body = status in _NO_BODY
-    length = "" if no_body else f"Content-Length: {len(body)}\r\n"
+    size = len(body) if length is None else length
+    framing = "" if no_body else f"Content-Length: {size}\r\n"
     conn = "Connection: close\r\n" if close else "Connection: keep-alive\r\n" if keep_alive_10 else ""
-    head = f"{_status_line(status)}{date}{_SERVER}{block}{length}{conn}\r\n"
+    head = f"{_status_line(status)}{date}{_SERVER}{block}{framing}{conn}\r\n"
     data = head.encode("latin-1")
-    return data if head_only or no_body else data + body
+    return data if head_only or no_body or length is not None else data + body
 
 
 def _status_line(status: int) -> str:
