@@ -12,10 +12,11 @@ COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
-# Runtime: Debian slim (glibc: Tesla's cloud rejects musl's TLS fingerprint), tini as PID 1.
+# Runtime: Debian slim (glibc: Tesla's cloud rejects musl's TLS fingerprint), tini as PID 1,
+# tzdata for the history's local days (PW_TIMEZONE).
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin pwproxy \
  && mkdir -p /app/data && chown pwproxy /app/data
