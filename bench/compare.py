@@ -84,7 +84,8 @@ def start_proxy(tree: Path, name: str, sim_netloc: str, expire: int, tmp: Path, 
     auth.mkdir()
     env = run.proxy_env({"PW_HOST": sim_netloc, "PW_PASSWORD": SIM_PASSWORD, "PW_PORT": str(port),
                          "PW_CACHE_EXPIRE": str(expire), "PW_BIND_ADDRESS": "127.0.0.1",
-                         "PW_AUTH_PATH": str(auth), "PW_CACHE_FILE": str(auth / ".powerwall")})
+                         "PW_AUTH_PATH": str(auth), "PW_CACHE_FILE": str(auth / ".powerwall"),
+                         "PW_DATA_DIR": str(auth / "data")})  # the history store, on by default
     log_file = (out / f"compare-{name}.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=tree, env=env, stdout=log_file,
                             stderr=subprocess.STDOUT, start_new_session=True)

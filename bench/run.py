@@ -984,7 +984,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "PW_HOST": urllib.parse.urlsplit(sim_url).netloc, "PW_GW_PWD": SIM_GW_PWD,
                 "PW_PORT": str(port), "PW_CACHE_EXPIRE": str(args.cache_expire),
                 "PW_BIND_ADDRESS": "127.0.0.1", "PW_AUTH_PATH": tmp,
-                "PW_CACHE_FILE": os.path.join(tmp, ".powerwall")})
+                "PW_CACHE_FILE": os.path.join(tmp, ".powerwall"),
+                "PW_DATA_DIR": os.path.join(tmp, "data")})  # the history store (on by default)
             env.update(dict(kv.split("=", 1) for kv in args.env))
             proxy = start_proxy(out, env)
             started.append(proxy)
