@@ -134,7 +134,19 @@ def examples(doc: str) -> list[Example]:
     for n, line in enumerate(lines, 1):
         if not line.startswith("    "):
             found.extend((n, m.group(1)) for m in re.finditer(r"`(curl [^`]+)`", line))
-    return _in_contexts(doc, sorted(found), lines)
+    return _in_contexts(doc, sorted((n, _runnable(text)) for n, text in found), lines)
+
+
+SETUP = re.compile(r"-m venv\b|^\. \S+/bin/activate$|\bpip install\b")  # already done here
+
+
+def _runnable(text: str) -> str:
+    """A `setup && ... && start` chain (the README's first command) as the start it ends in:
+    the environment it sets up is the one these tests run in."""
+    *setup, last = [part.strip() for part in text.split(" && ")]
+    if setup and all(SETUP.search(part) for part in setup) and START.match(last):
+        return last
+    return text
 
 
 def _in_contexts(doc: str, found: list[tuple[int, str]], lines: list[str]) -> list[Example]:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 from proxy.api.apidoc import Answer, Doc, Param, Schema
@@ -33,8 +33,10 @@ from proxy.history.energy import day_of
 from proxy.history.query import QueryError
 from proxy.history.rollup import QUARTER_DAYS
 from proxy.history.service import History
-from proxy.history.store import Store
 from proxy.httpd.types import Response
+
+if TYPE_CHECKING:  # the store (and sqlite3) is loaded only when the history is on
+    from proxy.history.store import Store
 
 DEFAULT_POINTS = ("solar_power", "load_power", "battery_power", "grid_power", "battery_level")
 DAY = 86400

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.history import query
 from proxy.history.energy import DIRECTIONS
 from proxy.history.query import QueryError, Value
 from proxy.history.rollup import Marks
-from proxy.history.store import Store
 from proxy.site.points import METERS, POINTS, Kind
+
+if TYPE_CHECKING:  # sqlite3 is loaded only where a store is opened (not with PW_HISTORY=no)
+    import sqlite3
+
+    from proxy.history.store import Store
 
 KINDS = {p.key: p.kind for p in POINTS}
 LABELLED = {p.key for p in POINTS if p.label}

@@ -37,7 +37,7 @@ from proxy.gateway.sources import (
 from proxy.history import schema
 from proxy.history.loop import Loop
 from proxy.history.recorder import Recorder, Window
-from proxy.history.store import Sample
+from proxy.history.schema import Sample
 from proxy.site import points
 from proxy.site.frames import Frame, read_one
 from proxy.site.hub import Hub, Refresh

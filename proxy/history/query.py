@@ -13,14 +13,16 @@ from __future__ import annotations
 import datetime
 import math
 import re
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from proxy.history import schema
 from proxy.history.rollup import DAY, HOUR, MINUTE, MINUTE_DAYS, QUARTER, Marks
+
+if TYPE_CHECKING:  # sqlite3 is loaded only where a store is opened (not with PW_HISTORY=no)
+    import sqlite3
 
 MAX_ROWS = 10_000
 NOTHING = "SELECT NULL AS b, NULL AS v WHERE 0"  # a column without data

@@ -14,11 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from proxy.history import energy, schema
 from proxy.history.events import Event, Observation, State, watch
-from proxy.history.store import Sample, Store
+from proxy.history.schema import Sample
+
+if TYPE_CHECKING:  # the store (and sqlite3) is loaded only where one is opened
+    from proxy.history.store import Store
 
 log = logging.getLogger("proxy.history")
 

@@ -14,11 +14,14 @@ Rows are only ever removed from a table below what the next coarser table alread
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from proxy.history import schema
+
+if TYPE_CHECKING:  # sqlite3 is loaded only where a store is opened (not with PW_HISTORY=no)
+    import sqlite3
 
 MINUTE, QUARTER, HOUR, DAY = 60, 900, 3600, 86400
 MINUTE_DAYS = 30  # 1-minute means are kept this long ...

@@ -17,7 +17,20 @@ Tables:
 
 from __future__ import annotations
 
-import sqlite3
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # sqlite3 is loaded only where a store is opened (not with PW_HISTORY=no)
+    import sqlite3
+
+
+class Sample(NamedTuple):
+    """One value of one point (and label) of a gateway."""
+
+    point: str
+    label: str
+    value: float | str
+    agg: int  # MEAN or LAST
+
 
 APPLICATION_ID = 0x50574853  # "PWHS": a history store of this proxy
 VERSION = 3

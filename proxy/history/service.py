@@ -11,20 +11,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from proxy.config import Config
 from proxy.history.feed import Feed
 from proxy.history.firmware import FirmwareWatch
 from proxy.history.recorder import Origins, Outlet, Recorder
-from proxy.history.store import Limits, Store, open_store
 from proxy.history.webhook import Webhooks
 from proxy.reports import HEALTH, STATS, Reports
 from proxy.site.actions import Writes
 from proxy.site.frames import display_name
 from proxy.site.hub import Hub
 from proxy.site.site import Site, Sites
+
+if TYPE_CHECKING:  # the store (and sqlite3) is loaded only when the history is on
+    from proxy.history.store import Store
 
 DEFAULT_DIR = "data"
 
@@ -111,6 +113,8 @@ def build_history(config: Config, sites: Sites, hub: Hub, *, writes: Writes | No
     recorded = [site for site in sites if site.config.history] if config.history else []
     store = None
     if recorded:
+        from proxy.history.store import Limits, open_store
+
         limits = Limits(raw_days=config.history_raw_days, max_bytes=config.history_max_mb << 20,
                         commit_seconds=float(config.history_commit_seconds))
         store = open_store(os.path.abspath(data_dir(config, simulated_dir)), limits)

@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from proxy.history import rollup, schema
 from proxy.history.loop import Loop
+from proxy.history.schema import Sample
 
 log = logging.getLogger("proxy.history")
 
@@ -48,15 +49,6 @@ class Limits:
     raw_days: int = 2
     max_bytes: int = 512 * 1024 * 1024
     commit_seconds: float = 30.0
-
-
-class Sample(NamedTuple):
-    """One value of one point (and label) of a gateway."""
-
-    point: str
-    label: str
-    value: float | str
-    agg: int  # schema.MEAN or schema.LAST
 
 
 class Store:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from proxy.history import schema
 from proxy.history.recorder import Recorder, Window
-from proxy.history.store import Sample
+from proxy.history.schema import Sample
 
 DAY = 86400
 
