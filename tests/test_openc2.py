@@ -629,6 +629,8 @@ def test_a_set_is_served_however_many_queries_came_first(tmp_path: Path) -> None
         assert statuses[:4] == [200] * 4 and statuses[4:] == [503, 503]  # the read budget is spent
         refused, _ = ask(h, props("battery_percentage"), token=SECRET)
         assert refused.status == 503 and refused.header("Retry-After") is not None
+        for _ in range(2):  # sets with the read token are refused and spend no write place
+            assert ask(h, set_cmd("backup_reserve", 20))[0].status in (403, 503)
         reply, resp = ask(h, set_cmd("backup_reserve", 35), token=SECRET)
         assert reply.status == 200 and resp.results == {"x-esm": {"backup_reserve_percent": 35}}
         assert h.sim.state()["reserve_app"] == pytest.approx(35, abs=0.5)

@@ -139,13 +139,15 @@ def _serve(app: App, call: Call, budgets: Budgets, ex: Exchange) -> Outcome:
     if command is None:  # the 2018 connector's grammar: queries only
         budgets.spend(budgets.reads, "commands")
         return seed_command(app, message, ex)
-    _spend_for(budgets, command)
+    _spend_for(budgets, command, role)
     outcome = execute(Context(app, call, role, budgets.reads.per_minute, command))
     return respond_as_asked(outcome, command.args)
 
 
-def _spend_for(budgets: Budgets, command: Command) -> None:
-    if command.action == "set":
+def _spend_for(budgets: Budgets, command: Command, role: Role) -> None:
+    # Only the control secret's sets spend the write budget: a `set` with the read token is
+    # refused (403) and spends a query's place, so the read token cannot use up the writes.
+    if command.action == "set" and role is Role.CONTROL:
         budgets.spend(budgets.writes, "sets")
     else:
         budgets.spend(budgets.reads, "commands")
