@@ -197,10 +197,9 @@ def read_document(path: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise _at(where, line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
-                                       "save the file as UTF-8") from None
+        before = raw[:exc.start].decode("utf-8")  # all good up to the first bad byte
+        raise _at(where, *_place(before, len(before)), f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                                                       "save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     if path.endswith(".json"):
         return parse_json(text, where)
