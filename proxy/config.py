@@ -22,6 +22,7 @@ from proxy.configvalues import (
     AUTH_MODES,
     MAX_CONCURRENCY,
     TEDAPI_VERSIONS,
+    comma_items,
     default_cache_file,
     parse_bool,
     periods_text,
@@ -238,10 +239,7 @@ def _base_url(name: str, raw: str) -> str:
 def _networks(name: str, raw: str) -> tuple[Network, ...]:
     """Comma-separated addresses or CIDR ranges, e.g. "172.17.0.1, 10.0.0.0/8"."""
     found: list[Network] = []
-    for item in raw.split(","):
-        text = item.strip()
-        if not text:
-            continue
+    for text in comma_items(raw):
         try:
             found.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
@@ -274,10 +272,7 @@ def _firmware_interval(name: str, raw: str) -> int:
 def _webhooks(name: str, raw: str) -> tuple[Secret, ...]:
     """Comma-separated http(s) URLs; kept as secrets (a webhook URL often is one)."""
     found: list[Secret] = []
-    for item in raw.split(","):
-        url = item.strip()
-        if not url:
-            continue
+    for url in comma_items(raw):
         if not re.fullmatch(r"https?://[^\s/?#]+(?::[0-9]{1,5})?(?:[/?#]\S*)?", url, re.IGNORECASE):
             raise ConfigError(f"{name} must be comma-separated http:// or https:// URLs "
                               "(e.g. https://ntfy.sh/my-topic)")
@@ -288,15 +283,6 @@ def _webhooks(name: str, raw: str) -> tuple[Secret, ...]:
 
 
 MAX_WEBHOOKS = 8
-_HISTORY_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "PW_DATA_DIR": ("data_dir", _text),
-    "PW_HISTORY": ("history", parse_bool),
-    "PW_HISTORY_RAW_DAYS": ("history_raw_days", _int_parser(1, 30)),
-    "PW_HISTORY_COMMIT_SECONDS": ("history_commit_seconds", _int_parser(1, 3600)),
-    "PW_HISTORY_MAX_MB": ("history_max_mb", _int_parser(8, 1_000_000)),
-    "PW_FIRMWARE_CHECK_INTERVAL": ("firmware_check_interval", _firmware_interval),
-    "PW_EVENTS_WEBHOOK": ("events_webhook", _webhooks),
-}
 
 
 def _check_history(config: Config) -> None:
@@ -366,11 +352,22 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PW_MQTT_PREFIX": ("mqtt_prefix", _topic_prefix),
     "PW_MQTT_DISCOVERY_PREFIX": ("mqtt_discovery_prefix", _topic_prefix),
     "PW_MQTT_RETAIN": ("mqtt_retain", parse_bool),
-    **_HISTORY_VARIABLES,
+    # TEDAPI transport and reconnects: accepted with a correction, as the reference does
+    "PW_TEDAPI_AUTH_MODE": ("tedapi_auth_mode", _tedapi_auth_mode),
+    "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
+    # how hard a gateway is asked
+    "PW_GATEWAY_CONCURRENCY": ("gateway_concurrency", _int_parser(1, MAX_CONCURRENCY)),
+    "PW_CACHE_PERIODS": ("cache_periods", _periods),
+    # history and events (proxy/history)
+    "PW_DATA_DIR": ("data_dir", _text),
+    "PW_HISTORY": ("history", parse_bool),
+    "PW_HISTORY_RAW_DAYS": ("history_raw_days", _int_parser(1, 30)),
+    "PW_HISTORY_COMMIT_SECONDS": ("history_commit_seconds", _int_parser(1, 3600)),
+    "PW_HISTORY_MAX_MB": ("history_max_mb", _int_parser(8, 1_000_000)),
+    "PW_FIRMWARE_CHECK_INTERVAL": ("firmware_check_interval", _firmware_interval),
+    "PW_EVENTS_WEBHOOK": ("events_webhook", _webhooks),
 }
 
-
-# ---- TEDAPI transport and reconnects: settings the reference accepts with a correction ----
 
 def _bearer_notes(gateways: tuple[GatewayConfig, ...], several: bool) -> list[str]:
     """Bearer needs the signed V2026_06 queries; the library warns too, less plainly."""
@@ -379,11 +376,6 @@ def _bearer_notes(gateways: tuple[GatewayConfig, ...], several: bool) -> list[st
             f"(got {g.tedapi_api_version}): the gateway may refuse the queries"
             for g in gateways if g.tedapi_auth_mode == "bearer" and g.tedapi_api_version != "V2026_06"]
 
-
-_VARIABLES.update({
-    "PW_TEDAPI_AUTH_MODE": ("tedapi_auth_mode", _tedapi_auth_mode),
-    "PW_TEDAPI_PROBE_INTERVAL": ("tedapi_probe_interval", _probe_interval),
-})
 
 
 def load_config(environ: Mapping[str, str], *, file: str | None = None, **overrides: Any) -> Config:
@@ -457,14 +449,16 @@ def _with_gateways(config: Config, document: dict[str, Any] | None, path: str | 
     if found is None:
         return _check_default(config, (config.gateway(),))
     source, entries = found
-    # What an entry does not say, it takes from the proxy-wide settings.
-    defaults: dict[str, Any] = {"email": config.email, "timezone": config.timezone,
-                "auth_path": config.auth_path,
-                "cache_expire": config.cache_expire, "timeout": config.timeout,
-                "pool_maxsize": config.pool_maxsize, "probe_interval": config.tedapi_probe_interval,
-                "concurrency": config.gateway_concurrency, "periods": config.cache_periods}
+    # What an entry does not say, it takes from the proxy-wide settings (as `gateway()` reads them).
+    plain = config.gateway()
+    defaults = {name: getattr(plain, name) for name in INHERITED}
     gateways = tuple(_file_gateway(defaults | values) for values in entries)
     return _check_default(replace(config, gateways=gateways, source=source), gateways)
+
+
+# GatewayConfig fields a gateway of a file or PW_GATEWAYS takes from the PW_* variables.
+INHERITED = ("email", "timezone", "auth_path", "cache_expire", "timeout", "pool_maxsize",
+             "probe_interval", "concurrency", "periods")
 
 
 def _file_gateway(values: dict[str, Any]) -> GatewayConfig:
@@ -482,10 +476,3 @@ def _check_default(config: Config, gateways: tuple[GatewayConfig, ...]) -> Confi
                           f"(got {config.default_gateway!r}; ids: {', '.join(g.id for g in gateways)})")
     return config
 
-
-# ---- how hard a gateway is asked: PW_GATEWAY_CONCURRENCY, PW_CACHE_PERIODS -----------------
-
-_VARIABLES.update({
-    "PW_GATEWAY_CONCURRENCY": ("gateway_concurrency", _int_parser(1, MAX_CONCURRENCY)),
-    "PW_CACHE_PERIODS": ("cache_periods", _periods),
-})

@@ -84,6 +84,11 @@ def choice(*allowed: str, fold: bool = True) -> Callable[[str, str], str]:
     return parse
 
 
+def comma_items(raw: str) -> list[str]:
+    """The items of a comma-separated value, stripped, the empty ones left out."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
 def text(name: str, raw: str) -> str:
     return raw.strip()
 
@@ -114,10 +119,7 @@ def periods(name: str, raw: str) -> tuple[tuple[str, int], ...]:
     """"vitals:30,strings:60": resource names as /stats lists them, each with its period in
     seconds (the name may hold colons: the period is after the last one)."""
     found: dict[str, int] = {}
-    for item in raw.split(","):
-        entry = item.strip()
-        if not entry:
-            continue
+    for entry in comma_items(raw):
         resource, colon, seconds = entry.rpartition(":")
         if not colon or not RESOURCE_NAME.fullmatch(resource):
             raise ConfigError(f"{name} must be resource:seconds pairs joined by commas, "
