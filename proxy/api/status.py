@@ -200,10 +200,10 @@ def health_body(app: App, call: Call) -> dict[str, Any]:
 def _gateway_health(site: Site) -> dict[str, Any]:
     gateway = site.gateway
     health = gateway.health.snapshot()
-    condition = gateway.connection()
-    return {"status": gateway.status(), "connection": condition.state,
+    condition, status = gateway.connection(), gateway.status()  # one reading for both fields
+    return {"status": status, "connection": condition.state,
             "connection_error": condition.message,
-            "mode": gateway.info.mode, "online": gateway.status() == "ok",
+            "mode": gateway.info.mode, "online": status == "ok",
             "consecutive_failures": health.consecutive_failures, "last_error": health.last_error,
             "cooldown_remaining_seconds": round(gateway.cooldown.remaining(), 1),
             "login_backoff_remaining_seconds": round(gateway.auth.remaining(), 1)}
