@@ -98,7 +98,10 @@ class Exchange:
             return None
         try:
             response = self._ready(Request(head.method, head.target, head.headers, body, conn.client))
-            if response is None or response.stream is not None:
+            if response is None:
+                return None
+            if response.stream is not None or response.file is not None:
+                _close(response.file)  # the loop writes bytes only: a worker asks the app again
                 return None
             outcome = self._framed(response, head)
         except Exception:  # the worker will call the app and answer (a 500 if that fails too)
