@@ -191,7 +191,7 @@ class Exchange:
                 sent = sent and send_file(conn.sock, outcome.file)
         if not sent:
             if outcome.streaming is not None:
-                self._streams.abandon(outcome.streaming)
+                self._streams.abandon()
             self._give_back(conn, Event.CLOSED)
             return
         self.answered(conn, outcome, started)

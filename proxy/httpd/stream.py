@@ -183,7 +183,6 @@ class WebSocket:
     message_size: int = 0  # bytes of the client's message under way
     closing: bool = False  # we sent a close frame
     finished: bool = False  # the close handshake is over (or the connection failed)
-    close_code: int | None = None  # the code we closed with
 
     def received(self, data: bytes) -> bytes:
         try:
@@ -230,7 +229,6 @@ class WebSocket:
                                                          ConnectionState.REMOTE_CLOSING):
             return b""
         self.closing = True
-        self.close_code = int(code)
         return self._send(CloseConnection(code=code, reason=reason or None))
 
     def ping(self) -> bytes:
