@@ -159,20 +159,6 @@ class Topic:
             unsubscribe()
 
 
-class EventPush(Push):
-    """An event of the history pushed on a stream: server-sent as `event: event` (a listener
-    tells it from the snapshots, which are unnamed messages), without an id so a reconnecting
-    client's Last-Event-ID keeps naming its snapshot; over WebSocket the same JSON, whose
-    `"type": "event"` tells it apart."""
-
-    __slots__ = ()
-
-    def sse(self) -> bytes:
-        if self._sse is None:
-            self._sse = b"event: event\ndata: " + self.data + b"\n\n"
-        return self._sse
-
-
 class Topics:
     """Every topic by key: `AGGREGATE` and `gateway_topic(id)` per gateway; fixed once built."""
 
@@ -192,8 +178,11 @@ class Topics:
             topic.stop()
 
     def announce(self, event: Event) -> None:
-        """An event to the aggregate's listeners and its gateway's, encoded once."""
-        push = EventPush(json.dumps({"type": "event", **event.as_json()}).encode())
+        """An event to the aggregate's listeners and its gateway's, encoded once: server-sent
+        as `event: event` (a listener tells it from the snapshots, which are unnamed messages),
+        without an id so a reconnecting client's Last-Event-ID keeps naming its snapshot; over
+        WebSocket the same JSON, whose `"type": "event"` tells it apart."""
+        push = Push(json.dumps({"type": "event", **event.as_json()}).encode(), event="event")
         for key in (AGGREGATE, gateway_topic(event.gw)):
             topic = self._topics.get(key)
             if topic is not None:

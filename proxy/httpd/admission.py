@@ -146,10 +146,6 @@ class Admission:
         """`max_streams` as configured, or 3/4 of the connection cap when that is smaller."""
         return min(self.max_streams, stream_share(self.cap))
 
-    @property
-    def streams(self) -> int:
-        return self._streams
-
     def open_stream(self) -> bool:
         with self._streams_lock:
             if self._streams >= self.stream_limit:

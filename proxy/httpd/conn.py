@@ -64,7 +64,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 IN_LOOP = frozenset({State.HANDSHAKE, State.READING, State.WRITING, State.STREAMING, State.LINGER})
-PARKED = frozenset({State.HANDSHAKE, State.READING, State.LINGER})  # waiting on the client: evictable
 
 
 class BadTransition(RuntimeError):

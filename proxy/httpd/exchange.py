@@ -78,16 +78,17 @@ class Exchange:
         self._access_log = access_log
         self._names = machine_names()
         self._date = DateLine()
-        self._count_lock = threading.Lock()
-        self._served = 0  # answers written, by either path
-        self.quick_answers = 0  # ... of which by the loop (loop thread only)
+        self._count_lock = threading.Lock()  # workers' answers only: the loop counts its own
+        self._worker_answers = 0
+        self.quick_answers = 0  # answers the loop wrote (loop thread only, so no lock)
         self._app_errors = Throttle()
         self._ready_errors = Throttle()
         self._errors = Throttle()
 
     @property
     def served(self) -> int:
-        return self._served
+        """Answers written, by either path."""
+        return self.quick_answers + self._worker_answers
 
     # --- the loop's path ---
 
@@ -97,20 +98,25 @@ class Exchange:
             return None
         try:
             response = self._ready(Request(head.method, head.target, head.headers, body, conn.client))
-            if response is None or response.stream is not None:
+            if response is None:
+                return None
+            if response.stream is not None or response.file is not None:
+                _close(response.file)  # the loop writes bytes only: a worker asks the app again
                 return None
             outcome = self._framed(response, head)
         except Exception:  # the worker will call the app and answer (a 500 if that fails too)
             if self._ready_errors.allow():
                 logger.exception("the app's ready() failed on %s %r", head.method, head.target)
             return None
-        self.quick_answers += 1
         return outcome
 
-    def answered(self, conn: Conn, outcome: Outcome, started: float) -> None:
-        """Count an answer that went out (and log it when asked to)."""
-        with self._count_lock:
-            self._served += 1
+    def answered(self, conn: Conn, outcome: Outcome, started: float, *, quick: bool = False) -> None:
+        """Count an answer that went out (and log it when asked to); `quick`: by the loop."""
+        if quick:
+            self.quick_answers += 1
+        else:
+            with self._count_lock:
+                self._worker_answers += 1
         if self._access_log:
             access_logger.info(
                 '%s "%s" %d %d %.1fms',
@@ -185,7 +191,7 @@ class Exchange:
                 sent = sent and send_file(conn.sock, outcome.file)
         if not sent:
             if outcome.streaming is not None:
-                self._streams.abandon(outcome.streaming)
+                self._streams.abandon()
             self._give_back(conn, Event.CLOSED)
             return
         self.answered(conn, outcome, started)

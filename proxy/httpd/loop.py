@@ -375,7 +375,7 @@ class Loop:
         except OSError:
             self.close(conn)
             return
-        self.exchange.answered(conn, outcome, started)
+        self.exchange.answered(conn, outcome, started, quick=True)
         if sent < len(data):  # the client is slow to read: the rest when it is writable
             conn.out = memoryview(data)[sent:]
             conn.close_after = outcome.close

@@ -26,9 +26,8 @@ import time
 
 from proxy.httpd.loop import Loop, Settings
 from proxy.httpd.types import App
-from proxy.httpd.wire import METHODS
 
-__all__ = ["METHODS", "HTTPServer"]
+__all__ = ["HTTPServer"]
 
 _BACKLOG = 1024  # absorbs a burst of pollers reconnecting at once
 

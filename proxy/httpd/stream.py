@@ -50,28 +50,33 @@ _HANDSHAKE_OWNED = frozenset({"upgrade", "connection", "sec-websocket-accept", "
 
 
 class Push:
-    """One message for every listener of a topic: a JSON body and its event id.
+    """One message for every listener of a topic: a JSON body, its event id and type.
 
     The wire forms are built on first use and kept, so a thousand listeners share one encoding.
+    `event` names the server-sent event's type (unnamed: a plain message); a WebSocket frame
+    carries the data alone.
     """
 
-    __slots__ = ("_sse", "_ws", "data", "event_id")
+    __slots__ = ("_sse", "_ws", "data", "event", "event_id")
 
-    def __init__(self, data: bytes, event_id: str = "") -> None:
+    def __init__(self, data: bytes, event_id: str = "", event: str = "") -> None:
         if b"\n" in data or b"\r" in data:
             raise ValueError("a push is one line of JSON")
-        if "\n" in event_id or "\r" in event_id:
-            raise ValueError("an event id is one line")
+        if any("\n" in field or "\r" in field for field in (event_id, event)):
+            raise ValueError("an event id or type is one line")
         self.data = data
         self.event_id = event_id
+        self.event = event
         self._sse: bytes | None = None
         self._ws: bytes | None = None
 
     def sse(self) -> bytes:
-        """The `text/event-stream` event: `id:` (when there is one), `data:`, a blank line."""
+        """The `text/event-stream` event: `event:` and `id:` (when there are), `data:`, a blank
+        line."""
         encoded = self._sse
         if encoded is None:
-            head = b"id: " + self.event_id.encode() + b"\n" if self.event_id else b""
+            head = b"event: " + self.event.encode() + b"\n" if self.event else b""
+            head += b"id: " + self.event_id.encode() + b"\n" if self.event_id else b""
             encoded = self._sse = head + b"data: " + self.data + b"\n\n"
         return encoded
 
@@ -183,7 +188,6 @@ class WebSocket:
     message_size: int = 0  # bytes of the client's message under way
     closing: bool = False  # we sent a close frame
     finished: bool = False  # the close handshake is over (or the connection failed)
-    close_code: int | None = None  # the code we closed with
 
     def received(self, data: bytes) -> bytes:
         try:
@@ -230,7 +234,6 @@ class WebSocket:
                                                          ConnectionState.REMOTE_CLOSING):
             return b""
         self.closing = True
-        self.close_code = int(code)
         return self._send(CloseConnection(code=code, reason=reason or None))
 
     def ping(self) -> bytes:

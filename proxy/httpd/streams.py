@@ -200,7 +200,7 @@ class Streams:
         streaming = Streaming(conn, spec, self._buffer_limit, self._notify, ws)
         return Opened(data, 101 if ws is not None else response.status, streaming)
 
-    def abandon(self, streaming: Streaming) -> None:
+    def abandon(self) -> None:
         """A worker could not write the head: the stream never opened."""
         self._admission.close_stream()
 

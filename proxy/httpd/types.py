@@ -58,5 +58,6 @@ class ReadyApp(Protocol):
     def ready(self, request: Request) -> Response | None:
         """The answer when it is already at hand (e.g. bytes rendered for this cache window),
         else None. Runs on the event loop: it must be cheap, never block, never do I/O, never
-        wait for a lock that anyone holds across I/O, and never answer with a stream."""
+        wait for a lock that anyone holds across I/O, and never answer with a stream or a file
+        (such an answer is declined, the file closed, and a worker asks the app again)."""
         ...

@@ -85,6 +85,10 @@ class Workers(Generic[T]):
     def tick(self, now: float) -> float:
         """Start a worker if jobs have waited `stall` seconds (then `step` more each) with
         none coming free; the seconds until this should be called again (inf: no need)."""
+        # Every loop pass ticks: with no job waiting, answer without the lock. Only submit(),
+        # on the ticking thread itself, adds waiting jobs, so a 0 read here is never stale.
+        if not self._waiting:
+            return float("inf")
         with self._lock:
             if not self._waiting or len(self._threads) >= self.limit or self._stopping:
                 return float("inf")
