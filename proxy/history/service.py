@@ -92,9 +92,6 @@ class History:
         view["webhooks"] = self.webhooks.describe()
         return view
 
-    def file_bytes(self) -> int | None:
-        return None if self.store is None else self.store.file_bytes()
-
 
 def data_dir(config: Config, simulated_dir: str | None) -> str:
     """PW_DATA_DIR; unset: ./data, or the simulator's temporary folder with --simulate (so a
