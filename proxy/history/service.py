@@ -75,8 +75,9 @@ class History:
         return [site for site in self.sites if site.config.history] if self.settings.enabled else []
 
     def describe(self) -> dict[str, Any]:
-        """/stats' `history` (/health shows its first four keys): whether the store works and
-        why not, its size, then the store, the feed, the firmware watch, the webhooks."""
+        """/stats' and /health's `history` (the document names its first four keys): whether
+        the store works and why not, its size, then the store, the feed, the firmware watch,
+        the webhooks."""
         store = None if self.store is None else self.store.describe()
         view: dict[str, Any] = {
             "status": "off" if store is None else store["status"],
