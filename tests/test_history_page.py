@@ -33,15 +33,24 @@ pytestmark = [
 
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 HISTORY = {"PW_HISTORY": "yes", "PW_HISTORY_COMMIT_SECONDS": "1", "PW_CACHE_EXPIRE": "1"}
-READY = "document.getElementById('history').getAttribute('data-state') === 'ready'"
 ROWS = "Number(document.getElementById('power').getAttribute('data-rows'))"
 
 
+def state_is(state: str) -> str:
+    """Whether the page says it is in `state` (ready: drawn; off: the history is off)."""
+    return f"document.getElementById('history').getAttribute('data-state') === '{state}'"
+
+
 @pytest.fixture
-def page_for(request: pytest.FixtureRequest) -> Callable[..., Page]:
-    """conftest's `open_page`: a new tab of the module's Chromium, closed at teardown."""
-    opener: Callable[..., Page] = request.getfixturevalue("open_page")
-    return opener
+def page_for(open_page: Callable[..., Page]) -> Callable[..., Page]:
+    """Opens `url` in a new tab of the module's Chromium (conftest's `open_page`, closed at
+    teardown) and waits until the page says it is in `state` (ready: drawn; off)."""
+    def opened(url: str, state: str = "ready", width: int = 800, height: int = 480) -> Page:
+        page = open_page(width, height)
+        page.goto(url)
+        page.wait_for(state_is(state))
+        return page
+    return opened
 
 
 def seed(folder: Path, days: int = 2, step: int = 30) -> None:
@@ -78,9 +87,7 @@ def requested(page: Page, route: str) -> list[dict[str, str]]:
 def test_the_page_draws_what_the_history_routes_answer(recording: ProxyHandle,
                                                        page_for: Callable[..., Page]) -> None:
     h = recording
-    page = page_for()
-    page.goto(h.base + "history")
-    page.wait_for(READY)
+    page = page_for(h.base + "history")
     asked = requested(page, "api/history")[-1]
     assert asked["gw"] == "default" and asked["points"].split(",")[-1] == "battery_level"
     answer = h.get("/api/history?" + urllib.parse.urlencode(asked)).json()
@@ -104,9 +111,7 @@ def test_outages_show_in_the_events_and_on_the_charts(recording: ProxyHandle,
     wait_for(lambda: h.get("/api/events?kind=grid_down").json()["events"], what="grid_down")
     h.sim.clear_faults()
     wait_for(lambda: h.get("/api/events?kind=grid_up").json()["events"], what="grid_up")
-    page = page_for()
-    page.goto(h.base + "history")
-    page.wait_for(READY)
+    page = page_for(h.base + "history")
     kinds = page.evaluate("[...document.querySelectorAll('#events tbody tr')].map(r => r.dataset.kind)")
     assert kinds[:2] == ["grid_up", "grid_down"]  # newest first
     assert page.evaluate("document.querySelectorAll('#power rect.outage').length") == 1
@@ -118,9 +123,7 @@ def test_outages_show_in_the_events_and_on_the_charts(recording: ProxyHandle,
 def test_dragging_across_the_chart_zooms_and_reset_goes_back(recording: ProxyHandle,
                                                              page_for: Callable[..., Page]) -> None:
     h = recording
-    page = page_for()
-    page.goto(h.base + "history?range=week")
-    page.wait_for(READY)
+    page = page_for(h.base + "history?range=week")
     week = requested(page, "api/history")[-1]
     assert int(week["to"]) - int(week["from"]) == 7 * 86400
     page.evaluate("""(() => {
@@ -135,7 +138,7 @@ def test_dragging_across_the_chart_zooms_and_reset_goes_back(recording: ProxyHan
     expected = 7 * 86400 * 170 / width
     assert abs(int(zoomed["to"]) - int(zoomed["from"]) - expected) < 0.05 * expected
     assert int(week["from"]) < int(zoomed["from"]) < int(zoomed["to"]) <= int(week["to"])
-    page.wait_for(READY)
+    page.wait_for(state_is("ready"))
     page.evaluate("document.getElementById('reset').click()")
     page.wait_for("document.getElementById('reset').hidden")
     back = wait_for(lambda: (q := requested(page, "api/history")[-1]) != zoomed and q, what="reset")
@@ -146,9 +149,7 @@ def test_dragging_across_the_chart_zooms_and_reset_goes_back(recording: ProxyHan
 def test_every_style_renders(recording: ProxyHandle, page_for: Callable[..., Page]) -> None:
     h = recording
     for style in STYLES:
-        page = page_for(1000, 800)
-        page.goto(h.base + f"history?style={style}")
-        page.wait_for(READY)
+        page = page_for(h.base + f"history?style={style}", width=1000, height=800)
         assert page.evaluate("document.getElementById('pw-style').getAttribute('href')").endswith(
             f"styles/{style}.css")
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -173,9 +174,7 @@ def fleet(tmp_path: Path) -> Iterator[ProxyHandle]:
 def test_gw_picks_a_gateway_or_all_of_them(fleet: ProxyHandle, page_for: Callable[..., Page]) -> None:
     wait_for(lambda: fleet.get("/api/history?gw=all&from=-60&step=1").json()["rows"][2:], what="data")
     for gw in ("sim2", "all"):
-        page = page_for()
-        page.goto(fleet.base + f"history?gw={gw}")
-        page.wait_for(READY)
+        page = page_for(fleet.base + f"history?gw={gw}")
         assert {q.get("gw") for q in requested(page, "api/history")} == {gw}
         events_asked = requested(page, "api/events")[-1]
         assert events_asked.get("gw") == (None if gw == "all" else gw)
@@ -187,9 +186,7 @@ def test_gw_picks_a_gateway_or_all_of_them(fleet: ProxyHandle, page_for: Callabl
 
 def test_history_off_says_so(proxy_factory: Factory, page_for: Callable[..., Page]) -> None:
     h = proxy_factory()  # PW_HISTORY=no in the tests' defaults
-    page = page_for()
-    page.goto(h.base + "history")
-    page.wait_for("document.getElementById('history').getAttribute('data-state') === 'off'")
+    page = page_for(h.base + "history", state="off")
     assert "PW_HISTORY=no" in page.evaluate("document.getElementById('problem').textContent")
     assert not any("/api/" in url and "history" not in url and "events" not in url
                    for url in page.requests)

@@ -24,6 +24,7 @@ from proxy.history.events import Event, Observation, State, watch
 from proxy.history.recorder import Origins, Recorder, Window
 from proxy.history.store import Limits, Sample, Store, StoreError
 from proxy.history.webhook import Receiver, Webhooks
+from tests.brokers import wait_for
 from tests.webhooks import Hook
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -402,7 +403,7 @@ def test_a_webhook_is_retried_until_it_takes_the_event(hook: Hook) -> None:
     hooks.start()
     hooks(Event(T0, "default", "grid_up", {"duration_seconds": 3720}))
     # The receiver has the body before the sender has read the answer and counted it.
-    _wait(lambda: hook.received() and hooks.describe()[0]["sent"] == 1)
+    wait_for(lambda: hook.received() and hooks.describe()[0]["sent"] == 1, what="the event sent")
     assert hook.received() == [{"time": T0, "gw": "default", "kind": "grid_up",
                                "detail": {"duration_seconds": 3720},
                                "message": "Grid back at Home after 1 h 2 min"}]
@@ -428,20 +429,11 @@ def test_a_webhook_that_refuses_is_given_up_and_a_full_queue_drops_the_oldest() 
     for i in range(4):
         receiver.offer(json.dumps({"kind": f"n{i}"}).encode())
     gate.set()
-    _wait(lambda: receiver.describe()["queued"] == 0 and len(sent) == 3)
+    wait_for(lambda: receiver.describe()["queued"] == 0 and len(sent) == 3, what="three sends")
     view = receiver.describe()
     assert view["failed"] == 1 and view["retries"] == 0 and view["dropped"] == 2
     assert [json.loads(b)["kind"] for b in sent] == ["grid_down", "n2", "n3"]
     receiver.stop()
-
-
-def _wait(check: Any, timeout: float = 10.0) -> None:
-    deadline = threading.Event()
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        deadline.wait(0.02)
-    raise AssertionError("timed out")
 
 
 def test_unusable_store_paths_are_reported_not_raised(tmp_path: Path) -> None:

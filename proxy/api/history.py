@@ -14,7 +14,6 @@ that is off is a 404, one that cannot be read right now a 503. The reading itsel
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import tempfile
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 from proxy.api.apidoc import Answer, Doc, Param, Schema
-from proxy.api.app import CORS, JSON, App, json_response
+from proxy.api.app import CORS, App, json_response
 from proxy.api.routing import Call, Route
 from proxy.errors import HTTPError
 from proxy.history import answers, events, query
@@ -130,16 +129,14 @@ def get_history(history: History) -> Handler:
         names = ["time", *(c.name for c in cols)]
         bounds = (math.floor(begin), math.ceil(end), step)
         try:
-            if fmt == "csv":
-                body = _csv(names, answers.history(store, gateways, cols, *bounds))
-                return Response(200, [("Content-Type", CSV), CORS, ("Cache-Control", "no-cache")], body)
-            rows = answers.history_json(store, gateways, cols, *bounds)
+            rows = answers.history(store, gateways, cols, *bounds)
         except answers.Unavailable:
             raise _unavailable(store) from None
-        # The rows come encoded by SQLite; the rest around them is ours.
-        head = json.dumps({"gw": gw, "step": step, "from": bounds[0], "to": bounds[1], "columns": names})
-        body = (head[:-1] + ', "rows": ' + rows + "}").encode()
-        return Response(200, [("Content-Type", JSON), CORS, ("Cache-Control", "no-cache")], body)
+        if fmt == "csv":
+            return Response(200, [("Content-Type", CSV), CORS, ("Cache-Control", "no-cache")],
+                            _csv(names, rows))
+        return json_response(200, {"gw": gw, "step": step, "from": bounds[0], "to": bounds[1],
+                                   "columns": names, "rows": rows}, [("Cache-Control", "no-cache")])
     return handler
 
 

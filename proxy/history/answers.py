@@ -119,12 +119,6 @@ def history(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], b
     return rows
 
 
-def history_json(store: Store, gateways: Sequence[Gateway], cols: Sequence[Column], begin: int,
-                 end: int, step: int) -> str:
-    """The same rows as JSON text."""
-    return json.dumps(history(store, gateways, cols, begin, end, step))
-
-
 def _capacity(conn: sqlite3.Connection, ids: dict[tuple[str, str], tuple[int, int]]) -> float:
     """A gateway's newest full-pack energy: its weight in the battery level of several."""
     found = ids.get(("battery_full_energy", ""))

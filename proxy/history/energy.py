@@ -70,8 +70,3 @@ def gain(last: Reading | None, now: Reading, zone: ZoneInfo) -> list[tuple[datet
         return []
     # A counter that did not move still says the day had a reading: 0, not unknown.
     return split(last.t, now.t, now.value - last.value, zone)
-
-
-def month_of(day: str) -> str:
-    """"2026-03-14" -> "2026-03"."""
-    return day[:7]

@@ -136,7 +136,7 @@ class Feed:
             self.record(frames)
         return 0.0
 
-    def record(self, frames: Sequence[Frame]) -> list[Window]:
+    def record(self, frames: Sequence[Frame]) -> None:
         """Read what comes after these frames and record one window per gateway."""
         plan = {f.id: self._after(self.sites[f.id], f) for f in frames}
         for frame in frames:  # every gateway's slow fetches at once
@@ -144,14 +144,10 @@ class Feed:
             if slow:
                 self.sites[frame.id].gateway.prefetch(slow)
         t = int(self._clock())
-        recorded = []
         for frame in frames:
             more = self._read(self.sites[frame.id], plan[frame.id])
-            window = window_of(frame, more, t)
-            self.recorder.record(window)
-            recorded.append(window)
+            self.recorder.record(window_of(frame, more, t))
         self.reads += 1
-        return recorded
 
     def _after(self, site: Site, frame: Frame) -> tuple[Source, ...]:
         """What to read after this frame: the mode, and once a minute the slow ones."""

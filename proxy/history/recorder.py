@@ -98,7 +98,6 @@ class Recorder:
         self._states: dict[str, State] = {}
         self._counters: dict[tuple[str, str, str], energy.Reading] = {}
         self._loaded: set[str] = set()
-        self.windows = 0
         self.events = 0
 
     def _usable(self) -> Store | None:
@@ -118,7 +117,6 @@ class Recorder:
             self._states[window.gw] = state
             if store is not None and state != before:
                 store.set_state(f"watch:{window.gw}", state.as_json())
-            self.windows += 1
         self.publish(found)
         return found
 

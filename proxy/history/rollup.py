@@ -164,11 +164,6 @@ class Prune:
     cutoff: Callable[[Marks, Plan], int]
 
 
-def _prune(conn: sqlite3.Connection, marks: Marks, plan: Plan, rule: Prune) -> Marks | None:
-    end = _delete_before(conn, rule.table, getattr(marks, rule.mark), rule.cutoff(marks, plan))
-    return None if end is None else replace(marks, **{rule.mark: end})
-
-
 # Retention: raw for PW_HISTORY_RAW_DAYS, minutes 30 days, quarters two years; never below what
 # the next coarser table already holds.
 RETENTION = (
@@ -189,12 +184,18 @@ OVERSIZE = (
 )
 
 
-def _retention(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks | None:
-    for rule in RETENTION:
-        done = _prune(conn, marks, plan, rule)
-        if done is not None:
-            return done
+def _prune(conn: sqlite3.Connection, marks: Marks, plan: Plan,
+           rules: tuple[Prune, ...]) -> Marks | None:
+    """The first of `rules` that has rows below its cutoff deletes one span of them."""
+    for rule in rules:
+        end = _delete_before(conn, rule.table, getattr(marks, rule.mark), rule.cutoff(marks, plan))
+        if end is not None:
+            return replace(marks, **{rule.mark: end})
     return None
+
+
+def _retention(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks | None:
+    return _prune(conn, marks, plan, RETENTION)
 
 
 def _prune_events(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks | None:
@@ -208,11 +209,7 @@ def _prune_events(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks |
 def _bound(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks | None:
     if used_bytes(conn) <= plan.max_bytes:
         return None
-    for rule in OVERSIZE:
-        done = _prune(conn, marks, plan, rule)
-        if done is not None:
-            return done
-    return None
+    return _prune(conn, marks, plan, OVERSIZE)
 
 
 def _vacuum(conn: sqlite3.Connection, marks: Marks, plan: Plan) -> Marks | None:

@@ -75,8 +75,9 @@ class History:
         return [site for site in self.sites if site.config.history] if self.settings.enabled else []
 
     def describe(self) -> dict[str, Any]:
-        """/stats' `history` (/health shows its first four keys): whether the store works and
-        why not, its size, then the store, the feed, the firmware watch, the webhooks."""
+        """/stats' and /health's `history` (the document names its first four keys): whether
+        the store works and why not, its size, then the store, the feed, the firmware watch,
+        the webhooks."""
         store = None if self.store is None else self.store.describe()
         view: dict[str, Any] = {
             "status": "off" if store is None else store["status"],
@@ -91,9 +92,6 @@ class History:
         view["firmware"] = None if self.watch is None else self.watch.describe()
         view["webhooks"] = self.webhooks.describe()
         return view
-
-    def file_bytes(self) -> int | None:
-        return None if self.store is None else self.store.file_bytes()
 
 
 def data_dir(config: Config, simulated_dir: str | None) -> str:

@@ -309,13 +309,6 @@ class Store:
                 found = {(p, lbl): (int(i), int(a)) for p, lbl, i, a in rows}
         return found
 
-    def size_bytes(self) -> int | None:
-        size = None
-        with self._using("read") as conn:
-            if conn is not None:
-                size = rollup.used_bytes(conn)
-        return size
-
     def file_bytes(self) -> int | None:
         """The file and its write-ahead log on disk."""
         try:
