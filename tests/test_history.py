@@ -100,16 +100,19 @@ def test_daily_energy_adds_up_to_the_counters_difference(proxy_factory: Factory)
     h = proxy_factory(HISTORY)
     wait_for(lambda: len(history(h, "points=energy_exported/solar&from=-60&step=1")["rows"]) >= 4,
              what="a few windows of counters")
-    time.sleep(1.5)  # let the next window's counters land too
-    counters = history(h, "points=energy_exported/solar,energy_imported/load&from=-600&step=1")["rows"]
+    query = "points=energy_exported/solar,energy_imported/load&from=-600&step=1"
+    counters = history(h, query)["rows"]
     energy = h.get("/api/history/energy").json()
+    later = history(h, query)["rows"]  # the energy was read between these two readings
     assert energy["unit"] == "kWh" and energy["columns"][0] == "date"
     col = {name: i for i, name in enumerate(energy["columns"])}
     for point, column in ((1, "solar_exported"), (2, "load_imported")):
         values = [row[point] for row in counters if row[point] is not None]
+        after = [row[point] for row in later if row[point] is not None]
         total = sum(row[col[column]] or 0.0 for row in energy["rows"])
         # Rows written after the counters were read may have added a little more.
         assert (values[-1] - values[0]) / 1000 - 0.002 <= total, (column, values, total)
+        assert total <= (after[-1] - after[0]) / 1000 + 0.002, (column, after, total)
     month = h.get("/api/history/energy?period=month").json()
     assert month["rows"] and len(month["rows"][-1][0]) == 7  # "YYYY-MM"
 
