@@ -8,6 +8,7 @@ classes with their units, availability, expire_after) and every state against th
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -273,6 +274,27 @@ def test_control_over_mqtt_uses_the_control_actions(proxy_factory: Factory, brok
         assert h.get("/control/mode").json() == {"mode": "backup"}
     finally:
         listener.close()
+
+
+def test_refused_commands_are_counted_each_and_logged_once_a_minute(
+        proxy_factory: Factory, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who may publish on the broker can send commands: each refusal is counted, the
+    log gets the first line and holds the rest (a count goes out with the next, a minute on)."""
+    caplog.set_level(logging.INFO, logger="proxy")
+    listener = Listener(broker, FILTERS)
+    try:
+        h = _mqtt_proxy(proxy_factory, broker, PW_CONTROL_SECRET="mqtt-control")
+        gateway = h.app.sites.default().id
+        # States go out after the command subscription: once one is seen, commands are heard.
+        wait_for(lambda: listener.last(f"{PREFIX}/{gateway}/battery_reserve"), what="states")
+        for i in range(20):
+            listener.publish(f"{PREFIX}/{gateway}/control/nope/set", str(i))
+        wait_for(lambda: h.get("/stats").json()["mqtt"]["commands_ignored"] == 20,
+                 what="twenty refusals counted")
+    finally:
+        listener.close()
+    lines = [r.getMessage() for r in caplog.records if "ignored a command" in r.getMessage()]
+    assert len(lines) == 1 and "no such gateway or command" in lines[0], lines
 
 
 def test_no_control_without_secret_or_broker_password(proxy_factory: Factory, broker: Mosquitto) -> None:
