@@ -373,6 +373,26 @@ def test_mqtt_adds_no_gateway_requests(proxy_factory: Factory, broker: Mosquitto
     assert alone <= baseline * EDGE and busy <= baseline * EDGE, (baseline, alone, busy)
 
 
+def test_mqtt_and_the_live_streams_follow_one_hub(proxy_factory: Factory, broker: Mosquitto) -> None:
+    """MQTT and a live stream are subscribers of the same refresher, not loops of their own."""
+    import http.client
+
+    h = _mqtt_proxy(proxy_factory, broker)
+    wait_for(lambda: h.get("/stats").json()["mqtt"]["published"] > 0, what="publishing")
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=20)
+    try:
+        conn.request("GET", "/events")
+        response = conn.getresponse()
+        assert response.status == 200
+        hub = wait_for(lambda: (s := h.get("/stats").json()["hub"])["subscribers"] == [
+            "mqtt", "live aggregate"] and s, what="both following the hub")
+        assert hub["running"] is True
+        response.close()
+    finally:
+        conn.close()
+    wait_for(lambda: h.get("/stats").json()["hub"]["subscribers"] == ["mqtt"], what="the stream gone")
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"PW_MQTT_PORT": "x"}, "PW_MQTT_PORT must be an integer"),
     ({"PW_MQTT_PORT": "70000"}, "PW_MQTT_PORT must be between 1 and 65535"),
