@@ -8,6 +8,7 @@ classes with their units, availability, expire_after) and every state against th
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -275,6 +276,27 @@ def test_control_over_mqtt_uses_the_control_actions(proxy_factory: Factory, brok
         listener.close()
 
 
+def test_refused_commands_are_counted_each_and_logged_once_a_minute(
+        proxy_factory: Factory, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who may publish on the broker can send commands: each refusal is counted, the
+    log gets the first line and holds the rest (a count goes out with the next, a minute on)."""
+    caplog.set_level(logging.INFO, logger="proxy")
+    listener = Listener(broker, FILTERS)
+    try:
+        h = _mqtt_proxy(proxy_factory, broker, PW_CONTROL_SECRET="mqtt-control")
+        gateway = h.app.sites.default().id
+        # States go out after the command subscription: once one is seen, commands are heard.
+        wait_for(lambda: listener.last(f"{PREFIX}/{gateway}/battery_reserve"), what="states")
+        for i in range(20):
+            listener.publish(f"{PREFIX}/{gateway}/control/nope/set", str(i))
+        wait_for(lambda: h.get("/stats").json()["mqtt"]["commands_ignored"] == 20,
+                 what="twenty refusals counted")
+    finally:
+        listener.close()
+    lines = [r.getMessage() for r in caplog.records if "ignored a command" in r.getMessage()]
+    assert len(lines) == 1 and "no such gateway or command" in lines[0], lines
+
+
 def test_no_control_without_secret_or_broker_password(proxy_factory: Factory, broker: Mosquitto) -> None:
     listener = Listener(broker, FILTERS)
     try:
@@ -349,6 +371,26 @@ def test_mqtt_adds_no_gateway_requests(proxy_factory: Factory, broker: Mosquitto
     assert baseline > 0 and alone > 0, (baseline, alone)  # everyone reads each window
     # Never more than one poller's requests per window, however many read.
     assert alone <= baseline * EDGE and busy <= baseline * EDGE, (baseline, alone, busy)
+
+
+def test_mqtt_and_the_live_streams_follow_one_hub(proxy_factory: Factory, broker: Mosquitto) -> None:
+    """MQTT and a live stream are subscribers of the same refresher, not loops of their own."""
+    import http.client
+
+    h = _mqtt_proxy(proxy_factory, broker)
+    wait_for(lambda: h.get("/stats").json()["mqtt"]["published"] > 0, what="publishing")
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=20)
+    try:
+        conn.request("GET", "/events")
+        response = conn.getresponse()
+        assert response.status == 200
+        hub = wait_for(lambda: (s := h.get("/stats").json()["hub"])["subscribers"] == [
+            "mqtt", "live aggregate"] and s, what="both following the hub")
+        assert hub["running"] is True
+        response.close()
+    finally:
+        conn.close()
+    wait_for(lambda: h.get("/stats").json()["hub"]["subscribers"] == ["mqtt"], what="the stream gone")
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -158,10 +158,15 @@ def test_one_gateway_fetch_feeds_many_readers(proxy_factory: Factory) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     p = proxy_factory({"PW_CACHE_EXPIRE": "30"})
-    _wait_ok(p, "/aggregates")
-    p.sim.reset()
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda _: p.get("/aggregates").status, range(64)))
+    site = p.app.sites.default()
+    for _ in range(2):  # a run that straddled a window's end (one fetch, rightly) runs again
+        _wait_ok(p, "/aggregates")
+        window = site.window()
+        p.sim.reset()
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda _: p.get("/aggregates").status, range(64)))
+        if site.window() == window:
+            break
     assert results == [200] * 64
     assert p.sim.stats()["total"] == 0  # all served from the window cache
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.site.actions import Mode
+
 Schema = Mapping[str, Any]
 
 JSON = "application/json"
@@ -276,8 +278,7 @@ SCHEMAS: dict[str, Schema] = {
 LEVEL: Schema = {"description": "Reserve, integer 0–100",
                  "anyOf": [{"type": "integer", "minimum": 0, "maximum": 100},
                            {"type": "string", "pattern": "^(0{0,2}[0-9]|0?[1-9][0-9]|100)$"}]}
-MODES = ("self_consumption", "backup", "autonomous")
-MODE: Schema = {"type": "string", "enum": list(MODES)}
+MODE: Schema = {"type": "string", "enum": [m.value for m in Mode]}
 ASCII: Schema = {"type": "string", "pattern": "^[\\u0000-\\u007f]*$"}
 TOKEN: Schema = {**ASCII, "description": "PW_CONTROL_SECRET (or send it as Authorization: Bearer)"}
 FORM_FIELDS = 10  # a form with more fields is refused (400)

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs
 from proxy.api.apidoc import (
     ASCII,
     CONTROL_OFF,
+    FIELDS,
+    FORM_FIELDS,
     NAME,
     NOT_IN_MODE,
     OBJECT,
@@ -69,9 +71,6 @@ DISABLED = "Control Commands Disabled - Set PW_CONTROL_SECRET to enable"
 TOKEN_INVALID = "Control Command Token Invalid"
 TOO_MANY = "Too many bad control tokens from this client; wait before trying again"
 INVALID_REQUEST = "Control Command Error: Invalid Request"
-FIELDS = ("value", "token", "mode", "level")  # what a control body may carry
-# POST /control/<action>, as /control/status lists them
-ROUTED = ("reserve", "reserve_hold", "mode", "grid_charging", "grid_export", "max_backup")
 V = TypeVar("V")
 
 
@@ -99,7 +98,7 @@ def _form(body: bytes) -> dict[str, str]:
     try:
         text = body.decode("ascii")
         fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text),
-                          errors="strict", max_num_fields=10)
+                          errors="strict", max_num_fields=FORM_FIELDS)
         if any(len(v) > 1 for v in fields.values()):
             # "value=5&value=90" or "token=good&token=x": ambiguous, so refused, not guessed.
             raise ValueError("repeated field")
@@ -207,15 +206,23 @@ def _command(app: App, call: Call, action: Action[Any]) -> dict[str, str] | Resp
     return json_response(200, {action.name: read_setting(call.site, action)})
 
 
-def control_reserve(app: App, call: Call) -> Response:
-    fields = _command(app, call, RESERVE)
-    if isinstance(fields, Response):
-        return fields
-    target = RESERVE.parse(fields["value"])
-    if fields.get("mode"):
-        both = (target, actions.mode(fields["mode"], "Mode"))
-        return json_response(200, _write(app, call, OPERATION, both))
-    return json_response(200, _write(app, call, RESERVE, target))
+def _alone_or_with(action: Action[V], other: str,
+                   both: Callable[[V, str], tuple[int, actions.Mode]]) -> Callable[[App, Call], Response]:
+    """The reserve or the mode; with the `other` field as well, both in one write (OPERATION)."""
+    def handler(app: App, call: Call) -> Response:
+        fields = _command(app, call, action)
+        if isinstance(fields, Response):
+            return fields
+        value = action.parse(fields["value"])
+        if fields.get(other):
+            return json_response(200, _write(app, call, OPERATION, both(value, fields[other])))
+        return json_response(200, _write(app, call, action, value))
+    handler.__name__ = f"control_{action.name}"
+    return handler
+
+
+control_reserve = _alone_or_with(RESERVE, "mode", lambda target, text: (target, actions.mode(text, "Mode")))
+control_mode = _alone_or_with(MODE, "level", lambda chosen, text: (actions.level(text, "Level"), chosen))
 
 
 def control_reserve_hold(app: App, call: Call) -> Response:
@@ -223,17 +230,6 @@ def control_reserve_hold(app: App, call: Call) -> Response:
     holds that charge (no discharge below it) until the reserve is set again."""
     _authorize(app, call)
     return json_response(200, _write(app, call, HOLD, current_level(call.site)))
-
-
-def control_mode(app: App, call: Call) -> Response:
-    fields = _command(app, call, MODE)
-    if isinstance(fields, Response):
-        return fields
-    chosen = MODE.parse(fields["value"])
-    if fields.get("level"):
-        both = (actions.level(fields["level"], "Level"), chosen)
-        return json_response(200, _write(app, call, OPERATION, both))
-    return json_response(200, _write(app, call, MODE, chosen))
 
 
 def _set_successfully(action: Action[Any]) -> Callable[[App, Call], Response]:
@@ -290,7 +286,7 @@ def control_status(app: App, call: Call) -> Response:
     """
     enabled = bool(app.config.control_secret)
     v1r = call.site.gateway.info.tedapi_mode == "v1r"
-    actions = [a for a in ROUTED if v1r or a != "max_backup"]
+    actions = [a for a in routed() if v1r or a != "max_backup"]
     status: dict[str, Any] = {
         "enabled": enabled,
         "ready": enabled and call.site.gateway.control_pw is not None,
@@ -303,6 +299,12 @@ def control_status(app: App, call: Call) -> Response:
         status["reserve"] = None if reserve is None else user_number(reserve)
         status["mode"] = _maybe(call, MODE)
     return json_response(200, status)
+
+
+def routed() -> list[str]:
+    """The actions a POST /control/<action> writes, in the table's order (as /control/status
+    lists them)."""
+    return [r.path.removeprefix("/control/") for r in ROUTES if "POST" in r.methods and "*" not in r.path]
 
 
 def _maybe(call: Call, action: Action[Any]) -> Any:

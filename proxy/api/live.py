@@ -130,11 +130,9 @@ class Topic:
         with self._lock:
             push = Push(data, self._next_id())
             self._last, self._news = push, update.news
-            sinks = list(self._sinks.items())
+            sinks = list(self._sinks.items())  # with the snapshot: a newcomer gets it once
             self.published += 1
-        refused = [token for token, sink in sinks if not sink.offer(push)]
-        for token in refused:
-            self._remove(token)
+        self._offer(push, sinks)
         return push
 
     def _next_id(self) -> str:
@@ -147,6 +145,10 @@ class Topic:
         """Offer a push of its own (an event) to every listener now; the snapshot stays."""
         with self._lock:
             sinks = list(self._sinks.items())
+        self._offer(push, sinks)
+
+    def _offer(self, push: Push, sinks: list[tuple[int, Sink]]) -> None:
+        """To these listeners; the ones that refuse it are dropped."""
         refused = [token for token, sink in sinks if not sink.offer(push)]
         for token in refused:
             self._remove(token)

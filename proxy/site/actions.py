@@ -193,10 +193,6 @@ ACTIONS: tuple[Action[Any], ...] = (RESERVE, MODE, OPERATION, HOLD, GRID_CHARGIN
                                     MAX_BACKUP)
 
 
-def named(name: str) -> Action[Any] | None:
-    return next((a for a in ACTIONS if a.name == name), None)
-
-
 def for_openc2(target: str) -> Action[Any] | None:
     """The action an OpenC2 `set` target (x-esm:<setting>, without its prefix) names."""
     return next((a for a in ACTIONS if a.openc2 and a.openc2 == target), None)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.gateway.sources import Source
@@ -72,7 +72,6 @@ class _Subscriber:
     receive: Receive
     sources: tuple[Source, ...]
     served: bool = False  # has had its first refresh
-    refreshes: int = field(default=0)
 
 
 class Hub:
@@ -200,7 +199,6 @@ class Hub:
             if not read:
                 continue
             subscriber.served = True
-            subscriber.refreshes += 1
             try:
                 subscriber.receive(Refresh(frames, read))
             except Exception:  # one subscriber's bug must not starve the others

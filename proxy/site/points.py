@@ -37,6 +37,7 @@ from proxy.gateway.sources import (
     Source,
 )
 from proxy.payloads import number, real
+from proxy.site.actions import Mode
 from proxy.site.frames import Frame, with_core
 
 Scalar = float | str | bool
@@ -172,7 +173,7 @@ def _firmware(frame: Frame) -> str | None:
 
 METERS = ("site", "solar", "battery", "load")
 GRID_STATES = ("UP", "DOWN", "SYNCING")
-MODES = ("self_consumption", "backup", "autonomous")
+MODES = tuple(m.value for m in Mode)  # the modes the control actions write
 MAX_LABELS = 32  # values one labelled point may have (e.g. batteries); the rest are left out
 MODE = PW_SOURCES["get_mode"]
 
