@@ -43,7 +43,7 @@ from proxy.api.apidoc import MODE as MODE_SCHEMA
 from proxy.api.app import App, json_response
 from proxy.api.forwarded import client_address, throttle_key
 from proxy.api.routing import Call, Route
-from proxy.api.tokens import same_secret
+from proxy.api.tokens import bearer_token, same_secret
 from proxy.errors import HTTPError, NotSupported, ProxyError, WriteFailed
 from proxy.gateway import user_number
 from proxy.httpd.types import Response
@@ -141,10 +141,7 @@ def _json(body: bytes) -> dict[str, str]:
 # ---- the token ----------------------------------------------------------------
 
 def _token_ok(app: App, call: Call, fields: dict[str, str]) -> bool:
-    token = fields.get("token", "")
-    auth = call.request.headers.get("Authorization", "")
-    if not token and auth[:7].lower() == "bearer ":
-        token = auth[7:].strip()
+    token = fields.get("token", "") or bearer_token(call.request.headers)
     return bool(token) and same_secret(token, app.config.control_secret.reveal())
 
 

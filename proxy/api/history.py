@@ -71,9 +71,7 @@ def _gateways(history: History, call: Call, default_all: bool = False) -> tuple[
     if wanted == ALL or (not wanted and default_all):
         return ALL, [_gateway(site) for site in recorded]
     gw = wanted or history.sites.default().id
-    site = history.sites.get(gw)
-    if site is None:
-        raise HTTPError(404, "Gateway not found")
+    site = history.sites.find(gw)  # UnknownGateway: 404 "Gateway not found"
     if site not in recorded:
         raise HTTPError(404, f"No history for gateway {gw} (history: false)")
     return gw, [_gateway(site)]

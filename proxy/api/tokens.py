@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy.ratelog import INTERVAL, RateLog
@@ -28,6 +28,12 @@ PENALTY_CAP = 300.0  # ... up to this
 FORGET_AFTER = 900.0  # a client quiet this long starts again with a clean record
 MAX_TRACKED_CLIENTS = 1024
 LOG_INTERVAL = INTERVAL  # refused tokens are logged once per interval, with a count
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), or ""."""
+    auth = headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
 
 def same_secret(given: str, expected: str) -> bool:

@@ -18,10 +18,11 @@ alerts, the current mode) is no event; a state kept in the store carries over a 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from proxy.payloads import real
 
 UNREACHABLE_AFTER = 60.0  # seconds without fresh data before gateway_unreachable
 
@@ -106,22 +107,16 @@ class State:
         if not isinstance(data, dict):
             return cls()
         try:
-            return cls(grid_down_since=_opt_float(data.get("grid_down_since")),
+            return cls(grid_down_since=real(data.get("grid_down_since")),
                        mode=data.get("mode") if isinstance(data.get("mode"), str) else None,
-                       reserve=_opt_float(data.get("reserve")),
+                       reserve=real(data.get("reserve")),
                        alerts_known=bool(data.get("alerts_known")),
                        alerts=frozenset(str(a) for a in data.get("alerts") or ()),
                        last_alerts=frozenset(str(a) for a in data.get("last_alerts") or ()),
-                       unreachable_since=_opt_float(data.get("unreachable_since")),
+                       unreachable_since=real(data.get("unreachable_since")),
                        unreachable_told=bool(data.get("unreachable_told")))
         except (TypeError, ValueError):
             return cls()
-
-
-def _opt_float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 Origin = Callable[[str], str | None]  # setting ("mode", "reserve") -> who changed it lately

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from proxy.history import energy, schema
 from proxy.history.events import Event, Observation, State, watch
 from proxy.history.schema import Sample
+from proxy.site.actions import ACTIONS
 
 if TYPE_CHECKING:  # the store (and sqlite3) is loaded only where one is opened
     from proxy.history.store import Store
@@ -55,8 +56,8 @@ def observation(window: Window) -> Observation:
         reserve=float(reserve) if isinstance(reserve, (int, float)) else None, alerts=window.alerts)
 
 
-# Writes that change each setting the events watch, by the actions table's names.
-SETTINGS = {"mode": ("mode", "operation"), "reserve": ("reserve", "reserve_hold", "operation")}
+# The settings the events watch that each write changes, by the actions table's names.
+CHANGES = {action.name: action.changes for action in ACTIONS if action.changes}
 ORIGIN_FRESH = 60.0  # a change seen this long after a write of this proxy is that write's
 
 
@@ -73,9 +74,8 @@ class Origins:
         if not accepted:
             return
         with self._lock:
-            for setting, actions in SETTINGS.items():
-                if action in actions:
-                    self._latest[(gw, setting)] = (origin, self._clock())
+            for setting in CHANGES.get(action, ()):
+                self._latest[(gw, setting)] = (origin, self._clock())
 
     def __call__(self, gw: str, setting: str) -> str | None:
         with self._lock:

@@ -35,9 +35,9 @@ import ssl
 import threading
 from typing import BinaryIO, Protocol, cast
 
-from proxy.httpd.clock import Throttle
 from proxy.httpd.conn import Conn, Event, State
 from proxy.httpd.wire import client_ip
+from proxy.ratelog import RateLog
 
 __all__ = ["Admission", "Door", "stream_share"]
 
@@ -187,8 +187,8 @@ class Door:
         self._waiting_for_room = False  # every connection busy: not before one comes free ...
         self._room_wanted_since = 0.0  # ... or ROOM_WAIT after this
         self._listening = True
-        self._errors = Throttle()
-        self._cap_warnings = Throttle()
+        self._errors = RateLog(logger)
+        self._cap_warnings = RateLog(logger)
         selector.register(listener, READ, tag)
 
     def accept(self, now: float) -> None:
@@ -217,9 +217,8 @@ class Door:
                 close_quietly(sock)  # every connection is still busy: turned away, not left hanging
                 return
             self._loop.close(victims[0])
-            if self._cap_warnings.allow():
-                logger.warning("connection cap (%d) reached: closing the longest-idle connections",
-                               self._admission.cap)
+            self._cap_warnings.warning("connection cap (%d) reached: closing the longest-idle connections",
+                                       self._admission.cap)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -262,12 +261,10 @@ class Door:
         return True
 
     def _warn_no_descriptors(self, exc: OSError, what: str) -> None:
-        if self._errors.allow():
-            logger.warning("out of file descriptors (%s): %s", exc.strerror, what)
+        self._errors.warning("out of file descriptors (%s): %s", exc.strerror, what)
 
     def _pause_accept(self, now: float, exc: OSError) -> None:
-        if self._errors.allow():
-            logger.warning("accept failed (%s); pausing accepts for %.2fs", exc, ACCEPT_PAUSE)
+        self._errors.warning("accept failed (%s); pausing accepts for %.2fs", exc, ACCEPT_PAUSE)
         self._paused_until = now + ACCEPT_PAUSE
         self._listen()
 
@@ -285,9 +282,8 @@ class Door:
         come free; False once they have waited ROOM_WAIT (they are then turned away)."""
         if not self._room_wanted_since:
             self._room_wanted_since = now
-            if self._cap_warnings.allow():
-                logger.warning("connection cap (%d) reached and every connection busy: new clients "
-                               "wait a moment, then are turned away", self._admission.cap)
+            self._cap_warnings.warning("connection cap (%d) reached and every connection busy: new clients "
+                                       "wait a moment, then are turned away", self._admission.cap)
         if now - self._room_wanted_since >= ROOM_WAIT:
             return False
         self._waiting_for_room = True

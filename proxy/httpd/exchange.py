@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO, NamedTuple
 
-from proxy.httpd.clock import DateLine, Throttle
+from proxy.httpd.clock import DateLine
 from proxy.httpd.conn import Conn, Event
 from proxy.httpd.stream import WEBSOCKET
 from proxy.httpd.streams import Streaming, Streams
@@ -41,6 +41,7 @@ from proxy.httpd.wire import (
     render_error,
     split_absolute,
 )
+from proxy.ratelog import RateLog
 
 __all__ = ["WRITE_TIMEOUT", "Exchange", "Job", "Outcome"]
 
@@ -81,9 +82,9 @@ class Exchange:
         self._count_lock = threading.Lock()  # workers' answers only: the loop counts its own
         self._worker_answers = 0
         self.quick_answers = 0  # answers the loop wrote (loop thread only, so no lock)
-        self._app_errors = Throttle()
-        self._ready_errors = Throttle()
-        self._errors = Throttle()
+        self._app_errors = RateLog(logger)
+        self._ready_errors = RateLog(logger)
+        self._errors = RateLog(logger)
 
     @property
     def served(self) -> int:
@@ -105,8 +106,7 @@ class Exchange:
                 return None
             outcome = self._framed(response, head)
         except Exception:  # the worker will call the app and answer (a 500 if that fails too)
-            if self._ready_errors.allow():
-                logger.exception("the app's ready() failed on %s %r", head.method, head.target)
+            self._ready_errors.exception("the app's ready() failed on %s %r", head.method, head.target)
             return None
         return outcome
 
@@ -140,8 +140,7 @@ class Exchange:
                 outcome = self.answer(conn, *payload)
             self._deliver(conn, outcome, started)
         except Exception:
-            if self._errors.allow():
-                logger.exception("unexpected error answering %s", conn.client)
+            self._errors.exception("unexpected error answering %s", conn.client)
             self._give_back(conn, Event.CLOSED)
 
     def answer(self, conn: Conn, head: Head, body: bytes) -> Outcome:
@@ -227,14 +226,7 @@ class Exchange:
         return parts.path
 
     def _log_app_error(self, request: Request) -> None:
-        if self._app_errors.allow():
-            suppressed, self._app_errors.suppressed = self._app_errors.suppressed, 0
-            logger.exception(
-                "app failed on %s %r (%d similar errors suppressed before this one)",
-                request.method,
-                request.target,
-                suppressed,
-            )
+        self._app_errors.exception("app failed on %s %r", request.method, request.target)
 
 
 def send_all(sock: socket.socket, data: bytes) -> bool:

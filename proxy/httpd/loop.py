@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import cast
 
 from proxy.httpd.admission import Admission, Door, close_quietly
-from proxy.httpd.clock import Throttle
 from proxy.httpd.conn import IN_LOOP, Conn, Event, State
 from proxy.httpd.exchange import WRITE_TIMEOUT, Exchange, Job, Outcome
 from proxy.httpd.streams import Streams
 from proxy.httpd.types import App
 from proxy.httpd.wire import CONTINUE, Framed, WireError
 from proxy.httpd.workers import Workers
+from proxy.ratelog import RateLog
 
 __all__ = ["Loop", "Mailbox", "Settings"]
 
@@ -143,7 +143,7 @@ class Loop:
         self._writing: dict[Conn, None] = {}  # answers the socket did not take at once
         self._scratch = memoryview(bytearray(READ_SIZE))  # what recv() reads into
         self._next_sweep = 0.0
-        self._errors = Throttle()
+        self._errors = RateLog(logger)
         # What a socket event means, and when a waiting connection is due, by state.
         self._on_event: dict[State, Callable[[Conn, float, int], None]] = {
             State.HANDSHAKE: self.door.handshake, State.READING: self.read, State.WRITING: self._write_more,
@@ -162,8 +162,7 @@ class Loop:
                 try:
                     self._once()
                 except Exception:  # a bug here must not silently end all serving
-                    if self._errors.allow():
-                        logger.exception("unexpected error in the event loop")
+                    self._errors.exception("unexpected error in the event loop")
                     self.stopping.wait(0.01)  # and must not spin either
         finally:
             self._close_all()
@@ -200,8 +199,7 @@ class Loop:
         try:
             handler(conn, now, mask)
         except Exception:
-            if self._errors.allow():
-                logger.exception("unexpected error on a connection from %s", conn.client)
+            self._errors.exception("unexpected error on a connection from %s", conn.client)
             self.close(conn)
 
     def _close_all(self) -> None:
@@ -431,8 +429,7 @@ class Loop:
             try:
                 self._reinstate(conn, how, now)
             except Exception:
-                if self._errors.allow():
-                    logger.exception("unexpected error taking back a connection from %s", conn.client)
+                self._errors.exception("unexpected error taking back a connection from %s", conn.client)
                 self.close(conn)
         for conn in news:
             self._guarded_news(conn, now)
@@ -454,8 +451,7 @@ class Loop:
         try:
             self.streams.news(conn, now)
         except Exception:
-            if self._errors.allow():
-                logger.exception("unexpected error on a stream of %s", conn.client)
+            self._errors.exception("unexpected error on a stream of %s", conn.client)
             self.close(conn)
 
     # --- timers ---

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from proxy.httpd.admission import Admission
-from proxy.httpd.clock import Throttle
 from proxy.httpd.conn import Conn, Event, State
 from proxy.httpd.stream import (
     GOING_AWAY,
@@ -38,6 +37,7 @@ from proxy.httpd.stream import (
 )
 from proxy.httpd.types import Response
 from proxy.httpd.wire import Head, WireError, header_block, header_lines, render_error, stream_head
+from proxy.ratelog import RateLog
 
 __all__ = ["Opened", "Streaming", "Streams"]
 
@@ -176,7 +176,8 @@ class Streams:
         self.draining = threading.Event()  # stopping: end every stream, open no new one
         self.gone = threading.Event()  # set once draining left no stream open
         self._drain_started = False
-        self._errors = Throttle()
+        self._errors = RateLog(logger)
+        self._drops = RateLog(logger)  # slow listeners: a flood of them must not hide a trace
 
     # --- a worker opens a stream ---
 
@@ -230,8 +231,7 @@ class Streams:
         try:
             st.unsubscribe = st.spec.open(st)
         except Exception:
-            if self._errors.allow():
-                logger.exception("a stream for %s failed to open", conn.client)
+            self._errors.exception("a stream for %s failed to open", conn.client)
             self._loop.close(conn)
             return False
         return True
@@ -274,8 +274,7 @@ class Streams:
             dropped, ending = st.dropped, st.ending
         if dropped:
             self.dropped += 1
-            if self._errors.allow():
-                logger.info("dropped a stream listener at %s: it is not reading fast enough", conn.client)
+            self._drops.info("dropped a stream listener at %s: it is not reading fast enough", conn.client)
             self._loop.close(conn)
             return
         if ending and st.ws is not None and not st.ws.closing and not st.ws.finished:
@@ -338,8 +337,7 @@ class Streams:
             try:
                 unsubscribe()
             except Exception:
-                if self._errors.allow():
-                    logger.exception("unsubscribing a stream of %s failed", conn.client)
+                self._errors.exception("unsubscribing a stream of %s failed", conn.client)
         if self.draining.is_set() and not self.open_streams:
             self.gone.set()
 

@@ -159,6 +159,7 @@ class Action(Generic[V]):
     openc2: str = ""  # OpenC2 `set` target x-esm:<openc2>, "" when not offered there
     reports: str = ""  # the key OpenC2's answer carries the written value under
     mqtt: bool = False  # offered as an MQTT command
+    changes: tuple[str, ...] = ()  # the settings it changes, as the history's events name them
 
     def shown(self, value: V) -> Any:
         """The written value as a JSON answer carries it."""
@@ -167,15 +168,16 @@ class Action(Generic[V]):
 
 RESERVE: Action[int] = Action(
     "reserve", "reserve", level, _reserve_call, _said("reserve"), read=app_reserve,
-    openc2="backup_reserve", reports="backup_reserve_percent", mqtt=True)
+    openc2="backup_reserve", reports="backup_reserve_percent", mqtt=True, changes=("reserve",))
 MODE: Action[Mode] = Action(
     "mode", "mode", mode, _mode_call, _said("mode"), read=lambda pw: pw.get_mode() or "unknown",
-    openc2="operation_mode", reports="operation_mode", mqtt=True)
+    openc2="operation_mode", reports="operation_mode", mqtt=True, changes=("mode",))
 OPERATION: Action[tuple[int, Mode]] = Action(
     "operation", "reserve+mode", _operation, _operation_call,
-    lambda value: f"reserve={value[0]} mode={value[1].value}")
+    lambda value: f"reserve={value[0]} mode={value[1].value}", changes=("reserve", "mode"))
 HOLD: Action[int] = Action(
-    "reserve_hold", "reserve", level, _reserve_call, lambda target: f"reserve_hold reserve={target}")
+    "reserve_hold", "reserve", level, _reserve_call, lambda target: f"reserve_hold reserve={target}",
+    changes=("reserve",))
 GRID_CHARGING: Action[bool] = Action(
     "grid_charging", "grid_charging", grid_charging, lambda on: lambda pw: pw.set_grid_charging(on),
     _said("grid_charging"),

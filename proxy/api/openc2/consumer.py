@@ -39,7 +39,7 @@ from proxy.api.openc2.profile import (
 )
 from proxy.api.openc2.schema import doc_for
 from proxy.api.routing import Call, Route
-from proxy.api.tokens import same_secret
+from proxy.api.tokens import bearer_token, same_secret
 from proxy.errors import HTTPError, ProxyError
 from proxy.httpd.types import Response
 from proxy.ratelog import RateLog
@@ -109,8 +109,7 @@ def authenticate(app: App, call: Call, flavor: Flavor) -> Role:
     """The bearer token (or the seed's key header): the control secret may set, the OpenC2
     token may query; anything else is 401 (429 -> 503 for a client that keeps guessing)."""
     headers = call.request.headers
-    auth = headers.get("Authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    token = bearer_token(headers)
     if not token and flavor is Flavor.SEED:
         token = next((headers.get(h, "") for h in SEED_HEADERS if headers.get(h)), "")
     secret = app.config.control_secret.reveal()
