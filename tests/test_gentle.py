@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, load_config
-from proxy.simulator import Simulator
+from proxy.simulator import Simulator, profiles
 from tests.conftest import Factory, ProxyHandle
 from tests.stub_gateway import StubGateway
 
@@ -28,7 +28,7 @@ HOME_ASSISTANT = ["/api/meters/aggregates", "/api/system_status/soe", "/api/syst
                   "/api/powerwalls", "/api/system_status/grid_faults"]
 EVCC = ["/api/meters/aggregates", "/api/system_status/soe", "/api/operation", "/json", "/csv"]
 CLIENTS = (TELEGRAF, HOME_ASSISTANT, EVCC, TELEGRAF)
-PROFILES = ["default", "pw2-legacy", "pw3", "sparse", "http10", "portal"]
+PROFILES = profiles.NAMES  # every gateway personality the simulator has
 TEDAPI_POSTS = ("/tedapi/v1", "/tedapi/device/")  # every TEDAPI query is a POST to these
 
 
@@ -42,6 +42,8 @@ def simulated(factory: Factory, sim: Simulator, **env: str) -> ProxyHandle:
     """A proxy on `sim`, connecting the way its profile wants (TEDAPI or the customer login)."""
     given = sim.credentials()
     login = {"PW_GW_PWD": given["gw_pwd"]} if "gw_pwd" in given else {"PW_PASSWORD": given["password"]}
+    if sim.profile.bearer:  # TEDAPI only behind the installer's login
+        login.update(PW_TEDAPI_AUTH_MODE="bearer", PW_TEDAPI_API_VERSION="V2026_06")
     handle = factory({"PW_HOST": sim.host, "PW_CACHE_EXPIRE": "1", **login, **env}, simulate=False)
     handle.sim = sim
     return handle
