@@ -17,7 +17,9 @@ import pytest
 
 from proxy.config import ConfigError, load_config
 from proxy.simulator import Simulator, profiles
+from tests.brokers import wait_for
 from tests.conftest import Factory, ProxyHandle
+from tests.sim_helpers import quiet
 from tests.stub_gateway import StubGateway
 
 # What three kinds of client poll, each in its own thread, at once.
@@ -51,10 +53,7 @@ def simulated(factory: Factory, sim: Simulator, **env: str) -> ProxyHandle:
 
 def idle(h: ProxyHandle) -> None:
     """Wait until no fetch is under way (a prefetch may outlive the poller that started it)."""
-    deadline = time.monotonic() + 30
-    while h.gateway.cache.in_flight() or h.gateway.lanes.view()["in_flight"]:
-        assert time.monotonic() < deadline, "fetches never finished"
-        time.sleep(0.05)
+    wait_for(lambda: quiet(h), 30, "fetches to finish")
 
 
 def poll(h: ProxyHandle, windows: int, health: list[int] | None = None) -> tuple[int, dict[str, list[int]]]:
@@ -194,6 +193,7 @@ def test_a_resource_with_a_longer_period_is_asked_once_in_it(proxy_factory: Fact
             time.sleep(0.1)
         bases = cache.window() - first_base
         resources = h.get("/stats").json()["gateway"]["resources"]
+        idle(h)  # a fetch the last reply started counts too
         asked = sim.stats()["paths"].get("/api/system_status", 0)
     assert resources[key] == {"period_seconds": 4.0}
     assert resources["site_name"] == {"period_seconds": 1.0}  # read at connect

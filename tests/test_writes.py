@@ -19,6 +19,7 @@ import pytest
 from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, wait_for
 from tests.conftest import Factory, ProxyHandle
 from tests.ha_rules import PREFIX
+from tests.sim_helpers import quiet
 from tests.test_openc2 import SECRET, ask, set_cmd
 
 pytestmark = pytest.mark.skipif(
@@ -106,8 +107,7 @@ def test_a_reserve_and_a_mode_from_three_front_doors_all_end_up_on_the_gateway(
         assert h.get("/control/reserve", headers=bearer).json()["reserve"] == pytest.approx(expected[0])
         assert h.get("/control/mode", headers=bearer).json() == {"mode": expected[1]}
     # The writes woke the hub (MQTT follows it): its reads may still be on their way.
-    wait_for(lambda: h.get("/stats").json()["gateway"]["calls"]["in_flight"] == 0,
-             what="no gateway call in flight")
+    wait_for(lambda: quiet(h), what="no gateway call in flight")
 
 
 def test_each_answer_shows_the_state_after_its_own_write(doors: tuple[ProxyHandle, Listener]) -> None:
