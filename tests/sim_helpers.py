@@ -14,13 +14,20 @@ from typing import Any
 import pypowerwall
 
 from proxy.simulator import DEFAULT_GW_PWD, DEFAULT_PASSWORD, Simulator
-from tests.conftest import Reply
+from tests.conftest import ProxyHandle, Reply
 
 # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
 # verify=False, which pypowerwall's TEDAPI client relies on; tests unset them.
 CA_BUNDLE_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
+def quiet(h: ProxyHandle) -> bool:
+    """Neither the proxy nor its simulator has a gateway call under way: no fetch claimed,
+    none in a lane or waiting for one, none being answered (wait for it before counting)."""
+    calls = h.gateway.lanes.view()
+    if h.gateway.cache.in_flight() or calls["in_flight"] or calls["waiting"]:
+        return False
+    return h.sim is None or h.sim.stats()["in_flight"] == 0
 
 
 def _insecure() -> ssl.SSLContext:

@@ -111,6 +111,7 @@ def _handler(stub: StubGateway) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             path = self.path.split("?", 1)[0]
             stub.arrived(path)
+            answering = True
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
@@ -124,9 +125,14 @@ def _handler(stub: StubGateway) -> type[BaseHTTPRequestHandler]:
                 for name, value in extra:
                     self.send_header(name, value)
                 self.end_headers()
+                # Uncounted before the body goes out, not after: once the client has the whole
+                # answer it may send its next request while this thread still counts this one.
+                answering = False
+                stub.answered()
                 self.wfile.write(body)
             finally:
-                stub.answered()
+                if answering:
+                    stub.answered()
 
         do_GET = do_POST = _serve
 

@@ -28,6 +28,7 @@ import pytest
 from proxy.gateway.health import Cooldown
 from proxy.simulator import Simulator
 from tests.conftest import Factory, ProxyHandle, Reply, local_mode
+from tests.sim_helpers import quiet
 
 PERIOD = 1.0  # PW_CACHE_EXPIRE
 TTL = 3  # PW_CACHE_TTL
@@ -412,12 +413,6 @@ def test_cooldown_schedule_defaults() -> None:
     assert c.trip(86400) == 300  # capped, whatever the gateway asks
     c.reset()
     assert c.trip(None) == 5
-
-
-def quiet(h: ProxyHandle) -> bool:
-    """Neither the proxy nor the simulator has a gateway call under way."""
-    calls = h.gateway.lanes.view()
-    return calls["in_flight"] == 0 and calls["waiting"] == 0 and h.sim.stats()["in_flight"] == 0
 
 
 def busy_start(h: ProxyHandle, single: list[str], fault: dict[str, Any]) -> tuple[dict[str, bytes], Reply]:

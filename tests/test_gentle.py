@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, load_config
-from proxy.simulator import Simulator
+from proxy.simulator import Simulator, profiles
+from tests.brokers import wait_for
 from tests.conftest import Factory, ProxyHandle
+from tests.sim_helpers import quiet
 from tests.stub_gateway import StubGateway
 
 # What three kinds of client poll, each in its own thread, at once.
@@ -28,7 +30,7 @@ HOME_ASSISTANT = ["/api/meters/aggregates", "/api/system_status/soe", "/api/syst
                   "/api/powerwalls", "/api/system_status/grid_faults"]
 EVCC = ["/api/meters/aggregates", "/api/system_status/soe", "/api/operation", "/json", "/csv"]
 CLIENTS = (TELEGRAF, HOME_ASSISTANT, EVCC, TELEGRAF)
-PROFILES = ["default", "pw2-legacy", "pw3", "sparse", "http10", "portal"]
+PROFILES = profiles.NAMES  # every gateway personality the simulator has
 TEDAPI_POSTS = ("/tedapi/v1", "/tedapi/device/")  # every TEDAPI query is a POST to these
 
 
@@ -42,6 +44,8 @@ def simulated(factory: Factory, sim: Simulator, **env: str) -> ProxyHandle:
     """A proxy on `sim`, connecting the way its profile wants (TEDAPI or the customer login)."""
     given = sim.credentials()
     login = {"PW_GW_PWD": given["gw_pwd"]} if "gw_pwd" in given else {"PW_PASSWORD": given["password"]}
+    if sim.profile.bearer:  # TEDAPI only behind the installer's login
+        login.update(PW_TEDAPI_AUTH_MODE="bearer", PW_TEDAPI_API_VERSION="V2026_06")
     handle = factory({"PW_HOST": sim.host, "PW_CACHE_EXPIRE": "1", **login, **env}, simulate=False)
     handle.sim = sim
     return handle
@@ -49,10 +53,7 @@ def simulated(factory: Factory, sim: Simulator, **env: str) -> ProxyHandle:
 
 def idle(h: ProxyHandle) -> None:
     """Wait until no fetch is under way (a prefetch may outlive the poller that started it)."""
-    deadline = time.monotonic() + 30
-    while h.gateway.cache.in_flight() or h.gateway.lanes.view()["in_flight"]:
-        assert time.monotonic() < deadline, "fetches never finished"
-        time.sleep(0.05)
+    wait_for(lambda: quiet(h), 30, "fetches to finish")
 
 
 def poll(h: ProxyHandle, windows: int, health: list[int] | None = None) -> tuple[int, dict[str, list[int]]]:
@@ -192,6 +193,7 @@ def test_a_resource_with_a_longer_period_is_asked_once_in_it(proxy_factory: Fact
             time.sleep(0.1)
         bases = cache.window() - first_base
         resources = h.get("/stats").json()["gateway"]["resources"]
+        idle(h)  # a fetch the last reply started counts too
         asked = sim.stats()["paths"].get("/api/system_status", 0)
     assert resources[key] == {"period_seconds": 4.0}
     assert resources["site_name"] == {"period_seconds": 1.0}  # read at connect

@@ -227,6 +227,21 @@ def test_pw3_answers_tedapi_and_refuses_local_paths_it_lacks(profile_sim: Simula
     assert local.level() is not None
 
 
+@by_name("pw3", "solar-only")
+def test_tedapi_queries_are_counted_by_what_they_ask(profile_sim: Simulator, tmp_path: Path) -> None:
+    """/sim/stats counts each TEDAPI query (all POSTs to one path) by name, Basic or bearer."""
+    bearer = {"tedapi_auth_mode": "bearer", "tedapi_api_version": "V2026_06"}
+    pw = tedapi_powerwall(profile_sim, tmp_path, **(bearer if profile_sim.profile.bearer else {}))
+    profile_sim.reset()
+    for _ in range(2):
+        assert pw.vitals()
+    queries = profile_sim.stats()["queries"]
+    controller = [q for q in queries if q.startswith("/tedapi/v1 query:DeviceControllerQuery")]
+    assert len(controller) == 1 and queries[controller[0]] == 2, queries
+    assert sum(queries.values()) == profile_sim.stats()["paths"]["/tedapi/v1"] + sum(
+        n for p, n in profile_sim.stats()["paths"].items() if p.startswith("/tedapi/device/"))
+
+
 # --- sparse --------------------------------------------------------------------------------------
 
 @by_name("sparse")

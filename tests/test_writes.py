@@ -19,6 +19,7 @@ import pytest
 from tests.brokers import MOSQUITTO, MOSQUITTO_PASSWD, Listener, Mosquitto, wait_for
 from tests.conftest import Factory, ProxyHandle
 from tests.ha_rules import PREFIX
+from tests.sim_helpers import quiet
 from tests.test_openc2 import SECRET, ask, set_cmd
 
 pytestmark = pytest.mark.skipif(
@@ -106,8 +107,7 @@ def test_a_reserve_and_a_mode_from_three_front_doors_all_end_up_on_the_gateway(
         assert h.get("/control/reserve", headers=bearer).json()["reserve"] == pytest.approx(expected[0])
         assert h.get("/control/mode", headers=bearer).json() == {"mode": expected[1]}
     # The writes woke the hub (MQTT follows it): its reads may still be on their way.
-    wait_for(lambda: h.get("/stats").json()["gateway"]["calls"]["in_flight"] == 0,
-             what="no gateway call in flight")
+    wait_for(lambda: quiet(h), what="no gateway call in flight")
 
 
 def test_each_answer_shows_the_state_after_its_own_write(doors: tuple[ProxyHandle, Listener]) -> None:
@@ -144,3 +144,20 @@ def test_a_write_the_gateway_refuses_is_reported_refused(doors: tuple[ProxyHandl
     lines = [r.getMessage() for r in caplog.records if r.name == "proxy.control"]
     assert any("reserve=61 mode=backup failed" in line for line in lines), lines
     assert not any("accepted" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("profile", ["pw2-legacy", "http10"])
+def test_writes_sent_together_to_a_slow_gateway_of_another_kind_both_land(
+        proxy_factory: Factory, profile: str) -> None:
+    """Customer-login gateways (a Powerwall 2, an HTTP/1.0 one), 0.3 s an answer: a reserve and
+    a mode from two front doors at once, while reads are in flight, both end up on the gateway."""
+    h = proxy_factory({"PW_CONTROL_SECRET": SECRET, "PW_OPENC2_TOKEN": "oc2-query-token"},
+                      simulate_profile=profile)
+    http(h, "mode", "self_consumption")
+    h.sim.set_fault("slow", delay=0.3)
+    reserve, mode, _ = at_once(lambda: http(h, "reserve", 44), lambda: openc2(h, "operation_mode", "backup"),
+                               lambda: h.get("/aggregates", timeout=30))
+    assert reserve["backup_reserve_percent"] == 44 and mode, (reserve, mode)
+    assert on_gateway(h) == (44, "backup")
+    wait_for(lambda: quiet(h), what="no gateway call in flight")
+    assert h.sim.stats()["most_in_flight"] <= 2, h.sim.stats()  # what the gateway saw at once

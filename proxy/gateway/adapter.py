@@ -246,12 +246,6 @@ class Gateway:
         extend the one cooldown every caller honours; returns its length in seconds."""
         return self.calls.refused(reason, retry_after)
 
-    def check_cooldown(self) -> None:
-        """Raise GatewayBusy while the gateway is to be left alone."""
-        remaining = self.cooldown.remaining()
-        if remaining > 0:
-            raise GatewayBusy("gateway cooling down after refusing requests", retry_after=remaining)
-
     # ---- state for /health and /stats -------------------------------------
 
     def status(self) -> str:

@@ -99,7 +99,6 @@ class AnswerBook:
         self._kept: dict[Hashable, Answer] = {}
         self._bytes = 0
         self._flights: dict[Hashable, Flight] = {}
-        self._reused = 0
 
     def claim(self, key: Hashable) -> tuple[Answer | Flight, bool]:
         """(a kept answer, False), (the flight to wait for, False) or (a new flight, True):
@@ -109,11 +108,9 @@ class AnswerBook:
             self._roll(window)
             kept = self._kept.get(key)
             if kept is not None:
-                self._reused += 1
                 return kept, False
             flight = self._flights.get(key)
             if flight is not None:
-                self._reused += 1
                 return flight, False
             flight = self._flights[key] = Flight(window)
             return flight, True
@@ -131,11 +128,6 @@ class AnswerBook:
                 self._bytes += len(answer.body)
         flight.answer = answer
         flight.done.set()
-
-    def reused(self) -> int:
-        """Requests answered without going to the gateway (another caller's answer handed on)."""
-        with self._lock:
-            return self._reused
 
     def _roll(self, window: int) -> None:
         if window != self._kept_window:

@@ -5,9 +5,7 @@ emptying their caches. A library upgrade re-runs tests/test_faults.py first.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +13,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from proxy.gateway.logins import LoginOnce
-from proxy.gateway.traffic import Traffic, current
+from proxy.gateway.traffic import Traffic
 
 CLOUD_AUTH_FILES = (".pypowerwall.auth", ".pypowerwall.fleetapi")
 _NATIVE = "_native_fail_until"  # TEDAPI mode's 5-minute backoff after a failed local-API energy fetch
@@ -190,50 +188,10 @@ def _guard_logins(pw: Any) -> None:
             setattr(tedapi, name, LoginOnce(method, serves))
 
 
-class _OneAtATime:
-    """A library method that caches its answer but takes no lock, made to run one call at a time.
-
-    TEDAPI's Powerwall 3 vitals (one device query per Powerwall, behind vitals, temps,
-    alerts, strings, fans and the power figures) keep their answer for the window, but
-    calls of several resources side by side would each miss that cache and ask every
-    Powerwall again. One at a time, the second finds the first one's answer.
-    """
-
-    def __init__(self, method: Callable[..., Any]) -> None:
-        self._method = method
-        self._lock = threading.Lock()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        traffic = current()
-        wait = max(0.0, traffic.remaining()) if traffic is not None else 30.0
-        if not self._lock.acquire(timeout=wait):
-            # The library logs this and answers None: a call that found nothing out.
-            raise TimeoutError("another call is asking the gateway for the same data")
-        try:
-            return self._method(*args, **kwargs)
-        finally:
-            self._lock.release()
-
-
-# TEDAPI methods that cache without a lock (see _OneAtATime).
-_UNLOCKED_CACHED = ("_pw3_vitals",)
-
-
-def _guard_shared_fetches(pw: Any) -> None:
-    tedapi = getattr(pw, "tedapi", None)
-    if not tedapi:
-        return
-    for name in _UNLOCKED_CACHED:
-        method = getattr(tedapi, name, None)
-        if method is not None and not isinstance(tedapi.__dict__.get(name), _OneAtATime):
-            setattr(tedapi, name, _OneAtATime(method))
-
-
 def prepare(pw: Any, pool_maxsize: int) -> None:
-    """Turn off the library's own retries, one login at a time, one shared fetch at a time
-    (run per call: a reconnect replaces sessions)."""
+    """Turn off the library's own retries, one login at a time (run per call: a reconnect
+    replaces sessions)."""
     _guard_logins(pw)
-    _guard_shared_fetches(pw)
     for session in _sessions(pw):
         if _is_tedapi_session(pw, session) and not getattr(session, "_pwproxy_no_retry", False):
             # urllib3 retries 429/5xx five times with backoff: a retry storm
