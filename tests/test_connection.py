@@ -184,7 +184,8 @@ def test_cooling_down_says_what_the_gateway_answered(proxy_factory: Factory) -> 
         "cooling_down: the gateway asked for calm (gateway answered HTTP 429); next request in ")
     body = health(h)
     assert (body["status"], body["connection"]) == ("degraded", "cooling_down")
-    assert 15 <= body["gateway"]["cooldown_remaining_seconds"] <= 20
+    # Retry-After 20 is honoured (a loaded machine may take seconds to get here: no tight bound)
+    assert 5 <= body["gateway"]["cooldown_remaining_seconds"] <= 20
 
 
 def test_answers_before_the_first_login_are_starting_not_timeouts(

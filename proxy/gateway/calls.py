@@ -210,4 +210,4 @@ def _logged_in(exchanges: list[Exchange], backoff_steps: int) -> bool:
     succeeded (with no backoff running, any good answer will do)."""
     if not backoff_steps:
         return True
-    return any(x.is_login and x.status is not None and 200 <= x.status < 300 for x in exchanges)
+    return any(x.is_login and x.ok for x in exchanges)

@@ -61,7 +61,7 @@ class Clients:
         """After a call that logged in, the cookie file it wrote is vouched for."""
         with self._lock:
             saved = self._cookie_kwargs
-        if saved and cookies.logged_in((x.path, x.status) for x in exchanges):
+        if saved and any(x.logs_in and x.ok for x in exchanges):
             cookies.stamp(saved)
 
 

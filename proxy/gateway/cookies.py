@@ -19,12 +19,11 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger("proxy.gateway")
 
-LOGIN_PATH = "/api/login"
 KEY_SUFFIX = ".key"
 FINGERPRINT_SUFFIX = ".fingerprint"
 
@@ -32,12 +31,6 @@ FINGERPRINT_SUFFIX = ".fingerprint"
 def applies(kwargs: Mapping[str, Any]) -> bool:
     """Does a client made with these arguments keep a saved login in a file?"""
     return _applies(kwargs) is not None
-
-
-def logged_in(paths_and_statuses: Iterable[tuple[str, int | None]]) -> bool:
-    """Did a call log in (and so write the cookie file afresh)?"""
-    return any(path.startswith(LOGIN_PATH) and status is not None and 200 <= status < 300
-               for path, status in paths_and_statuses)
 
 
 def _applies(kwargs: Mapping[str, Any]) -> str | None:

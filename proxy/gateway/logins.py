@@ -71,22 +71,22 @@ class LoginOnce:
     def answered(self, traffic: Traffic) -> None:
         """A call ended: did a data request get an answer on the current session?"""
         data = [x for x in traffic.exchanges if self._data(x)]
-        worked = any(_ok(x) for x in data)
+        worked = any(x.ok for x in data)
         with self._lock:
             if worked and not self._proven and (traffic.started > self._done_at
                                                 or self._after_login(traffic)):
                 self._proven = True
 
     def _data(self, x: Exchange) -> bool:
-        return x.path.startswith(self._serves) and not _is_login(x)
+        return x.path.startswith(self._serves) and not x.logs_in
 
     def _after_login(self, traffic: Traffic) -> bool:
         """A data request answered after a login that worked, within this call."""
         logged_in = False
         for x in traffic.exchanges:
-            if _is_login(x):
-                logged_in = logged_in or _ok(x)
-            elif logged_in and _ok(x) and self._data(x):
+            if x.logs_in:
+                logged_in = logged_in or x.ok
+            elif logged_in and x.ok and self._data(x):
                 return True
         return False
 
@@ -117,14 +117,6 @@ class LoginOnce:
                 if traffic is not None:
                     traffic.record(exchange)
             raise ConnectionError("the gateway refused the login this call waited for")
-
-
-def _is_login(x: Exchange) -> bool:
-    return x.path.startswith("/api/login")  # TEDAPI's own paths carry data (and Basic auth)
-
-
-def _ok(x: Exchange) -> bool:
-    return x.status is not None and 200 <= x.status < 300
 
 
 def _second_refusal(traffic: Traffic | None) -> None:

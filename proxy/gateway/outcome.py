@@ -84,8 +84,18 @@ class Exchange:
         return self.status is None or self.status >= 500 and self.status != 503
 
     @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
     def is_login(self) -> bool:
+        """A login, or a TEDAPI exchange (its Basic auth is a login on every request)."""
         return self.path.startswith(("/api/login", "/tedapi"))
+
+    @property
+    def logs_in(self) -> bool:
+        """The login request itself (TEDAPI's own paths also carry data)."""
+        return self.path.startswith("/api/login")
 
 
 TOO_LARGE = "too large"

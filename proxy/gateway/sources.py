@@ -19,8 +19,8 @@ from proxy.gateway.outcome import Contract, Shape
 
 Fetch = Callable[[Any], Any]  # a library call: Powerwall -> value
 
-OBJECT = OBJECT_OR_EMPTY = Contract(Shape.OBJECT)  # {} is an answer: e.g. no string data
-LIST_OR_EMPTY = Contract(Shape.LIST)  # [] is an answer: e.g. no alerts
+OBJECT = Contract(Shape.OBJECT)  # {} is an answer too: e.g. no string data
+LIST = Contract(Shape.LIST)  # [] is an answer too: e.g. no alerts
 JSON = Contract(Shape.JSON)
 NUMBER = Contract(Shape.NUMBER)
 TEXT = Contract(Shape.TEXT)
@@ -50,15 +50,15 @@ LEVEL_SCALED = Source("level:scaled", lambda pw: pw.level(scale=True), NUMBER)
 GRID_STATUS = Source("grid_status", lambda pw: pw.grid_status(), TEXT)
 GRID_STATUS_NUMERIC = Source("grid_status:numeric", lambda pw: pw.grid_status("numeric"), NUMBER)
 VITALS = Source("vitals", lambda pw: pw.vitals(), OBJECT)
-STRINGS = Source("strings", lambda pw: pw.strings(), OBJECT_OR_EMPTY)
-TEMPS = Source("temps", lambda pw: pw.temps(), OBJECT_OR_EMPTY)
-ALERTS = Source("alerts", lambda pw: pw.alerts(), LIST_OR_EMPTY)
+STRINGS = Source("strings", lambda pw: pw.strings(), OBJECT)
+TEMPS = Source("temps", lambda pw: pw.temps(), OBJECT)
+ALERTS = Source("alerts", lambda pw: pw.alerts(), LIST)
 SYSTEM_STATUS = Source("system_status", lambda pw: pw.system_status(), OBJECT)
 RESERVE = Source("reserve", app_reserve, NUMBER)
 TIME_REMAINING = Source("time_remaining", lambda pw: pw.get_time_remaining(), NUMBER)
 VERSION = Source("version", lambda pw: pw.version(), TEXT)
 SITE_NAME = Source("site_name", lambda pw: pw.site_name(), TEXT)
-FANS = Source("fans", lambda pw: pw.tedapi.get_fan_speeds() if pw.tedapi else {}, OBJECT_OR_EMPTY)
+FANS = Source("fans", lambda pw: pw.tedapi.get_fan_speeds() if pw.tedapi else {}, OBJECT)
 
 # /pw/<name>: the library's methods by name. The route wraps some of them in an
 # object ({"level": ...}); the source is the library's own value.
@@ -71,10 +71,10 @@ PW_SOURCES: dict[str, Source] = {
     "load": Source("pw:load", lambda pw: pw.load(verbose=True), OBJECT),
     "grid": Source("pw:grid", lambda pw: pw.grid(verbose=True), OBJECT),
     "home": Source("pw:home", lambda pw: pw.home(verbose=True), OBJECT),
-    "battery_blocks": Source("pw:battery_blocks", lambda pw: pw.battery_blocks(), OBJECT_OR_EMPTY),
+    "battery_blocks": Source("pw:battery_blocks", lambda pw: pw.battery_blocks(), OBJECT),
     "vitals": VITALS,
     "temps": TEMPS,
-    "strings": Source("pw:strings", lambda pw: pw.strings(verbose=True), OBJECT_OR_EMPTY),
+    "strings": Source("pw:strings", lambda pw: pw.strings(verbose=True), OBJECT),
     "din": Source("pw:din", lambda pw: pw.din(), TEXT),
     "uptime": Source("pw:uptime", lambda pw: pw.uptime(), TEXT),
     "version": VERSION,
