@@ -84,6 +84,15 @@ def choice(*allowed: str, fold: bool = True) -> Callable[[str, str], str]:
     return parse
 
 
+# Parsers a PW_* variable shares with its key in a gateways file: one range, one rule.
+CACHE_EXPIRE = int_parser(0, 3600)
+TIMEOUT = int_parser(1, 300)
+POOL_MAXSIZE = int_parser(0, 1000)
+CONCURRENCY = int_parser(1, MAX_CONCURRENCY)
+TEDAPI_API_VERSION = choice(*TEDAPI_VERSIONS, fold=False)
+AUTH_MODE = choice(*AUTH_MODES)
+
+
 def comma_items(raw: str) -> list[str]:
     """The items of a comma-separated value, stripped, the empty ones left out."""
     return [item.strip() for item in raw.split(",") if item.strip()]
