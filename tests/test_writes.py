@@ -22,7 +22,7 @@ from tests.ha_rules import PREFIX
 from tests.sim_helpers import quiet
 from tests.test_openc2 import SECRET, ask, set_cmd
 
-pytestmark = pytest.mark.skipif(
+needs_mosquitto = pytest.mark.skipif(
     MOSQUITTO is None or MOSQUITTO_PASSWD is None,
     reason="mosquitto not found; install Debian's mosquitto (tests/run.sh does as root)")
 
@@ -89,6 +89,7 @@ def on_gateway(h: ProxyHandle) -> tuple[float, str]:
     return round(state["reserve_app"]), state["mode"]
 
 
+@needs_mosquitto
 def test_a_reserve_and_a_mode_from_three_front_doors_all_end_up_on_the_gateway(
         doors: tuple[ProxyHandle, Listener]) -> None:
     h, listener = doors
@@ -110,6 +111,7 @@ def test_a_reserve_and_a_mode_from_three_front_doors_all_end_up_on_the_gateway(
     wait_for(lambda: quiet(h), what="no gateway call in flight")
 
 
+@needs_mosquitto
 def test_each_answer_shows_the_state_after_its_own_write(doors: tuple[ProxyHandle, Listener]) -> None:
     h, _ = doors
     http(h, "mode", "self_consumption")
@@ -126,6 +128,7 @@ def test_each_answer_shows_the_state_after_its_own_write(doors: tuple[ProxyHandl
     assert on_gateway(h) == (41, "backup")
 
 
+@needs_mosquitto
 def test_a_write_the_gateway_refuses_is_reported_refused(doors: tuple[ProxyHandle, Listener],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     h, listener = doors
