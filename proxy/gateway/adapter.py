@@ -150,6 +150,8 @@ class Gateway:
         """One connect attempt that proves the login too (the site name needs it); None: through."""
         self.info = replace(self.info, connect_attempts=self.info.connect_attempts + 1)
         self.pw, condition = self.connector.attempt(self.pw, self.client_kwargs())
+        if self._stop.is_set():  # stopped while the attempt ran: nothing to record or announce
+            return None
         if condition is not None:
             return condition
         self.auth.reset()
